@@ -1,0 +1,45 @@
+# Two commands for a new user on Debian/Ubuntu:  `make demo`  and  `make test`.
+# Both install what is missing (Debian QGIS, a .venv from the system Python with pinned packages),
+# and are fast when everything is already there.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-venv xvfb xauth
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Headless QGIS in an isolated profile; the venv's bin first so QGIS's Python sees torch.
+export QT_QPA_PLATFORM ?= offscreen
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+DEMO_OUT := build/demo
+
+.PHONY: setup system-deps venv demo test package clean
+
+setup: system-deps venv
+
+system-deps:
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	  echo ">> installing Debian packages: $(APT_PACKAGES)"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=23"
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+demo: setup
+	$(PY) scripts/demo.py --out $(DEMO_OUT)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+package: setup
+	$(PY) scripts/package_plugin.py --out dist/d3rsmde_qgis.zip
+
+clean:
+	rm -rf build dist .pytest_cache
