@@ -1,0 +1,165 @@
+"""Checkpoints: ONE safetensors file holding every component ("coarse.", "vae.", "refiner." keys) and, in its
+metadata, the config that rebuilds the architecture plus what a user needs to judge the weights (data, GSD, tile).
+
+safetensors rather than pickle: loading weights someone sent you must not run their code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from . import __version__
+from .config import D3Config
+from .errors import CheckpointError, InputError
+
+FORMAT = "d3rsmde-pipeline"
+FORMAT_VERSION = 1
+COMPONENTS = ("coarse", "vae", "refiner")
+_STANDARD_KEYS = ("format", "format_version", "config", "tile_size", "input_norm", "gsd_m", "data",
+                  "d3rsmde_version", "created")
+
+
+def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], config: D3Config,
+                    metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``tensors`` and ``config`` atomically (temp file in the same folder, then rename).
+
+    Extra ``metadata`` values are stored as strings (non-strings JSON-encoded); the standard keys come from the
+    config and cannot be overridden here.
+    """
+    path = Path(path)
+    extra = dict(metadata or {})
+    clash = sorted(set(extra) & set(_STANDARD_KEYS))
+    if clash:
+        raise InputError(f"metadata keys {clash} are written from the config; set them there instead")
+    meta = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "config": json.dumps(config.to_dict()),
+        "tile_size": str(config.tile_size),
+        "input_norm": config.input_norm,
+        "gsd_m": json.dumps(config.gsd_m),
+        "data": config.data,
+        "d3rsmde_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **{k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    """Header-only read with the format checks; shared by load and describe."""
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (corrupt, truncated or another format): {e}"
+        ) from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a d3rsmde checkpoint (no '{FORMAT}' format tag)")
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise CheckpointError(f"{path}: unreadable format_version {meta.get('format_version')!r}") from None
+    if version > FORMAT_VERSION or version < 1:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}; this d3rsmde ({__version__}) reads versions up to "
+            f"{FORMAT_VERSION}. Update d3rsmde to use these weights."
+        )
+    return meta
+
+
+def _parse_config(path: Path, meta: dict[str, str]) -> D3Config:
+    try:
+        return D3Config.from_dict(json.loads(meta["config"]))
+    except (KeyError, json.JSONDecodeError, InputError, TypeError) as e:
+        raise CheckpointError(f"{path}: the model config stored in the checkpoint is missing or unusable: {e}") from e
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], D3Config, dict[str, str]]:
+    """``(tensors, config, metadata)`` from a file written by :func:`save_checkpoint`; CheckpointError otherwise."""
+    path = Path(path)
+    meta = _read_metadata(path)
+    config = _parse_config(path, meta)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: tensor data unreadable (corrupt or truncated): {e}") from e
+    return tensors, config, meta
+
+
+def load_component(module: nn.Module, tensors: dict[str, Tensor], prefix: str, source: str = "checkpoint") -> None:
+    """Load ``prefix.*`` tensors into ``module``, reporting missing, unexpected and mis-shaped keys by name."""
+    expected = module.state_dict()
+    got = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    problems = []
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(got) if expected[k].shape != got[k].shape)
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        if keys:
+            detail = ", ".join(
+                f"{k} {tuple(got[k].shape)} vs {tuple(expected[k].shape)}" if label == "shape mismatch" else k
+                for k in keys[:5]
+            )
+            problems.append(f"{len(keys)} {label} ({detail}{', ...' if len(keys) > 5 else ''})")
+    if problems:
+        raise CheckpointError(
+            f"{source}: '{prefix}' weights do not match the model its config describes: " + "; ".join(problems)
+        )
+    module.load_state_dict(got, strict=True)
+
+
+def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """What ``d3rsmde info`` prints: config, training data, GSD, tile, parameters per component, dtype, size.
+    Reads only the header, so it is instant even for large files."""
+    path = Path(path)
+    meta = _read_metadata(path)
+    config = _parse_config(path, meta)
+    params = dict.fromkeys(COMPONENTS, 0)
+    dtypes: set[str] = set()
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        for key in f.keys():
+            sl = f.get_slice(key)
+            component = key.split(".", 1)[0]
+            params[component] = params.get(component, 0) + int(torch.Size(sl.get_shape()).numel())
+            dtypes.add(sl.get_dtype())
+    extra = {k: v for k, v in meta.items() if k not in _STANDARD_KEYS}
+    return {
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "config": config.name,
+        "data": config.data,
+        "gsd_m": config.gsd_m,
+        "tile_size": config.tile_size,
+        "input_norm": config.input_norm,
+        "num_steps": config.num_steps,
+        "params": {**params, "total": sum(params.values())},
+        "dtype": ",".join(sorted(dtypes)),
+        "format_version": int(meta["format_version"]),
+        "d3rsmde_version": meta.get("d3rsmde_version", ""),
+        "created": meta.get("created", ""),
+        "metadata": extra,
+    }

@@ -1,0 +1,199 @@
+"""Model configurations: plain dataclasses that round-trip through JSON, so a checkpoint carries its own architecture.
+
+Three named configs: "tiny" (tests, milliseconds on a CPU), "small" (the shipped product model, < 40 MB in fp16) and
+"base" (the paper's DPT-Hybrid coarse model, SD-size VAE and the authors' refiner U-Net).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InputError
+
+
+@dataclass
+class CoarseConfig:
+    """Coarse model: a timm ViT (built by name, with size overrides) under a DPT reassemble/fusion head."""
+
+    backbone: str = "vit_small_patch16_224"
+    embed_dim: int | None = None  # None keeps the timm model's own size (needed for hybrid / pretrained backbones)
+    depth: int | None = None
+    num_heads: int | None = None
+    patch_size: int = 16
+    hooks: tuple[int, ...] = (2, 5, 8, 11)  # transformer blocks whose outputs feed the four DPT levels
+    reassemble_channels: tuple[int, ...] = (96, 192, 384, 768)  # widths at 1/4, 1/8, 1/16, 1/32
+    features: int = 256
+    pretrained_backbone: bool = False
+
+
+@dataclass
+class VAEConfig:
+    """Frozen latent codec: diffusers AutoencoderKL ("kl") or AutoencoderTiny ("tiny"), f = 2**(levels-1)."""
+
+    kind: str = "kl"
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    scaling_factor: float = 0.18215
+    pretrained_path: str | None = None  # local diffusers folder (e.g. an SD VAE) to start from
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+@dataclass
+class RefinerConfig:
+    """PLBR refiner: diffusers UNet2DModel predicting z0 from [z_x, z_t].
+
+    ``timestep_mode`` "alpha" feeds 1000 * alpha_bar to the sinusoidal time embedding, so a model trained with one
+    number of steps runs with any other; "learned" is the paper's embedding table with ``num_train_steps`` entries.
+    """
+
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    attention: tuple[bool, ...] = (True, True, True, True)  # self-attention per level (mid block always has it)
+    attention_head_dim: int = 32
+    norm_num_groups: int = 32
+    timestep_mode: str = "alpha"
+    num_train_steps: int = 6
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+
+@dataclass
+class D3Config:
+    name: str = "custom"
+    coarse: CoarseConfig = field(default_factory=CoarseConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    tile_size: int = 512
+    num_steps: int = 6
+    eps: float = 0.8
+    gsd_m: float | None = None
+    data: str = ""
+    input_norm: str = "percentile-1-99"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists, exactly what a checkpoint's metadata holds)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "D3Config":
+        """Inverse of :meth:`to_dict`; unknown keys raise InputError rather than being silently dropped."""
+        d = dict(d)
+        subs = {"coarse": CoarseConfig, "vae": VAEConfig, "refiner": RefinerConfig}
+        for key, sub_cls in subs.items():
+            if key in d:
+                d[key] = _build(sub_cls, d[key])
+        return _build(cls, d)
+
+
+def _build(cls, d: dict[str, Any]):
+    if isinstance(d, cls):
+        return d
+    if not isinstance(d, dict):
+        raise InputError(f"{cls.__name__}: expected a mapping, got {type(d).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise InputError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(names)}")
+    # JSON turns tuples into lists; the dataclasses declare tuples.
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+_NAMED: dict[str, D3Config] = {
+    "tiny": D3Config(
+        name="tiny",
+        coarse=CoarseConfig(
+            backbone="vit_small_patch16_224",
+            embed_dim=32,
+            depth=4,
+            num_heads=2,
+            hooks=(0, 1, 2, 3),
+            reassemble_channels=(8, 16, 32, 32),
+            features=16,
+        ),
+        vae=VAEConfig(
+            block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4, scaling_factor=1.0
+        ),
+        refiner=RefinerConfig(
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            attention=(False, True),
+            attention_head_dim=8,
+            norm_num_groups=4,
+        ),
+        tile_size=64,
+    ),
+    "small": D3Config(
+        name="small",
+        coarse=CoarseConfig(
+            backbone="vit_small_patch16_224",
+            embed_dim=256,
+            depth=8,
+            num_heads=4,
+            hooks=(1, 3, 5, 7),
+            reassemble_channels=(32, 64, 128, 128),
+            features=64,
+        ),
+        vae=VAEConfig(
+            block_out_channels=(32, 64, 128, 128), layers_per_block=1, norm_num_groups=16, scaling_factor=1.0
+        ),
+        refiner=RefinerConfig(
+            block_out_channels=(64, 128, 128),
+            layers_per_block=2,
+            attention=(False, True, True),
+            attention_head_dim=32,
+            norm_num_groups=32,
+        ),
+        tile_size=256,
+    ),
+    "base": D3Config(
+        name="base",
+        coarse=CoarseConfig(
+            backbone="vit_base_r50_s16_384",
+            hooks=(2, 5, 8, 11),
+            reassemble_channels=(256, 512, 768, 768),
+            features=256,
+        ),
+        vae=VAEConfig(block_out_channels=(128, 256, 512, 512), layers_per_block=2, scaling_factor=0.18215),
+        # Paper: base 128, mults (1, 2, 4, 4), 2 res blocks, attention everywhere, 4 heads (32-dim heads at 128 ch;
+        # diffusers takes one head width for all levels).
+        refiner=RefinerConfig(
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            attention=(True, True, True, True),
+            attention_head_dim=32,
+        ),
+        tile_size=512,
+    ),
+}
+
+
+def config_names() -> list[str]:
+    return sorted(_NAMED)
+
+
+def get_config(name: str, **overrides: Any) -> D3Config:
+    """A fresh copy of a named config. Overrides set top-level fields; sub-configs take a dict merged into them,
+    e.g. ``get_config("tiny", num_steps=3, refiner={"timestep_mode": "learned"})``."""
+    if name not in _NAMED:
+        raise InputError(f"unknown config {name!r}; choose one of {config_names()}")
+    d = _NAMED[name].to_dict()
+    for key, value in overrides.items():
+        if key not in d:
+            raise InputError(f"unknown config field {key!r}; known: {sorted(d)}")
+        if isinstance(d[key], dict) and isinstance(value, dict):
+            d[key] = {**d[key], **value}
+        elif dataclasses.is_dataclass(value):
+            d[key] = dataclasses.asdict(value)
+        else:
+            d[key] = value
+    return D3Config.from_dict(d)

@@ -1,0 +1,127 @@
+"""Coarse height model: a timm ViT with a DPT head (Ranftl et al. 2021), trained with the HDN loss.
+
+The ViT sees the whole tile at once (global context decides what is high); the DPT head reassembles four
+intermediate token maps into a 1/4..1/32 pyramid and fuses it back up so the map keeps sharp edges.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import CoarseConfig
+from ..errors import InputError
+
+
+class ResidualConvUnit(nn.Module):
+    def __init__(self, features: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(features, features, 3, padding=1)
+        self.conv2 = nn.Conv2d(features, features, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class FusionBlock(nn.Module):
+    """RefineNet-style fusion: add the (refined) skip level, refine, upsample to the next level's size."""
+
+    def __init__(self, features: int, with_skip: bool = True):
+        super().__init__()
+        self.skip_unit = ResidualConvUnit(features) if with_skip else None  # the coarsest level has no skip
+        self.unit = ResidualConvUnit(features)
+        self.out_conv = nn.Conv2d(features, features, 1)
+
+    def forward(self, x: Tensor, skip: Tensor | None, size: tuple[int, int]) -> Tensor:
+        if self.skip_unit is not None:
+            x = x + self.skip_unit(skip)
+        x = F.interpolate(self.unit(x), size=size, mode="bilinear", align_corners=True)
+        return self.out_conv(x)
+
+
+def _resample(channels: int, factor: float) -> nn.Module:
+    """Move a 1/patch token map to another scale: transposed conv up, strided conv down."""
+    if factor > 1:
+        k = int(factor)
+        return nn.ConvTranspose2d(channels, channels, k, stride=k)
+    if factor < 1:
+        s = int(round(1 / factor))
+        return nn.Conv2d(channels, channels, 3, stride=s, padding=1)
+    return nn.Identity()
+
+
+class CoarseDepthModel(nn.Module):
+    """Images ``B x 3 x H x W`` in [0, 1] -> non-negative relative height ``B x 1 x H x W``.
+
+    H and W must be multiples of the patch size; position embeddings are resampled for any such size.
+    """
+
+    def __init__(self, cfg: CoarseConfig, img_size: int = 512):
+        super().__init__()
+        if len(cfg.hooks) != 4 or len(cfg.reassemble_channels) != 4:
+            raise InputError("CoarseConfig needs exactly 4 hooks and 4 reassemble_channels (DPT levels 1/4..1/32)")
+        self.cfg = cfg
+        sizes = {k: v for k, v in (("embed_dim", cfg.embed_dim), ("depth", cfg.depth), ("num_heads", cfg.num_heads))
+                 if v is not None}
+        try:
+            self.backbone = timm.create_model(
+                cfg.backbone,
+                pretrained=cfg.pretrained_backbone,
+                num_classes=0,
+                dynamic_img_size=True,
+                img_size=img_size,
+                **sizes,
+            )
+        except (OSError, RuntimeError) as e:
+            if not cfg.pretrained_backbone:
+                raise
+            raise InputError(
+                f"cannot get pretrained weights for timm backbone {cfg.backbone!r} (they must be in timm's cache "
+                f"or downloadable); set pretrained_backbone=False to start from random weights: {e}"
+            ) from e
+        # Blocks after the last hook and the final norm would be dead weight (and unused parameters under DDP).
+        self.backbone.prune_intermediate_layers(list(cfg.hooks), prune_norm=True, prune_head=True)
+        # Normalise with the statistics the backbone's (pretrained) weights expect.
+        pcfg = self.backbone.pretrained_cfg
+        mean = pcfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)
+        std = pcfg.get("std", timm.data.IMAGENET_DEFAULT_STD)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+        width = self.backbone.embed_dim
+        p, f = cfg.patch_size, cfg.features
+        self.reassemble = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width, c, 1), _resample(c, p / (4 * 2**i)))
+            for i, c in enumerate(cfg.reassemble_channels)
+        )
+        self.project = nn.ModuleList(nn.Conv2d(c, f, 3, padding=1, bias=False) for c in cfg.reassemble_channels)
+        self.fusion = nn.ModuleList(FusionBlock(f, with_skip=i < 3) for i in range(4))
+        self.head = nn.Sequential(
+            nn.Conv2d(f, f // 2, 3, padding=1),
+            nn.Conv2d(f // 2, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 1, 1),
+        )
+
+    @property
+    def patch_size(self) -> int:
+        return self.cfg.patch_size
+
+    def forward(self, images: Tensor) -> Tensor:
+        h, w = images.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise InputError(f"image size {h}x{w} is not a multiple of the patch size {self.patch_size}")
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        tokens = self.backbone.forward_intermediates(
+            x, indices=list(self.cfg.hooks), output_fmt="NCHW", intermediates_only=True
+        )
+        levels = [proj(re(t)) for t, re, proj in zip(tokens, self.reassemble, self.project)]  # 1/4 .. 1/32
+        # Fuse from the coarsest level up; block i upsamples to level i-1's size, block 0 to half resolution.
+        up_to = [(h // 2, w // 2)] + [tuple(lvl.shape[-2:]) for lvl in levels[:3]]
+        out = self.fusion[3](levels[3], None, up_to[3])
+        for i in (2, 1, 0):
+            out = self.fusion[i](out, levels[i], up_to[i])
+        out = F.interpolate(self.head(out), size=(h, w), mode="bilinear", align_corners=True)
+        return F.relu(out)

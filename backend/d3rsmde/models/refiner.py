@@ -1,0 +1,58 @@
+"""PLBR refiner: a diffusers UNet2DModel that predicts the refined latent z0 from [z_x, z_t] and the step."""
+
+from __future__ import annotations
+
+from diffusers import UNet2DModel
+from torch import Tensor, nn
+
+from ..config import RefinerConfig
+from ..errors import InputError
+from ..plbr import PLBRSchedule
+
+TIMESTEP_MODES = ("alpha", "learned")
+
+
+class Refiner(nn.Module):
+    """``forward(x, cond)``: x is ``B x 2C x h x w`` (image latent, blended latent); cond comes from
+    :meth:`conditioning` — alpha_bar in "alpha" mode, the integer step in "learned" mode."""
+
+    def __init__(self, cfg: RefinerConfig, latent_channels: int = 4, sample_size: int = 64):
+        super().__init__()
+        if cfg.timestep_mode not in TIMESTEP_MODES:
+            raise InputError(f"refiner timestep_mode must be one of {TIMESTEP_MODES}, got {cfg.timestep_mode!r}")
+        if len(cfg.attention) != len(cfg.block_out_channels):
+            raise InputError("RefinerConfig.attention needs one flag per entry of block_out_channels")
+        self.cfg = cfg
+        learned = cfg.timestep_mode == "learned"
+        self.unet = UNet2DModel(
+            sample_size=sample_size,
+            in_channels=2 * latent_channels,
+            out_channels=latent_channels,
+            block_out_channels=tuple(cfg.block_out_channels),
+            layers_per_block=cfg.layers_per_block,
+            down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention),
+            up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention)),
+            attention_head_dim=cfg.attention_head_dim,
+            norm_num_groups=cfg.norm_num_groups,
+            time_embedding_type="learned" if learned else "positional",
+            num_train_timesteps=cfg.num_train_steps if learned else None,
+        )
+
+    def conditioning(self, schedule: PLBRSchedule, t: Tensor) -> Tensor:
+        """What :meth:`forward` takes for integer steps ``t`` of ``schedule``.
+
+        "alpha" mode conditions on the blending weight itself, so any number of steps works with one model;
+        "learned" mode looks the step up in a table and only works with the T it was trained for.
+        """
+        if self.cfg.timestep_mode == "learned":
+            if schedule.num_steps != self.cfg.num_train_steps:
+                raise InputError(
+                    f"this refiner learned a {self.cfg.num_train_steps}-step embedding and cannot run "
+                    f"{schedule.num_steps} steps; use refine_steps={self.cfg.num_train_steps}"
+                )
+            return t.long()
+        return schedule.alpha_bar.to(t.device)[t.long()]
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        timestep = cond if self.cfg.timestep_mode == "learned" else cond.float() * 1000.0
+        return self.unet(x, timestep).sample
