@@ -1,0 +1,23 @@
+"""Training: the shared loop (common), one module per stage (vae, coarse, kfold, refiner), the whole recipe, and
+region fine-tuning."""
+
+from .coarse import train_coarse
+from .common import TrainSettings, fit, seed_everything
+from .finetune import evaluate_tiles, finetune_region
+from .kfold import kfold_coarse_predictions
+from .recipe import train_pipeline
+from .refiner import train_refiner
+from .vae import train_vae
+
+__all__ = [
+    "TrainSettings",
+    "evaluate_tiles",
+    "finetune_region",
+    "fit",
+    "kfold_coarse_predictions",
+    "seed_everything",
+    "train_coarse",
+    "train_pipeline",
+    "train_refiner",
+    "train_vae",
+]
