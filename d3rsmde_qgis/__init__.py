@@ -1,0 +1,10 @@
+"""D3-RSMDE QGIS plugin: a Processing provider over the `d3rsmde` backend (loaded lazily)."""
+from .deps import add_bundled_libs
+
+add_bundled_libs()
+
+
+def classFactory(iface):  # noqa: N802 - name fixed by QGIS
+    from .plugin import D3RsmdePlugin
+
+    return D3RsmdePlugin(iface)

@@ -1,0 +1,200 @@
+"""What every D3-RSMDE algorithm shares: naming, the backend check, the model parameters, error translation.
+
+The backend (torch, d3rsmde) is imported only inside processAlgorithm, after the dependency check, so the
+provider loads in a QGIS without torch and each algorithm then explains what to install.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import (
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProviderRegistry,
+    QgsRasterLayer,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..deps import backend_problem
+from ..paths import BUNDLED_WEIGHTS, ICON
+
+DEVICES = ("auto", "cpu", "cuda")
+DEVICE_LABELS = ("Automatic (CUDA GPU if available, else CPU)", "CPU", "CUDA GPU")
+
+
+class D3Algorithm(QgsProcessingAlgorithm):
+    """Base class; subclasses define NAME, DISPLAY_NAME, HELP, initAlgorithm() and process()."""
+
+    NAME = ""
+    DISPLAY_NAME = ""
+    HELP = ""
+
+    WEIGHTS = "WEIGHTS"
+    REFINE_STEPS = "REFINE_STEPS"
+    TILE = "TILE"
+    OVERLAP = "OVERLAP"
+    BATCH_SIZE = "BATCH_SIZE"
+    DEVICE = "DEVICE"
+
+    def name(self) -> str:
+        return self.NAME
+
+    def displayName(self) -> str:  # noqa: N802 - QGIS API
+        return self.tr(self.DISPLAY_NAME)
+
+    def shortHelpString(self) -> str:  # noqa: N802 - QGIS API
+        return self.tr(self.HELP)
+
+    def icon(self) -> QIcon:
+        return QIcon(str(ICON))
+
+    def createInstance(self):  # noqa: N802 - QGIS API
+        return type(self)()
+
+    def tr(self, text: str) -> str:
+        return QCoreApplication.translate("D3RSMDE", text)
+
+    # -- parameters shared by the algorithms ---------------------------------------------------------------
+
+    def add_advanced(self, parameter: QgsProcessingParameterDefinition) -> None:
+        parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(parameter)
+
+    def add_weights_parameter(self, description: str = "Model weights (.safetensors; empty = bundled default)"):
+        self.addParameter(QgsProcessingParameterFile(
+            self.WEIGHTS, self.tr(description), extension="safetensors", optional=True))
+
+    def add_device_parameter(self) -> None:
+        self.add_advanced(QgsProcessingParameterEnum(
+            self.DEVICE, self.tr("Device"), options=[self.tr(label) for label in DEVICE_LABELS], defaultValue=0))
+
+    def add_model_parameters(self) -> None:
+        """WEIGHTS, REFINE_STEPS and the advanced TILE, OVERLAP, BATCH_SIZE, DEVICE of the inference algorithms."""
+        self.add_weights_parameter()
+        self.addParameter(QgsProcessingParameterNumber(
+            self.REFINE_STEPS, self.tr("Refinement steps (-1 or empty = from the weights, 0 = coarse only)"),
+            type=QgsProcessingParameterNumber.Integer, minValue=-1, defaultValue=-1, optional=True))
+        self.add_advanced(QgsProcessingParameterNumber(
+            self.TILE, self.tr("Tile size in pixels (empty = from the weights)"),
+            type=QgsProcessingParameterNumber.Integer, minValue=16, optional=True))
+        self.add_advanced(QgsProcessingParameterNumber(
+            self.OVERLAP, self.tr("Tile overlap in pixels (empty = automatic)"),
+            type=QgsProcessingParameterNumber.Integer, minValue=0, optional=True))
+        self.add_advanced(QgsProcessingParameterNumber(
+            self.BATCH_SIZE, self.tr("Tiles per batch (empty = automatic)"),
+            type=QgsProcessingParameterNumber.Integer, minValue=1, optional=True))
+        self.add_device_parameter()
+
+    # -- reading parameters --------------------------------------------------------------------------------
+
+    def optional_int(self, parameters, name: str, context) -> int | None:
+        """An integer parameter, or None when left empty (the backend then picks its default)."""
+        if parameters.get(name) in (None, ""):
+            return None
+        return self.parameterAsInt(parameters, name, context)
+
+    def device(self, parameters, context) -> str:
+        return DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+
+    def weights(self, parameters, context) -> Path:
+        """The chosen weights file, else the default ($D3RSMDE_WEIGHTS, the repository's, the zip's)."""
+        chosen = self.parameterAsFile(parameters, self.WEIGHTS, context)
+        if chosen:
+            if not Path(chosen).is_file():
+                raise QgsProcessingException(f"Weights file not found: {chosen}")
+            return Path(chosen)
+        from d3rsmde.errors import CheckpointError
+        from d3rsmde.weights import default_weights_path
+
+        try:
+            return default_weights_path()
+        except CheckpointError:
+            if BUNDLED_WEIGHTS.is_file():  # the zip's copy, when d3rsmde comes from a venv rather than libs/
+                return BUNDLED_WEIGHTS
+            raise
+
+    def model_options(self, parameters, context) -> dict:
+        """The predict_raster keyword arguments taken from the shared model parameters."""
+        steps = self.optional_int(parameters, self.REFINE_STEPS, context)
+        return {
+            "tile": self.optional_int(parameters, self.TILE, context),
+            "overlap": self.optional_int(parameters, self.OVERLAP, context),
+            "batch_size": self.optional_int(parameters, self.BATCH_SIZE, context),
+            "refine_steps": None if steps is None or steps < 0 else steps,
+        }
+
+    def raster_path(self, parameters, name: str, context) -> str | None:
+        """File path behind a raster layer parameter (the backend reads files with rasterio), None if unset."""
+        layer = self.parameterAsRasterLayer(parameters, name, context)
+        if layer is None:
+            return None
+        return layer_file(layer)
+
+    # -- running -------------------------------------------------------------------------------------------
+
+    def load_pipeline(self, parameters, context, feedback):
+        """The model (cached between runs and batch rows), with the device and weights logged."""
+        from d3rsmde.device import describe_device
+
+        from ..cache import load_pipeline, pipeline_for
+
+        weights = self.weights(parameters, context)
+        loads = pipeline_for.cache_info().misses
+        pipeline = load_pipeline(weights, self.device(parameters, context))
+        reused = pipeline_for.cache_info().misses == loads
+        feedback.pushInfo(f"Weights: {weights}{' (already loaded)' if reused else ''}")
+        feedback.pushInfo(f"Device: {describe_device(pipeline.device)}")
+        return pipeline
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802 - QGIS API
+        problem = backend_problem()
+        if problem:
+            raise QgsProcessingException(problem)
+        from d3rsmde.errors import Cancelled, D3Error
+
+        try:
+            return self.process(parameters, context, feedback)
+        except Cancelled as exc:
+            raise QgsProcessingException(self.tr("Cancelled; no output was written.")) from exc
+        except D3Error as exc:
+            raise QgsProcessingException(str(exc)) from exc
+
+    def process(self, parameters, context, feedback) -> dict:
+        raise NotImplementedError
+
+
+def layer_file(layer: QgsRasterLayer) -> str:
+    """The file a GDAL raster layer reads; other providers (WMS, PostGIS...) cannot be passed to rasterio."""
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(
+            f"Layer '{layer.name()}' is not a file raster (provider {layer.providerType()}); "
+            "export it to GeoTIFF first.")
+    return QgsProviderRegistry.instance().decodeUri("gdal", layer.source())["path"]
+
+
+def log_summary(feedback, summary: dict) -> None:
+    """One line per entry of a backend result; nested metric dicts on one line, numbers to 4 digits."""
+    def text(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, dict):
+            return ", ".join(f"{k} {text(v)}" for k, v in value.items() if v is not None and not k.endswith("_status"))
+        return str(value)
+
+    for key, value in summary.items():
+        feedback.pushInfo(f"{key}: {text(value)}")
+
+
+def progress_callback(feedback):
+    """The backend's progress(fraction, message) reported on a QGIS feedback (0..100)."""
+    def progress(fraction: float, message: str = "") -> None:
+        feedback.setProgress(100.0 * fraction)
+        if message:
+            feedback.pushDebugInfo(message)
+
+    return progress

@@ -1,0 +1,72 @@
+"""d3rsmde:estimatedepth - one raster in, one height raster out (same grid, CRS and transform)."""
+from __future__ import annotations
+
+from qgis.core import (
+    QgsProcessingParameterBand,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+)
+
+from ..styling import DepthLayerStyler
+from .base import D3Algorithm, log_summary, progress_callback
+
+
+class EstimateDepth(D3Algorithm):
+    NAME = "estimatedepth"
+    DISPLAY_NAME = "Estimate depth"
+    HELP = (
+        "Estimates a height map from a single remote-sensing image with D3-RSMDE: a ViT/DPT coarse model "
+        "followed by a few latent refinement steps (PLBR).<br>"
+        "<b>Bands</b>: the three bands fed to the model as RGB (default: the first three).<br>"
+        "<b>Refinement steps</b>: -1 or empty uses the number stored with the weights; 0 keeps the coarse map "
+        "(fastest).<br>"
+        "<b>Reference DEM</b>: optional; when given, the relative heights are fitted to it and the output is "
+        "in metres. Without it the output is relative height in 0..1 (higher = higher).<br>"
+        "The output has the input's grid, CRS and transform (float32 GeoTIFF), with nodata where the input is "
+        "nodata or transparent. "
+        "Large rasters are processed in overlapping tiles; progress and Cancel work per batch of tiles. "
+        "The model stays loaded between runs and batch rows that use the same weights and device."
+    )
+
+    INPUT = "INPUT"
+    BANDS = "BANDS"
+    REFERENCE_DEM = "REFERENCE_DEM"
+    HILLSHADE = "HILLSHADE"
+    OUTPUT = "OUTPUT"
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input image")))
+        self.addParameter(QgsProcessingParameterBand(
+            self.BANDS, self.tr("Bands used as RGB"), defaultValue=[1, 2, 3], parentLayerParameterName=self.INPUT,
+            optional=True, allowMultiple=True))
+        self.add_model_parameters()
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            self.REFERENCE_DEM, self.tr("Reference DEM (output in metres)"), optional=True))
+        self.add_advanced(QgsProcessingParameterBoolean(
+            self.HILLSHADE, self.tr("Also add a hillshade layer"), defaultValue=False))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Depth")))
+
+    def process(self, parameters, context, feedback) -> dict:
+        from d3rsmde.raster import predict_raster
+
+        source = self.raster_path(parameters, self.INPUT, context)
+        output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        pipeline = self.load_pipeline(parameters, context, feedback)
+        summary = predict_raster(
+            source, output, pipeline,
+            bands=self.parameterAsInts(parameters, self.BANDS, context) or None,
+            reference_dem=self.raster_path(parameters, self.REFERENCE_DEM, context),
+            progress=progress_callback(feedback), cancel=feedback.isCanceled,
+            **self.model_options(parameters, context))
+        log_summary(feedback, summary)
+        self.hillshade = self.parameterAsBoolean(parameters, self.HILLSHADE, context)
+        self.output = output
+        return {self.OUTPUT: output}
+
+    def postProcessAlgorithm(self, context, feedback):  # noqa: N802 - QGIS API
+        # Main thread, before QGIS loads the result: attach the styler that runs once the layer is added.
+        if context.willLoadLayerOnCompletion(self.output):
+            details = context.layerToLoadOnCompletionDetails(self.output)
+            details.setPostProcessor(DepthLayerStyler(self.hillshade))
+        return {self.OUTPUT: self.output}

@@ -1,0 +1,105 @@
+"""d3rsmde:estimatedepthfolder - every matching image of a folder, one model load, per-file errors kept apart."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgis.core import (
+    QgsProcessingException,
+    QgsProcessingMultiStepFeedback,
+    QgsProcessingOutputMultipleLayers,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterString,
+)
+
+from .base import D3Algorithm, progress_callback
+
+DEFAULT_PATTERN = "*.tif;*.tiff;*.jp2;*.png;*.jpg"
+OUTPUT_SUFFIX = "_depth.tif"
+
+
+def matching_files(folder: Path, pattern: str) -> list[Path]:
+    """Files directly in `folder` matching any of the ';'-separated glob patterns, sorted, without repeats."""
+    globs = [part.strip() for part in pattern.split(";") if part.strip()]
+    return sorted({path for glob in globs for path in folder.glob(glob) if path.is_file()})
+
+
+class EstimateDepthFolder(D3Algorithm):
+    NAME = "estimatedepthfolder"
+    DISPLAY_NAME = "Estimate depth for folder"
+    HELP = (
+        "Runs <i>Estimate depth</i> on every image of a folder (not its subfolders) whose name matches one of "
+        "the ';'-separated patterns, writing <i>name</i>_depth.tif into the output folder. The model is loaded "
+        "once for all files. A file that cannot be processed is reported as an error and skipped; the others "
+        "still run. Cancel keeps the files already written. Outputs: the number of files processed and "
+        "failed, and the list of written rasters."
+    )
+
+    INPUT_FOLDER = "INPUT_FOLDER"
+    PATTERN = "PATTERN"
+    BANDS = "BANDS"
+    OUTPUT_FOLDER = "OUTPUT_FOLDER"
+    PROCESSED = "PROCESSED"
+    FAILED = "FAILED"
+    OUTPUTS = "OUTPUTS"
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterFile(
+            self.INPUT_FOLDER, self.tr("Input folder"), behavior=QgsProcessingParameterFile.Folder))
+        self.addParameter(QgsProcessingParameterString(
+            self.PATTERN, self.tr("File name patterns (';'-separated)"), defaultValue=DEFAULT_PATTERN))
+        self.addParameter(QgsProcessingParameterString(
+            self.BANDS, self.tr("Bands used as RGB, e.g. 1,2,3 (empty = first three)"), optional=True))
+        self.add_model_parameters()
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
+        self.addOutput(QgsProcessingOutputNumber(self.PROCESSED, self.tr("Files processed")))
+        self.addOutput(QgsProcessingOutputNumber(self.FAILED, self.tr("Files failed")))
+        self.addOutput(QgsProcessingOutputMultipleLayers(self.OUTPUTS, self.tr("Depth rasters")))
+
+    def bands(self, parameters, context) -> list[int] | None:
+        text = self.parameterAsString(parameters, self.BANDS, context).strip()
+        if not text:
+            return None
+        try:
+            return [int(part) for part in text.replace(" ", "").split(",")]
+        except ValueError as exc:
+            raise QgsProcessingException(f"Bands must be band numbers separated by commas, got '{text}'.") from exc
+
+    def process(self, parameters, context, feedback) -> dict:
+        from d3rsmde.errors import Cancelled, D3Error
+        from d3rsmde.raster import predict_raster
+
+        folder = Path(self.parameterAsFile(parameters, self.INPUT_FOLDER, context))
+        if not folder.is_dir():
+            raise QgsProcessingException(f"Input folder not found: {folder}")
+        pattern = self.parameterAsString(parameters, self.PATTERN, context)
+        images = matching_files(folder, pattern)
+        if not images:
+            raise QgsProcessingException(f"No file in {folder} matches '{pattern}'.")
+        out_folder = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))
+        out_folder.mkdir(parents=True, exist_ok=True)
+        bands = self.bands(parameters, context)
+        options = self.model_options(parameters, context)
+        pipeline = self.load_pipeline(parameters, context, feedback)
+
+        steps = QgsProcessingMultiStepFeedback(len(images), feedback)
+        outputs, failed = [], 0
+        for step, image in enumerate(images):
+            steps.setCurrentStep(step)
+            output = out_folder / f"{image.stem}{OUTPUT_SUFFIX}"
+            feedback.pushInfo(f"[{step + 1}/{len(images)}] {image.name} -> {output.name}")
+            try:
+                predict_raster(str(image), str(output), pipeline, bands=bands, progress=progress_callback(steps),
+                               cancel=feedback.isCanceled, **options)
+            except Cancelled:  # keep what is done; predict_raster leaves nothing of the current file
+                feedback.reportError(f"Cancelled: {image.name} and the files after it were not processed.")
+                break
+            except (D3Error, OSError, ValueError) as exc:  # unreadable or unsuitable file: report, go on
+                failed += 1
+                feedback.reportError(f"{image.name}: {exc}", fatalError=False)
+                continue
+            outputs.append(str(output))
+        feedback.pushInfo(f"{len(outputs)} processed, {failed} failed.")
+        return {self.OUTPUT_FOLDER: str(out_folder), self.PROCESSED: len(outputs), self.FAILED: failed,
+                self.OUTPUTS: outputs}

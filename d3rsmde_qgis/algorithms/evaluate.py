@@ -1,0 +1,92 @@
+"""d3rsmde:evaluate - the paper's metrics of a height raster against a reference, as outputs and an HTML table."""
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from pathlib import Path
+
+from qgis.core import (
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterRasterLayer,
+)
+
+from .base import D3Algorithm, log_summary
+
+# Output names are part of the plugin's API (models and scripts read them), so they are fixed here rather
+# than taken from the backend, which is not importable when the provider loads without torch.
+PER_TILE = ("mae", "rmse", "delta1", "delta2", "delta3", "psnr", "ssim", "lpips")
+WHOLE = ("mae", "rmse", "bias", "rmse_after_affine")
+
+
+def metrics_html(metrics: dict, prediction: str, reference: str) -> str:
+    """A small self-contained HTML page: the paper's per-tile metrics, then whole-raster errors in units."""
+    from d3rsmde.metrics import COLUMNS
+
+    per_tile, whole = metrics["per_tile"], metrics["whole"]
+    units = whole.get("units") or "raster units"
+    rows = [(f"<b>Per {metrics['tile']} px tile, mean of {metrics['tiles']} tiles</b> "
+             "(each map stretched to 0..255)", "")]
+    rows += [(title, "n/a" if per_tile.get(key) is None else fmt.format(per_tile[key])) for key, title, fmt in COLUMNS]
+    rows += [(f"<b>Whole raster, {whole['pixels']} pixels</b> ({html.escape(units)})", "")]
+    rows += [(key.replace("_", " "), f"{whole[key]:.4g}") for key in WHOLE]
+    cells = "\n".join(f"<tr><th align=\"left\">{name}</th><td>{value}</td></tr>" for name, value in rows)
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>D3-RSMDE evaluation</title></head><body>\n"
+        f"<h3>D3-RSMDE evaluation</h3>\n<p>Prediction: {html.escape(prediction)}<br>"
+        f"Reference: {html.escape(reference)}</p>\n"
+        f"<table border=\"1\" cellspacing=\"0\" cellpadding=\"4\">\n{cells}\n</table>\n</body></html>\n"
+    )
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Readers never see a half-written file: write a temp file beside it, then rename over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        tmp.write(text)
+    os.replace(tmp.name, path)
+
+
+class EvaluateDepth(D3Algorithm):
+    NAME = "evaluate"
+    DISPLAY_NAME = "Evaluate depth against reference"
+    HELP = (
+        "Compares a height raster with a reference DEM (any CRS and resolution; it is warped onto the "
+        "prediction's grid, nodata ignored).<br>"
+        "<b>Per tile</b>, as in the D3-RSMDE paper: in each tile both maps are min-max stretched to 0..255, then "
+        "MAE and RMSE (lower is better), delta1..3, PSNR and SSIM (higher is better) and LPIPS (lower is better; "
+        "empty when the AlexNet weights are not on this machine), averaged over tiles.<br>"
+        "<b>Whole raster</b>, in the rasters' units: MAE, RMSE, bias and the RMSE left after the best global "
+        "scale and shift (the one to read for relative-height predictions).<br>"
+        "The metrics are returned as outputs and written as an HTML table."
+    )
+
+    PREDICTION = "PREDICTION"
+    REFERENCE = "REFERENCE"
+    OUTPUT_HTML = "OUTPUT_HTML"
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterRasterLayer(self.PREDICTION, self.tr("Predicted height")))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.REFERENCE, self.tr("Reference DEM")))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT_HTML, self.tr("Metrics table"), fileFilter=self.tr("HTML files (*.html)")))
+        for key in PER_TILE:
+            self.addOutput(QgsProcessingOutputNumber(key.upper(), self.tr(f"{key} (per tile)")))
+        for key in WHOLE:
+            self.addOutput(QgsProcessingOutputNumber(f"WHOLE_{key.upper()}", self.tr(f"{key} (whole raster)")))
+
+    def process(self, parameters, context, feedback) -> dict:
+        from d3rsmde.raster import evaluate_rasters
+
+        prediction = self.raster_path(parameters, self.PREDICTION, context)
+        reference = self.raster_path(parameters, self.REFERENCE, context)
+        metrics = evaluate_rasters(prediction, reference)
+        html_path = Path(self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context))
+        write_text_atomically(html_path, metrics_html(metrics, prediction, reference))
+        log_summary(feedback, metrics)
+        return {
+            self.OUTPUT_HTML: str(html_path),
+            **{key.upper(): metrics["per_tile"].get(key) for key in PER_TILE},
+            **{f"WHOLE_{key.upper()}": metrics["whole"][key] for key in WHOLE},
+        }

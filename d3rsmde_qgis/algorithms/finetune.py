@@ -1,0 +1,62 @@
+"""d3rsmde:finetune - adapt a checkpoint to one region from its image and a DEM; writes a new weights file."""
+from __future__ import annotations
+
+from qgis.core import (
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
+)
+
+from .base import D3Algorithm, log_summary, progress_callback
+
+
+class FinetuneRegion(D3Algorithm):
+    NAME = "finetune"
+    DISPLAY_NAME = "Fine-tune model on region"
+    HELP = (
+        "Fine-tunes D3-RSMDE weights on one region: the image and a DEM covering it (any CRS and resolution; "
+        "the DEM is resampled to the image grid) are cut into tiles, and the model is trained for the given "
+        "number of epochs starting from the base weights. Use the resulting .safetensors file as "
+        "<i>Model weights</i> in <i>Estimate depth</i>. <b>Extent</b> limits training to part of the image "
+        "(e.g. to keep an area for evaluation). Training on a CPU is slow: start with few epochs. "
+        "Cancel stops after the current step and writes nothing."
+    )
+
+    IMAGE = "IMAGE"
+    DEM = "DEM"
+    EXTENT = "EXTENT"
+    EPOCHS = "EPOCHS"
+    OUTPUT = "OUTPUT"
+
+    def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        self.addParameter(QgsProcessingParameterRasterLayer(self.IMAGE, self.tr("Image")))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.DEM, self.tr("DEM (heights in metres)")))
+        self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Training extent"), optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            self.EPOCHS, self.tr("Epochs"), type=QgsProcessingParameterNumber.Integer, minValue=1, defaultValue=5))
+        self.add_weights_parameter("Base weights (.safetensors; empty = bundled default)")
+        self.add_advanced(QgsProcessingParameterNumber(
+            self.TILE, self.tr("Tile size in pixels (empty = from the weights)"),
+            type=QgsProcessingParameterNumber.Integer, minValue=16, optional=True))
+        self.add_device_parameter()
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.OUTPUT, self.tr("Fine-tuned weights"), fileFilter=self.tr("Safetensors weights (*.safetensors)")))
+
+    def process(self, parameters, context, feedback) -> dict:
+        from d3rsmde.train.finetune import finetune_region
+
+        image_layer = self.parameterAsRasterLayer(parameters, self.IMAGE, context)
+        extent = None
+        if parameters.get(self.EXTENT):
+            box = self.parameterAsExtent(parameters, self.EXTENT, context, image_layer.crs())
+            extent = (box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum())
+        output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
+        summary = finetune_region(
+            self.raster_path(parameters, self.IMAGE, context), self.raster_path(parameters, self.DEM, context),
+            str(self.weights(parameters, context)), output,
+            extent=extent, epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+            tile=self.optional_int(parameters, self.TILE, context), device=self.device(parameters, context),
+            progress=progress_callback(feedback), cancel=feedback.isCanceled)
+        log_summary(feedback, summary)
+        return {self.OUTPUT: output}

@@ -1,0 +1,303 @@
+"""The QGIS plugin against the real, headless QGIS: in-process processing.run, qgis_process and a dialog."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from conftest import REPO, SAMPLE_DEM, SAMPLE_RGB, crop_raster
+from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback
+
+pytestmark = pytest.mark.qgis
+
+ALGORITHM_IDS = ["d3rsmde:estimatedepth", "d3rsmde:estimatedepthfolder", "d3rsmde:evaluate", "d3rsmde:finetune"]
+CPU = 1  # DEVICE enum index
+
+
+def run(algorithm: str, parameters: dict, feedback=None) -> dict:
+    import processing
+
+    return processing.run(algorithm, parameters, feedback=feedback)
+
+
+class RecordingFeedback(QgsProcessingFeedback):
+    """Keeps what the algorithm reported."""
+
+    def __init__(self):
+        super().__init__()
+        self.infos, self.errors = [], []
+
+    def pushInfo(self, info):  # noqa: N802 - QGIS API
+        self.infos.append(info)
+
+    def reportError(self, error, fatalError=False):  # noqa: N802,N803 - QGIS API
+        self.errors.append(error)
+
+
+def test_provider_registers_four_documented_algorithms(d3_provider):
+    registry = QgsApplication.processingRegistry()
+    provider = registry.providerById("d3rsmde")
+    assert provider is d3_provider and provider.name() == "D3-RSMDE"
+    assert not provider.icon().isNull()
+    assert sorted(alg.id() for alg in provider.algorithms()) == ALGORITHM_IDS
+    for alg in provider.algorithms():
+        assert len(alg.shortHelpString()) > 100, alg.id()
+    depth = registry.algorithmById("d3rsmde:estimatedepth")
+    names = [p.name() for p in depth.parameterDefinitions()]
+    assert names == ["INPUT", "BANDS", "WEIGHTS", "REFINE_STEPS", "TILE", "OVERLAP", "BATCH_SIZE", "DEVICE",
+                     "REFERENCE_DEM", "HILLSHADE", "OUTPUT"]
+    assert depth.parameterDefinition("BANDS").allowMultiple()
+    assert depth.parameterDefinition("BANDS").defaultValue() == [1, 2, 3]
+    assert depth.parameterDefinition("OUTPUT").supportedOutputRasterLayerExtensions() == ["tif"]
+
+
+def test_estimate_depth_keeps_grid_and_writes_nodata(d3_provider, tiny_weights, small_rgb, tmp_path):
+    output = tmp_path / "depth.tif"
+    feedback = RecordingFeedback()
+    result = run("d3rsmde:estimatedepth", {"INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights),
+                                           "REFINE_STEPS": 2, "DEVICE": CPU, "OUTPUT": str(output)}, feedback)
+    assert result["OUTPUT"] == str(output)
+    with rasterio.open(small_rgb) as src, rasterio.open(output) as out:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+        assert out.nodata == -9999.0 and out.dtypes[0] == "float32"
+        height = out.read(1, masked=True)
+    assert 0.0 <= height.min() < height.max() <= 1.0
+    log = "\n".join(feedback.infos)
+    assert "Device: CPU" in log and "tiles: 4" in log and "seconds:" in log and "refine_steps: 2" in log
+
+
+def test_loaded_result_gets_terrain_style_and_hillshade(d3_provider, tiny_weights, small_rgb, tmp_path,
+                                                        qgis_new_project):
+    import processing
+    from qgis.PyQt.QtGui import QColor, QPainter
+
+    output = tmp_path / "styled.tif"
+    processing.runAndLoadResults("d3rsmde:estimatedepth", {
+        "INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights), "DEVICE": CPU, "HILLSHADE": True,
+        "OUTPUT": str(output)})
+    layers = {layer.name(): layer for layer in qgis_new_project.mapLayers().values()}
+    assert len(layers) == 2, layers
+    shade = next(layer for name, layer in layers.items() if name.endswith("hillshade"))
+    depth = next(layer for layer in layers.values() if layer is not shade)
+    assert Path(depth.source()) == output
+    renderer = depth.renderer()
+    assert renderer.type() == "singlebandpseudocolor"
+    with rasterio.open(output) as out:
+        values = out.read(1, masked=True)
+    assert renderer.classificationMin() == pytest.approx(values.min(), abs=1e-6)
+    assert renderer.classificationMax() == pytest.approx(values.max(), abs=1e-6)
+    items = renderer.shader().rasterShaderFunction().colorRampItemList()
+    assert [item.color for item in (items[0], items[-1])] == [QColor("#2b6e3f"), QColor("#ffffff")]
+    assert items[0].value == pytest.approx(values.min(), abs=1e-6)
+    assert depth.dataProvider().sourceHasNoDataValue(1) and depth.dataProvider().sourceNoDataValue(1) == -9999.0
+    assert shade.renderer().type() == "hillshade" and shade.blendMode() == QPainter.CompositionMode_Multiply
+
+
+def test_batch_rows_reuse_one_model_load(d3_provider, tiny_weights, small_rgb, tmp_path):
+    from d3rsmde_qgis.cache import pipeline_for
+
+    pipeline_for.cache_clear()
+    for row in range(2):
+        run("d3rsmde:estimatedepth", {"INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
+                                      "REFINE_STEPS": 0, "OUTPUT": str(tmp_path / f"row{row}.tif")})
+    assert pipeline_for.cache_info().misses == 1 and pipeline_for.cache_info().hits == 1
+    stat = tiny_weights.stat()  # rewritten weights (new mtime) must be reloaded, not served stale
+    os.utime(tiny_weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    run("d3rsmde:estimatedepth", {"INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
+                                  "REFINE_STEPS": 0, "OUTPUT": str(tmp_path / "row2.tif")})
+    assert pipeline_for.cache_info().misses == 2
+    assert all((tmp_path / f"row{row}.tif").is_file() for row in range(3))
+
+
+def test_cancel_during_run_leaves_no_output(d3_provider, tiny_weights, small_rgb, tmp_path):
+    feedback = QgsProcessingFeedback()
+    progress = []
+    feedback.progressChanged.connect(lambda value: (progress.append(value), feedback.cancel()))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        run("d3rsmde:estimatedepth", {"INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
+                                      "BATCH_SIZE": 1, "OUTPUT": str(out_dir / "depth.tif")}, feedback)
+    assert progress and progress[0] < 100  # it was cancelled mid-run, after the first batch
+    assert list(out_dir.iterdir()) == []  # neither the output nor a scratch file
+
+
+def test_folder_loads_once_and_skips_bad_files(d3_provider, tiny_weights, small_rgb, tmp_path):
+    from d3rsmde_qgis.cache import pipeline_for
+
+    images = tmp_path / "images"
+    images.mkdir()
+    crop_raster(small_rgb, images / "a.tif", 0, 0, 64, 64)
+    crop_raster(small_rgb, images / "b.tif", 16, 8, 80, 64)
+    (images / "broken.tif").write_bytes(b"not a raster")
+    (images / "notes.txt").write_text("ignored: does not match the pattern")
+    pipeline_for.cache_clear()
+    feedback = RecordingFeedback()
+    result = run("d3rsmde:estimatedepthfolder", {
+        "INPUT_FOLDER": str(images), "WEIGHTS": str(tiny_weights), "DEVICE": CPU, "REFINE_STEPS": 1,
+        "OUTPUT_FOLDER": str(tmp_path / "depth")}, feedback)
+    assert (result["PROCESSED"], result["FAILED"]) == (2, 1)
+    assert [Path(p).name for p in result["OUTPUTS"]] == ["a_depth.tif", "b_depth.tif"]
+    for name, output in zip("ab", result["OUTPUTS"]):
+        with rasterio.open(images / f"{name}.tif") as src, rasterio.open(output) as out:
+            assert (out.transform, out.shape) == (src.transform, src.shape)
+    assert len(feedback.errors) == 1 and feedback.errors[0].startswith("broken.tif:")
+    assert pipeline_for.cache_info().misses == 1
+
+
+def test_evaluate_returns_metrics_and_html(d3_provider, tiny_weights, small_rgb, tmp_path):
+    depth = tmp_path / "depth.tif"
+    run("d3rsmde:estimatedepth", {"INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
+                                  "OUTPUT": str(depth)})
+    same = run("d3rsmde:evaluate", {"PREDICTION": str(depth), "REFERENCE": str(depth),
+                                    "OUTPUT_HTML": str(tmp_path / "same.html")})
+    assert same["MAE"] == pytest.approx(0.0) and same["WHOLE_RMSE"] == pytest.approx(0.0, abs=1e-6)
+    assert same["SSIM"] == pytest.approx(1.0)
+    real = run("d3rsmde:evaluate", {"PREDICTION": str(depth), "REFERENCE": str(SAMPLE_DEM),
+                                    "OUTPUT_HTML": str(tmp_path / "dem.html")})
+    assert real["MAE"] > 0 and 0 <= real["DELTA1"] <= real["DELTA2"] <= real["DELTA3"] <= 1
+    page = Path(real["OUTPUT_HTML"]).read_text(encoding="utf-8")
+    assert "MAE" in page and f"{real['MAE']:.2f}" in page and "rmnp-dem.tif" in page
+
+
+def test_finetune_writes_loadable_weights(d3_provider, tiny_weights, tmp_path):
+    from d3rsmde.pipeline import D3Pipeline
+
+    output = tmp_path / "tuned.safetensors"
+    feedback = RecordingFeedback()
+    result = run("d3rsmde:finetune", {  # ~250 x 160 px of the sample inside the DEM: 2 x 2 split blocks
+        "IMAGE": str(SAMPLE_RGB), "DEM": str(SAMPLE_DEM), "EXTENT": "-105.90,-105.52,40.30,40.54 [EPSG:4326]",
+        "EPOCHS": 1, "TILE": 32, "WEIGHTS": str(tiny_weights), "DEVICE": CPU, "OUTPUT": str(output)}, feedback)
+    assert result["OUTPUT"] == str(output)
+    tuned = D3Pipeline.from_pretrained(output, device="cpu")
+    assert tuned.config.name == "tiny"
+    assert any(line.startswith("after: mae ") for line in feedback.infos), feedback.infos
+
+
+# -- qgis_process and the desktop dialog, in subprocesses ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory) -> Path:
+    """One isolated QGIS profile for the qgis_process calls (scripts/qgis_env.sh enables the plugin once)."""
+    return tmp_path_factory.mktemp("qgis-profile")
+
+
+def test_qgis_process_lists_the_algorithms(profile):
+    from demo import qgis_process
+
+    listing = qgis_process(["list"], profile, capture_output=True, text=True, check=True).stdout
+    assert all(f"\t{alg_id}\t" in listing for alg_id in ALGORITHM_IDS), listing
+
+
+def test_demo_runs_estimatedepth_through_qgis_process(tiny_weights, small_rgb, tmp_path):
+    """scripts/demo.py = `qgis_process.bin run d3rsmde:estimatedepth -- INPUT=... OUTPUT=...` + a preview."""
+    from demo import main
+    from matplotlib.image import imread
+
+    main(["--out", str(tmp_path), "--weights", str(tiny_weights), "--input", str(small_rgb)])
+    with rasterio.open(small_rgb) as src, rasterio.open(tmp_path / "rmnp-small-depth.tif") as out:
+        assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+    preview = imread(tmp_path / "rmnp-small-preview.png")
+    assert preview.shape[1] > 2 * preview.shape[0] and preview[..., :3].std() > 0.05
+
+
+def test_missing_torch_is_explained(profile, small_rgb, tmp_path):
+    """A Python where `import torch` fails: the provider still loads and the run names what to install."""
+    from demo import qgis_process
+
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class BlockTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, BlockTorch())\n")
+    env = {"PYTHONPATH": str(blocker)}
+    listing = qgis_process(["list"], profile, env, capture_output=True, text=True).stdout
+    assert "d3rsmde:estimatedepth" in listing
+    output = tmp_path / "depth.tif"
+    result = qgis_process(["run", "d3rsmde:estimatedepth", "--", f"INPUT={small_rgb}", f"OUTPUT={output}"],
+                          profile, env, capture_output=True, text=True)
+    message = result.stdout + result.stderr
+    assert result.returncode != 0 and not output.exists()
+    assert "cannot import:\n  - torch (No module named 'torch')" in message
+    assert 'pip install "torch"' in message and "make setup" in message and "OSGeo4W Shell" in message
+    assert "- timm" not in message  # timm is installed; it only failed because of torch
+
+
+DESKTOP_PROBE = """
+import sys
+import torch
+import qgis.utils
+from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import QTimer
+provider = QgsApplication.processingRegistry().providerById("d3rsmde")
+with open({report!r}, "w") as report:
+    print(sys.prefix, torch.__version__, "d3rsmde_qgis" in qgis.utils.active_plugins,
+          provider is not None and len(provider.algorithms()), file=report)
+QTimer.singleShot(0, QgsApplication.instance().quit)
+"""
+
+
+def test_run_qgis_sh_gives_desktop_qgis_the_venv(tmp_path):
+    """The documented desktop launcher: QGIS's Python is the venv (torch importable) and the plugin starts."""
+    venv_bin = str(Path(sys.executable).parent)
+    profile = tmp_path / "profile"
+    ini = profile / "profiles" / "default" / "QGIS" / "QGIS3.ini"
+    ini.parent.mkdir(parents=True)
+    ini.write_text("[PythonPlugins]\nd3rsmde_qgis=true\n")
+    probe, report = tmp_path / "probe.py", tmp_path / "report.txt"
+    probe.write_text(DESKTOP_PROBE.format(report=str(report)))
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
+    env = {**os.environ, "PATH": path, "QT_QPA_PLATFORM": "xcb", "XDG_RUNTIME_DIR": str(tmp_path),
+           "QGIS_CUSTOM_CONFIG_PATH": str(profile), "QGIS_PLUGINPATH": str(REPO)}
+    subprocess.run(["xvfb-run", "-a", str(REPO / "scripts" / "run_qgis.sh"), "--nologo", "--code", str(probe)],
+                   env=env, check=True, timeout=120, capture_output=True)
+    prefix, torch_version, plugin_active, algorithms = report.read_text().split()
+    assert Path(prefix) == Path(venv_bin).parent and torch_version
+    assert (plugin_active, algorithms) == ("True", "4")
+
+
+DIALOG_SNAPSHOT = """
+import sys
+from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import QSize
+app = QgsApplication([], True)
+app.initQgis()
+sys.path.append(QgsApplication.pkgDataPath() + "/python/plugins")
+from processing.core.Processing import Processing
+from processing.gui.AlgorithmDialog import AlgorithmDialog
+Processing.initialize()
+import d3rsmde_qgis
+plugin = d3rsmde_qgis.classFactory(None)  # keep a reference: the provider's Python side must outlive the dialog
+plugin.initProcessing()
+dialog = AlgorithmDialog(QgsApplication.processingRegistry().createAlgorithmById("d3rsmde:estimatedepth"), False, None)
+dialog.resize(QSize(900, 650))
+dialog.show()
+for _ in range(20):
+    app.processEvents()
+assert dialog.grab().save(sys.argv[1])
+"""
+
+
+def test_algorithm_dialog_renders_under_xvfb(tmp_path):
+    from qgis.PyQt.QtGui import QImage
+
+    shot = REPO / "tests" / "artifacts" / "estimatedepth-dialog.png"
+    shot.parent.mkdir(exist_ok=True)
+    shot.unlink(missing_ok=True)
+    env = {**os.environ, "QT_QPA_PLATFORM": "xcb", "XDG_RUNTIME_DIR": str(tmp_path),
+           "QGIS_CUSTOM_CONFIG_PATH": str(tmp_path / "profile"), "PYTHONPATH": str(REPO)}
+    subprocess.run(["xvfb-run", "-a", sys.executable, "-c", DIALOG_SNAPSHOT, str(shot)],
+                   env=env, check=True, timeout=120)
+    image = QImage(str(shot))
+    assert image.width() >= 800 and image.height() >= 600
+    pixels = np.array([image.pixel(x, y) for x in range(0, image.width(), 7) for y in range(0, image.height(), 7)])
+    assert len(np.unique(pixels)) > 20  # text, widgets and the help panel, not a blank window
