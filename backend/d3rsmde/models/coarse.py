@@ -104,6 +104,9 @@ class CoarseDepthModel(nn.Module):
             nn.ReLU(),
             nn.Conv2d(32, 1, 1),
         )
+        # Start the output well above zero: with the final ReLU, a head that starts negative everywhere has no
+        # gradient and never learns (seen for several seeds, 42 among them).
+        nn.init.constant_(self.head[-1].bias, 1.0)
 
     @property
     def patch_size(self) -> int:

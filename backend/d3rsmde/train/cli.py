@@ -1,0 +1,96 @@
+"""``d3rsmde train`` and ``d3rsmde finetune``: thin argument parsing over the recipe and the region fine-tuner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import config_names
+from ..metrics import format_metrics_table
+
+
+def _printer():
+    """A progress callback printing one line per whole percent (training reports every step)."""
+    last = [-1]
+
+    def report(fraction: float, message: str) -> None:
+        percent = int(fraction * 100)
+        if percent != last[0]:
+            last[0] = percent
+            print(f"[{percent:3d}%] {message}", flush=True)
+
+    return report
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
+
+
+def _cli_train(args) -> int:
+    from ..data import TileDataset
+    from .recipe import train_pipeline
+
+    epochs = {k: v for k, v in (("vae", args.vae_epochs), ("coarse", args.coarse_epochs),
+                                ("refiner", args.refiner_epochs)) if v is not None}
+    val = TileDataset(args.data, "val")
+    out = train_pipeline(
+        args.config, TileDataset(args.data, "train"), val, args.out,
+        work_dir=args.work_dir or Path(args.out).with_suffix(".work"), epochs=epochs, k=args.k,
+        device=args.device, resume=not args.restart, batch_size=args.batch_size, num_workers=args.workers,
+        steps_per_epoch=args.steps_per_epoch, progress=_printer(),
+    )
+    print(f"weights: {out}")
+    return 0
+
+
+def _cli_finetune(args) -> int:
+    from .finetune import finetune_region
+
+    result = finetune_region(
+        args.image, args.dem, args.weights, args.out, extent=args.extent, epochs=args.epochs,
+        refiner_epochs=args.refiner_epochs, tile=args.tile, batch_size=args.batch_size, device=args.device,
+        work_dir=args.work_dir, min_relief_m=args.min_relief, progress=_printer(),
+    )
+    print(f"held-out {result['held_out']} tiles:")
+    print(format_metrics_table({"before": result["before"], "after": result["after"]}, label="weights"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+    print(f"weights: {result['weights']}")
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    """Register ``train`` and ``finetune`` on the ``d3rsmde`` command's subparsers."""
+    train = subparsers.add_parser("train", help="train a model from scratch on a tile dataset (VAE, k-fold "
+                                                "coarse, refiner)")
+    train.add_argument("config", choices=config_names(), help="model size")
+    train.add_argument("data", help="tile dataset folder (from `d3rsmde data build`), its train and val splits")
+    train.add_argument("out", help="output weights file (.safetensors)")
+    train.add_argument("--vae-epochs", type=int, help="default 30")
+    train.add_argument("--coarse-epochs", type=int, help="per fold and for the final model; default 100")
+    train.add_argument("--refiner-epochs", type=int, help="default 100")
+    train.add_argument("--k", type=int, default=5, help="coarse folds (default %(default)s)")
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--workers", type=int, default=0, help="data loader processes")
+    train.add_argument("--steps-per-epoch", type=int, help="cap on batches per epoch (quick trial runs)")
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (under torchrun: one GPU per rank)")
+    train.add_argument("--work-dir", help="stage checkpoints and logs (default: OUT with suffix .work)")
+    train.add_argument("--restart", action="store_true", help="discard stage checkpoints in the work folder")
+    train.set_defaults(func=_cli_train)
+
+    tune = subparsers.add_parser("finetune", help="fine-tune weights on one region from an image and a DEM")
+    tune.add_argument("image", help="image raster (1, 3 or 4 bands)")
+    tune.add_argument("dem", help="elevation raster of the same area, any CRS and resolution")
+    tune.add_argument("out", help="output weights file (.safetensors)")
+    tune.add_argument("--weights", help="weights to start from (default: the shipped weights)")
+    tune.add_argument("--extent", type=_floats, help="xmin,ymin,xmax,ymax in the image CRS (write --extent=... when xmin is negative)")
+    tune.add_argument("--epochs", type=int, default=10, help="coarse (and refiner) epochs (default %(default)s)")
+    tune.add_argument("--refiner-epochs", type=int, help="refiner epochs (default: --epochs)")
+    tune.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
+    tune.add_argument("--batch-size", type=int, default=4)
+    tune.add_argument("--min-relief", type=float, default=10.0,
+                      help="least 2-98%% height range of a tile, metres (default %(default)s)")
+    tune.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    tune.add_argument("--work-dir", help="keep tiles and checkpoints here (a rerun resumes)")
+    tune.add_argument("--json", help="also write the before/after metrics to this JSON file")
+    tune.set_defaults(func=_cli_finetune)

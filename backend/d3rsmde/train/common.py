@@ -1,0 +1,333 @@
+"""The training loop every stage shares: AdamW + plateau schedule, clipping, bf16 on CUDA, logs, resumable
+checkpoints, progress/cancel callbacks and DDP under ``torchrun``, so each stage only writes its loss.
+
+A stage trains one ``nn.Module`` with ``loss_fn(model, batch) -> scalar``; ``loss_fn`` must only call
+``model(...)`` (its forward) so DistributedDataParallel can synchronise gradients. Batches are dicts of tensors,
+items ``{"image": 3xHxW [0, 1], "depth": 1xHxW, "mask": 1xHxW bool, ...}``.
+
+Work folder of a stage: ``last.pt`` (model, optimizer, scheduler, epoch, best weights, history) after every epoch,
+``log.csv`` (and TensorBoard events when installed), and ``final.pt`` (weights, history) once the stage is done,
+replacing ``last.pt``. A later call with the same folder resumes from ``last.pt`` or, when ``final.pt`` exists,
+loads it and returns at once, whatever ``epochs`` it asks for.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from tqdm.auto import tqdm
+
+from ..device import resolve_device
+from ..errors import Cancelled, InputError
+
+Progress = Callable[[float, str], None]
+Cancel = Callable[[], bool]
+LossFn = Callable[[nn.Module, dict], Tensor]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings of one stage; the stages start from their paper defaults (see each stage module)."""
+
+    epochs: int = 100
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+    grad_clip: float | None = 1.0
+    seed: int = 42
+    device: str | torch.device = "auto"
+    bf16: bool = True  # autocast to bfloat16 on CUDA GPUs that support it; ignored on CPU
+    augment: bool = True
+    num_workers: int = 0
+    steps_per_epoch: int | None = None  # cap on batches per epoch (quick runs); None: the whole dataset
+
+    def replace(self, **overrides) -> "TrainSettings":
+        """A copy with ``overrides``; unknown names raise InputError instead of being ignored."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise InputError(f"unknown training setting(s) {unknown}; known: {sorted(self.__dataclass_fields__)}")
+        return dataclasses.replace(self, **overrides)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so runs repeat."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def flip_rotate(item: dict, generator: torch.Generator | None = None) -> dict:
+    """The same random flip and quarter turn on every ``C x H x W`` tensor of ``item`` (turns only if square).
+
+    Terrain seen from above has no preferred orientation, so these are free extra training samples.
+    """
+    spatial = {k: v for k, v in item.items() if isinstance(v, Tensor) and v.dim() == 3}
+    if not spatial:
+        return item
+    h, w = next(iter(spatial.values())).shape[-2:]
+    turns = int(torch.randint(4 if h == w else 1, (1,), generator=generator))
+    flip = bool(torch.randint(2, (1,), generator=generator))
+    out = dict(item)
+    for key, value in spatial.items():
+        value = torch.rot90(value, turns, dims=(-2, -1))
+        out[key] = value.flip(-1) if flip else value
+    return out
+
+
+class Augmented(Dataset):
+    """``dataset`` with :func:`flip_rotate` applied to each item."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return flip_rotate(self.dataset[i])
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def scaled_progress(progress: Progress | None, start: float, end: float) -> Progress | None:
+    """A callback reporting into the ``[start, end]`` part of ``progress`` (stages of a longer job)."""
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(start + (end - start) * min(max(fraction, 0.0), 1.0), message)
+
+
+def check_cancel(cancel: Cancel | None, what: str) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled(f"{what} cancelled")
+
+
+def distributed_context(device: str | torch.device = "auto") -> tuple[int, int, torch.device]:
+    """(rank, world size, device): joins the process group when started by ``torchrun`` (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, resolve_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return dist.get_rank(), world, torch.device("cuda", local)
+    return dist.get_rank(), world, torch.device("cpu")
+
+
+def stretch_valid(depth: Tensor, mask: Tensor, eps: float = 1e-6) -> Tensor:
+    """Min-max stretch of each sample's valid pixels to [0, 1] (invalid pixels become 0): the per-tile relative
+    height the models predict, computed without letting nodata pixels set the range."""
+    flat, valid = depth.flatten(1), mask.flatten(1)
+    lo = torch.where(valid, flat, torch.full_like(flat, math.inf)).amin(1)
+    hi = torch.where(valid, flat, torch.full_like(flat, -math.inf)).amax(1)
+    shape = (-1,) + (1,) * (depth.dim() - 1)
+    lo, hi = lo.view(shape), hi.view(shape)
+    scaled = (depth - lo) / (hi - lo).clamp_min(eps)
+    return torch.where(mask, scaled, torch.zeros_like(scaled))
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save through a temporary file in the same folder, so a crash never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    train_ds: Dataset,
+    val_ds: Dataset | None = None,
+    *,
+    settings: TrainSettings,
+    work_dir: str | os.PathLike | None = None,
+    name: str = "train",
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> list[dict]:
+    """Train ``model``'s parameters that require grad; returns one history row per epoch.
+
+    With ``val_ds`` the plateau schedule follows the validation loss and the best epoch's weights are kept;
+    without it, the training loss drives the schedule and the last weights are kept.
+    """
+    if len(train_ds) == 0:
+        raise InputError(f"{name}: the training set is empty")
+    rank, world, device = distributed_context(settings.device)
+    main = rank == 0
+    stage_dir = Path(work_dir) if work_dir is not None else None
+    model.to(device)
+    if stage_dir is not None and (stage_dir / "final.pt").is_file():
+        done = torch.load(stage_dir / "final.pt", map_location=device, weights_only=True)
+        model.load_state_dict(done["model"])
+        if progress and main:
+            progress(1.0, f"{name}: already trained, loaded from {stage_dir}")
+        return done["history"]
+    if main and stage_dir is not None:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise InputError(f"{name}: the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=settings.plateau_factor, patience=settings.plateau_patience
+    )
+    start, history, best_loss, best_state = 0, [], math.inf, None
+    if stage_dir is not None and (stage_dir / "last.pt").is_file():
+        state = torch.load(stage_dir / "last.pt", map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, history = state["epoch"] + 1, state["history"]
+        best_loss, best_state = state["best_loss"], state["best_model"]
+
+    trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    sampler = DistributedSampler(train_ds, seed=settings.seed) if world > 1 else RandomSampler(train_ds)
+    loader = DataLoader(
+        Augmented(train_ds) if settings.augment else train_ds,
+        batch_size=settings.batch_size,
+        sampler=sampler,
+        num_workers=settings.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=settings.num_workers > 0,
+    )
+    steps = min(len(loader), settings.steps_per_epoch or len(loader))
+    use_bf16 = settings.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    logger = _Logger(stage_dir, name) if main and stage_dir is not None else None
+
+    for epoch in range(start, settings.epochs):
+        began = time.perf_counter()
+        # Shuffling, augmentation and sampled steps depend on (seed, epoch, rank) only, so a resumed run
+        # sees the batches an unbroken one would.
+        seed_everything(settings.seed + 1000 * epoch + rank)
+        if world > 1:
+            sampler.set_epoch(epoch)
+        model.train()
+        total = torch.zeros(2, device=device)
+        bar = tqdm(itertools.islice(loader, steps), total=steps, desc=f"{name} {epoch + 1}/{settings.epochs}",
+                   disable=None if main else True, leave=False)
+        for step, batch in enumerate(bar):
+            check_cancel(cancel, name)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = loss_fn(trained, to_device(batch, device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+            optimizer.step()
+            total += torch.stack([loss.detach().float(), torch.ones((), device=device)])
+            if progress and main:
+                fraction = (epoch * steps + step + 1) / (settings.epochs * steps)
+                progress(fraction, f"{name}: epoch {epoch + 1}/{settings.epochs}, loss {loss.item():.4f}")
+        train_loss = _mean_across_ranks(total, world)
+        val_loss = evaluate_loss(trained, loss_fn, val_ds, settings, device, world, cancel, name) \
+            if val_ds is not None and len(val_ds) else None
+        monitored = train_loss if val_loss is None else val_loss
+        scheduler.step(monitored)
+        if val_loss is not None and val_loss < best_loss:
+            best_loss, best_state = val_loss, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+               "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - began}
+        history.append(row)
+        if main and stage_dir is not None:
+            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
+                         "best_loss": best_loss, "best_model": best_state}, stage_dir / "last.pt")
+        if logger:
+            logger.write(row)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    if main and stage_dir is not None:
+        atomic_save({"model": model.state_dict(), "history": history}, stage_dir / "final.pt")
+        (stage_dir / "last.pt").unlink(missing_ok=True)  # optimizer state is dead weight once the stage is done
+    if logger:
+        logger.close()
+    if world > 1:
+        dist.barrier()
+    return history
+
+
+@torch.no_grad()
+def evaluate_loss(model, loss_fn, dataset, settings, device, world=1, cancel=None, name="eval") -> float:
+    """Mean ``loss_fn`` over ``dataset`` (this rank's share under DDP), eval mode, fixed random stream."""
+    sampler = DistributedSampler(dataset, shuffle=False) if world > 1 else None
+    loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=sampler, num_workers=settings.num_workers)
+    model.eval()
+    total = torch.zeros(2, device=device)
+    use_bf16 = settings.bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    # Losses that draw random steps (the refiner's) must compare epochs on the same draws.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(settings.seed)
+        for batch in loader:
+            check_cancel(cancel, name)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                loss = loss_fn(model, to_device(batch, device))
+            total += torch.stack([loss.float() * len(batch["image"]), torch.tensor(float(len(batch["image"])),
+                                                                                   device=device)])
+    return _mean_across_ranks(total, world)
+
+
+def _mean_across_ranks(total: Tensor, world: int) -> float:
+    """``total`` = [sum, count]; the global mean across DDP ranks."""
+    if world > 1:
+        dist.all_reduce(total)
+    return float(total[0] / total[1].clamp_min(1))
+
+
+class _Logger:
+    """Appends epoch rows to ``log.csv``, and to TensorBoard when the package is installed."""
+
+    FIELDS = ("epoch", "train_loss", "val_loss", "lr", "seconds")
+
+    def __init__(self, stage_dir: Path, name: str):
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        self.path = stage_dir / "log.csv"
+        self.name = name
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(str(stage_dir / "tensorboard"))
+        except ImportError:
+            self.board = None
+
+    def write(self, row: dict) -> None:
+        new = not self.path.is_file()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self.board is not None:
+            for key in ("train_loss", "val_loss", "lr"):
+                if row[key] is not None:
+                    self.board.add_scalar(f"{self.name}/{key}", row[key], row["epoch"])
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()

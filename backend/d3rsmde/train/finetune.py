@@ -1,0 +1,137 @@
+"""Fine-tune a trained model on one region: an image and a DEM of the same place -> new weights, with the
+metrics before and after on a held-out block so the user sees whether it helped.
+
+The VAE stays frozen (the latent space the refiner works in must not move); the coarse model is fine-tuned with
+HDN, then the refiner. The refiner's coarse maps come from the coarse model as it was BEFORE fine-tuning: it has
+never seen these tiles, so its errors are the honest held-out kind the refiner must learn to fix (the k-fold idea,
+without k extra trainings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import TileDataset, build_dataset
+from ..errors import InputError
+from ..metrics import depth_metrics
+from ..pipeline import D3Pipeline
+from ..plbr import PLBRSchedule
+from ..weights import default_weights_path
+from .coarse import train_coarse
+from .common import Cancel, Progress, check_cancel, scaled_progress
+from .kfold import predict_coarse
+from .refiner import train_refiner
+
+
+@torch.no_grad()
+def evaluate_tiles(pipe: D3Pipeline, dataset: Dataset, *, batch_size: int = 4, refine_steps: int | None = None,
+                   cancel: Cancel | None = None) -> dict:
+    """Mean :func:`~d3rsmde.metrics.depth_metrics` of ``pipe`` over the tiles of ``dataset`` (plus ``tiles``)."""
+    rows = []
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        check_cancel(cancel, "evaluation")
+        pred = pipe(batch["image"], refine_steps=refine_steps).cpu()
+        rows += [depth_metrics(p, g, m) for p, g, m in zip(pred, batch["depth"], batch["mask"])]
+    if not rows:
+        raise InputError("no tiles to evaluate")
+    result = {}
+    for key, value in rows[0].items():
+        values = [r[key] for r in rows]
+        if isinstance(value, float):
+            result[key] = float(np.mean(values))
+        elif value is None:
+            result[key] = None
+        else:  # lpips_status: the same reason for every tile
+            result[key] = value
+    result["tiles"] = len(rows)
+    return result
+
+
+def finetune_region(
+    image: str | os.PathLike,
+    dem: str | os.PathLike,
+    weights_in: str | os.PathLike | None,
+    weights_out: str | os.PathLike,
+    *,
+    extent: tuple[float, float, float, float] | None = None,
+    epochs: int = 10,
+    refiner_epochs: int | None = None,
+    tile: int | None = None,
+    batch_size: int = 4,
+    device: str | torch.device = "auto",
+    work_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    **build_options,
+) -> dict:
+    """Fine-tune ``weights_in`` (None: the shipped weights) on ``image`` + ``dem`` and save ``weights_out``.
+
+    ``extent`` is (xmin, ymin, xmax, ymax) in the image CRS; ``tile`` defaults to the model's tile size;
+    ``epochs`` applies to the coarse model and, unless ``refiner_epochs`` is given, to the refiner.
+    ``build_options`` go to :func:`d3rsmde.data.build_dataset` (``min_relief_m=``, ``stride=``...).
+    ``work_dir`` keeps tiles and stage checkpoints (a rerun resumes); by default a temporary folder is used.
+    Returns ``{"before", "after", "weights", "tiles", "held_out", "work_dir"}``; metrics are tile means on the
+    held-out split (test, or val when the region is too small for a test block).
+    """
+    weights_in = Path(weights_in) if weights_in is not None else default_weights_path()
+    weights_out = Path(weights_out)
+    if weights_out.resolve() == weights_in.resolve():
+        raise InputError(f"the output weights {weights_out} would overwrite the input weights: choose another path")
+    if epochs < 1:
+        raise InputError(f"epochs must be at least 1, got {epochs}")
+    with tempfile.TemporaryDirectory(prefix="d3rsmde-finetune-") as tmp:
+        work = Path(work_dir) if work_dir is not None else Path(tmp)
+        pipe = D3Pipeline.from_pretrained(weights_in, device=device)
+        tile = tile or pipe.config.tile_size
+        if tile % pipe.size_multiple:
+            raise InputError(f"tile size {tile} must be a multiple of {pipe.size_multiple} for this model")
+        built = build_dataset(image, dem, work / "tiles", tile_size=tile, extent=extent,
+                              progress=scaled_progress(progress, 0.0, 0.1), cancel=cancel, **build_options)
+        train_ds, val_ds, test_ds = (TileDataset(work / "tiles", s) for s in ("train", "val", "test"))
+        held_out, held_name = (test_ds, "test") if len(test_ds) else (val_ds, "val")
+        if len(train_ds) == 0 or len(held_out) == 0:
+            raise InputError(
+                f"the region gave {built['counts']} tiles (dropped: {built['dropped']}); fine-tuning needs training "
+                "tiles and a held-out block: use a larger extent, a smaller tile or a lower min_relief_m"
+            )
+        val = val_ds if len(val_ds) and held_name == "test" else None
+        before = evaluate_tiles(pipe, held_out, batch_size=batch_size, cancel=cancel)
+
+        maps = predict_coarse(pipe.coarse, train_ds, np.empty((len(train_ds), tile, tile), np.float16),
+                              batch_size=batch_size, cancel=cancel)
+        train_coarse(pipe.coarse, train_ds, val, epochs=epochs, batch_size=batch_size, device=device,
+                     work_dir=work / "coarse", progress=scaled_progress(progress, 0.15, 0.55), cancel=cancel)
+        val_maps = None if val is None else predict_coarse(
+            pipe.coarse, val, np.empty((len(val), tile, tile), np.float16), batch_size=batch_size, cancel=cancel)
+        config = pipe.config
+        train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val,
+                      val_maps, epochs=refiner_epochs or epochs, batch_size=batch_size, device=device,
+                      work_dir=work / "refiner", progress=scaled_progress(progress, 0.55, 0.95), cancel=cancel)
+        pipe.eval()
+        after = evaluate_tiles(pipe, held_out, batch_size=batch_size, cancel=cancel)
+        check_cancel(cancel, "fine-tuning")
+
+        region = f"fine-tuned on {image} + {dem}" + (f" within {tuple(extent)}" if extent else "")
+        pipe.config = dataclasses.replace(config, data="; ".join(filter(None, [config.data, region])),
+                                          gsd_m=train_ds.index.get("gsd_m", config.gsd_m))
+        pipe.save_pretrained(weights_out, finetuned_from=str(weights_in), finetune={
+            "epochs": epochs, "refiner_epochs": refiner_epochs or epochs, "tile": tile,
+            "tiles": built["counts"], "before": _finite(before), "after": _finite(after),
+        })
+    if progress:
+        progress(1.0, f"saved {weights_out}")
+    return {"before": before, "after": after, "weights": str(weights_out), "tiles": built["counts"],
+            "held_out": held_name, "work_dir": str(work_dir) if work_dir is not None else None}
+
+
+def _finite(metrics: dict) -> dict:
+    """JSON-safe copy (an infinite PSNR of a perfect tile becomes None)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}

@@ -1,0 +1,117 @@
+"""The whole training recipe in one call: VAE -> k-fold coarse -> refiner -> one weights file.
+
+Every stage keeps its state in its own folder under ``work_dir``, so an interrupted run (crash, cancel, wall-clock
+limit) picks up where it stopped: finished stages load their result, the running one resumes from its last epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..config import D3Config, get_config
+from ..errors import InputError
+from ..pipeline import D3Pipeline
+from ..plbr import PLBRSchedule
+from .common import Cancel, Progress, check_cancel, distributed_context, scaled_progress, seed_everything
+from .kfold import kfold_coarse_predictions, predict_coarse
+from .refiner import train_refiner
+from .vae import train_vae
+
+STAGES = ("vae", "coarse", "refiner")
+DEFAULT_EPOCHS = {"vae": 30, "coarse": 100, "refiner": 100}
+
+
+def stage_epochs(epochs: int | dict[str, int] | None) -> dict[str, int]:
+    """Epochs per stage from one number (all stages), a partial dict (the rest default) or None (defaults)."""
+    if epochs is None:
+        return dict(DEFAULT_EPOCHS)
+    if isinstance(epochs, int):
+        return dict.fromkeys(STAGES, epochs)
+    unknown = sorted(set(epochs) - set(STAGES))
+    if unknown:
+        raise InputError(f"unknown training stage(s) {unknown}; stages are {list(STAGES)}")
+    return {**DEFAULT_EPOCHS, **epochs}
+
+
+def train_pipeline(
+    config: D3Config | str,
+    train_ds: Dataset,
+    val_ds: Dataset | None,
+    out_path: str | os.PathLike,
+    *,
+    work_dir: str | os.PathLike,
+    epochs: int | dict[str, int] | None = None,
+    k: int = 5,
+    device: str | torch.device = "auto",
+    resume: bool = True,
+    data: str | None = None,
+    gsd_m: float | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    **overrides,
+) -> Path:
+    """Train a D3-RSMDE model from scratch and save it to ``out_path`` (written only when everything is done).
+
+    ``overrides`` are training settings shared by all stages (``batch_size=``, ``steps_per_epoch=``,
+    ``num_workers=``...). ``data`` and ``gsd_m`` describe the training data in the checkpoint; by default they
+    come from a TileDataset's index. ``resume=False`` discards earlier stage folders in ``work_dir``.
+    ``epochs={"vae": 0}`` keeps the VAE as built (e.g. a pretrained one named by ``config.vae.pretrained_path``).
+    """
+    config = get_config(config) if isinstance(config, str) else config
+    epochs = stage_epochs(epochs)
+    work = Path(work_dir)
+    rank, world, _ = distributed_context(device)
+    if not resume and rank == 0:
+        for stage in STAGES:
+            shutil.rmtree(work / stage, ignore_errors=True)
+    if world > 1:
+        torch.distributed.barrier()
+    if val_ds is not None and len(val_ds) == 0:
+        val_ds = None
+    shared = dict(device=device, **overrides)
+    cost = {"vae": epochs["vae"], "coarse": epochs["coarse"] * (k + 1), "refiner": epochs["refiner"]}
+    bounds = np.cumsum([0] + [cost[s] for s in STAGES]) / max(sum(cost.values()), 1)
+    part = {s: scaled_progress(progress, bounds[i], bounds[i + 1]) for i, s in enumerate(STAGES)}
+
+    seed_everything(overrides.get("seed", 42))
+    pipe = D3Pipeline.from_config(config)
+    train_vae(pipe.codec.vae, train_ds, val_ds, work_dir=work / "vae", epochs=epochs["vae"],
+              progress=part["vae"], cancel=cancel, **shared)
+    maps, final = kfold_coarse_predictions(config, train_ds, k, val_ds=val_ds, work_dir=work / "coarse",
+                                           epochs=epochs["coarse"], progress=part["coarse"], cancel=cancel, **shared)
+    pipe.coarse.load_state_dict(final.state_dict())
+    val_maps = None
+    if val_ds is not None:
+        size = tuple(val_ds[0]["image"].shape[-2:])
+        val_maps = predict_coarse(final, val_ds, np.empty((len(val_ds), *size), np.float16),
+                                  batch_size=overrides.get("batch_size", 8), cancel=cancel)
+    train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val_ds,
+                  val_maps, work_dir=work / "refiner", epochs=epochs["refiner"], progress=part["refiner"],
+                  cancel=cancel, **shared)
+    check_cancel(cancel, "training")
+
+    index = getattr(train_ds, "index", {})
+    pipe.config = dataclasses.replace(config, data=data if data is not None else _describe_sources(index),
+                                      gsd_m=gsd_m if gsd_m is not None else index.get("gsd_m"))
+    out = Path(out_path)
+    if rank == 0:
+        pipe.save_pretrained(out, training={
+            "epochs": epochs, "k": k, "tiles": {"train": len(train_ds), "val": len(val_ds) if val_ds else 0},
+        })
+    if world > 1:
+        torch.distributed.barrier()
+    if progress:
+        progress(1.0, f"saved {out}")
+    return out
+
+
+def _describe_sources(index: dict) -> str:
+    sources = index.get("sources", {})
+    return "; ".join(f"{k}: {v}" for k, v in sources.items())

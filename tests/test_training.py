@@ -1,0 +1,236 @@
+"""Training: each stage learns on synthetic terrain, the loop resumes exactly, the whole recipe and the region
+fine-tuner produce loadable weights, cancelling leaves no output, and the CLI drives both. All tiny, all on CPU."""
+
+import argparse
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+from synthetic import SyntheticTiles
+
+from d3rsmde.checkpoint import describe_checkpoint
+from d3rsmde.config import get_config
+from d3rsmde.errors import Cancelled, InputError
+from d3rsmde.models import CoarseDepthModel
+from d3rsmde.pipeline import D3Pipeline
+from d3rsmde.plbr import PLBRSchedule
+from d3rsmde.train import finetune_region, fit, train_coarse, train_pipeline, train_refiner, train_vae
+from d3rsmde.train.cli import add_cli
+from d3rsmde.train.coarse import COARSE_SETTINGS, coarse_loss
+from d3rsmde.train.common import evaluate_loss, flip_rotate
+from d3rsmde.train.refiner import REFINER_SETTINGS, RefinerLoss, WithCoarse
+from d3rsmde.train.vae import VAE_SETTINGS, Autoencoding, vae_loss
+
+from conftest import SAMPLE_DEM, SAMPLE_RGB
+
+CPU = torch.device("cpu")
+QUICK = dict(batch_size=4, lr=1e-3, device="cpu")
+# Inside the sample DEM's footprint: about 240 x 220 image pixels, 42 tiles of 32 px.
+REGION = (-105.88, 40.19, -105.52, 40.52)
+
+
+@pytest.fixture(scope="module")
+def tiles():
+    return SyntheticTiles(n=8, size=64, seed=1, holes=0.02)
+
+
+def blurred_maps(dataset, sigma=4.0) -> np.ndarray:
+    """Stand-in coarse maps: the true relief, stretched to [0, 1] and blurred (what a ViT gets wrong)."""
+    maps = []
+    for item in dataset:
+        d = item["depth"][0].numpy()
+        d = (d - d.min()) / np.ptp(d)
+        maps.append(gaussian_filter(d, sigma))
+    return np.stack(maps).astype(np.float16)
+
+
+def test_flip_rotate_moves_all_maps_together():
+    image = torch.rand(3, 8, 8)
+    item = {"image": image, "depth": image[:1].clone(), "mask": image[:1] > 0.5, "name": "x"}
+    seen = set()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(64):
+        out = flip_rotate(item, gen)
+        assert torch.equal(out["depth"], out["image"][:1]) and torch.equal(out["mask"], out["image"][:1] > 0.5)
+        assert out["name"] == "x"
+        seen.add(out["image"].numpy().tobytes())
+    assert len(seen) == 8  # the dihedral group: 4 turns x flip
+
+
+def test_coarse_training_lowers_hdn_loss(tiles):
+    torch.manual_seed(COARSE_SETTINGS.seed)  # the initialisation k-fold training uses
+    model = CoarseDepthModel(get_config("tiny").coarse, img_size=64)
+    settings = COARSE_SETTINGS.replace(**QUICK)
+    before = evaluate_loss(model, coarse_loss, tiles, settings, CPU)
+    history = train_coarse(model, tiles, epochs=12, **QUICK)
+    after = evaluate_loss(model, coarse_loss, tiles, settings, CPU)
+    assert len(history) == 12 and history[-1]["val_loss"] is None
+    assert after < 0.7 * before, (before, after)
+
+
+def test_vae_training_lowers_reconstruction_loss(tiles):
+    torch.manual_seed(0)
+    pipe = D3Pipeline.from_config("tiny")
+    vae = pipe.codec.vae
+    settings = VAE_SETTINGS.replace(**QUICK)
+    before = evaluate_loss(Autoencoding(vae), vae_loss, tiles, settings, CPU)
+    train_vae(vae, tiles, epochs=8, **QUICK)
+    after = evaluate_loss(Autoencoding(vae), vae_loss, tiles, settings, CPU)
+    assert after < 0.8 * before, (before, after)
+    assert not any(p.requires_grad for p in vae.parameters())  # frozen again for the refiner
+
+
+def test_refiner_training_lowers_latent_loss(tiles):
+    torch.manual_seed(0)
+    pipe = D3Pipeline.from_config("tiny")
+    maps = blurred_maps(tiles)
+    schedule = PLBRSchedule(6, 0.8)
+    loss = RefinerLoss(pipe.codec, schedule)
+    settings = REFINER_SETTINGS.replace(**QUICK)
+    before = evaluate_loss(pipe.refiner, loss, WithCoarse(tiles, maps), settings, CPU)
+    train_refiner(pipe.refiner, pipe.codec, tiles, maps, schedule, tiles, maps, epochs=12, **QUICK)
+    after = evaluate_loss(pipe.refiner, loss, WithCoarse(tiles, maps), settings, CPU)
+    assert after < 0.7 * before, (before, after)
+    with pytest.raises(InputError):
+        train_refiner(pipe.refiner, pipe.codec, tiles, maps[:3], schedule, epochs=1, **QUICK)
+
+
+def test_resumed_training_matches_unbroken_run(tiles, tmp_path):
+    settings = COARSE_SETTINGS.replace(epochs=3, **QUICK)
+
+    def model():
+        torch.manual_seed(0)
+        return CoarseDepthModel(get_config("tiny").coarse, img_size=64)
+
+    unbroken = model()
+    fit(unbroken, coarse_loss, tiles, tiles, settings=settings, name="coarse")
+
+    def after_two_epochs():
+        log = tmp_path / "log.csv"
+        return log.is_file() and len(log.read_text().splitlines()) == 3  # header + 2 epochs
+
+    interrupted = model()
+    with pytest.raises(Cancelled):
+        fit(interrupted, coarse_loss, tiles, tiles, settings=settings, work_dir=tmp_path, cancel=after_two_epochs)
+    assert (tmp_path / "last.pt").is_file() and not (tmp_path / "final.pt").exists()
+    resumed = model()
+    history = fit(resumed, coarse_loss, tiles, tiles, settings=settings, work_dir=tmp_path)
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert (tmp_path / "final.pt").is_file() and not (tmp_path / "last.pt").exists()
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 4  # header + one row per epoch
+    for a, b in zip(unbroken.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    # A finished stage is loaded, not retrained.
+    again = model()
+    assert fit(again, coarse_loss, tiles, settings=settings, work_dir=tmp_path) == history
+    torch.testing.assert_close(again.state_dict(), resumed.state_dict())
+
+
+def test_train_pipeline_end_to_end_cancel_and_resume(tmp_path):
+    train, val = SyntheticTiles(n=6, size=64, seed=2), SyntheticTiles(n=2, size=64, seed=3)
+    out, work = tmp_path / "model.safetensors", tmp_path / "work"
+    options = dict(work_dir=work, epochs={"vae": 2, "coarse": 1, "refiner": 2}, k=2, device="cpu", batch_size=3,
+                   data="synthetic hills", gsd_m=30.0)
+
+    calls = iter(range(1000))
+    with pytest.raises(Cancelled):  # vae done (4 steps), k-fold under way
+        train_pipeline("tiny", train, val, out, cancel=lambda: next(calls) == 6, **options)
+    assert not out.exists() and not list(tmp_path.glob("*.safetensors*"))
+    assert (work / "vae" / "final.pt").is_file()
+
+    fractions = []
+    assert train_pipeline("tiny", train, val, out, progress=lambda f, m: fractions.append(f), **options) == out
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert len((work / "vae" / "log.csv").read_text().splitlines()) == 3  # the VAE was not trained twice
+
+    info = describe_checkpoint(out)
+    assert info["data"] == "synthetic hills" and info["gsd_m"] == 30.0 and info["config"] == "tiny"
+    pipe = D3Pipeline.from_pretrained(out, device="cpu")
+    pred = pipe(torch.stack([val[0]["image"], val[1]["image"]]))
+    assert pred.shape == (2, 1, 64, 64) and pred.dtype == torch.float32
+    assert torch.isfinite(pred).all() and pred.min() >= 0 and pred.max() <= 1
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, tiny_weights):
+    """`d3rsmde finetune` on the sample rasters, keeping its tiles for the train CLI test."""
+    root = tmp_path_factory.mktemp("finetune")
+    args = parse(["finetune", str(SAMPLE_RGB), str(SAMPLE_DEM), str(root / "tuned.safetensors"),
+                  "--weights", str(tiny_weights), "--extent=" + ",".join(map(str, REGION)), "--tile", "32",
+                  "--epochs", "1", "--device", "cpu", "--work-dir", str(root / "work"),
+                  "--json", str(root / "result.json")])
+    digest = hashlib.sha256(tiny_weights.read_bytes()).hexdigest()
+    assert args.func(args) == 0
+    assert hashlib.sha256(tiny_weights.read_bytes()).hexdigest() == digest  # input weights untouched
+    return root
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(prog="d3rsmde")
+    add_cli(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_finetune_region_writes_new_weights(finetuned):
+    import json
+
+    result = json.loads((finetuned / "result.json").read_text())
+    assert result["held_out"] in ("test", "val") and result["tiles"]["train"] > 0
+    for key in ("before", "after"):
+        assert result[key]["tiles"] > 0 and 0 <= result[key]["mae"] <= 255 and 0 <= result[key]["delta1"] <= 1
+    info = describe_checkpoint(finetuned / "tuned.safetensors")
+    assert "fine-tuned on" in info["data"] and info["gsd_m"] == pytest.approx(130, rel=0.2)
+    assert json.loads(info["metadata"]["finetune"])["tile"] == 32
+    D3Pipeline.from_pretrained(finetuned / "tuned.safetensors", device="cpu")
+
+
+def test_finetune_refuses_to_overwrite_its_input(tiny_weights):
+    with pytest.raises(InputError, match="overwrite"):
+        finetune_region(SAMPLE_RGB, SAMPLE_DEM, tiny_weights, tiny_weights, epochs=1)
+
+
+def test_train_cli_on_built_tiles(finetuned, tmp_path):
+    out = tmp_path / "cli.safetensors"
+    args = parse(["train", "tiny", str(finetuned / "work" / "tiles"), str(out), "--vae-epochs", "1",
+                  "--coarse-epochs", "1", "--refiner-epochs", "1", "--k", "2", "--batch-size", "8",
+                  "--steps-per-epoch", "1", "--device", "cpu"])
+    assert args.func(args) == 0
+    info = describe_checkpoint(out)
+    assert "rmnp-rgb.tif" in info["data"] and info["gsd_m"] > 100
+    assert (tmp_path / "cli.work" / "refiner" / "final.pt").is_file()
+
+
+DDP_SCRIPT = """
+import os, sys, torch
+from synthetic import SyntheticTiles
+from d3rsmde.config import get_config
+from d3rsmde.models import CoarseDepthModel
+from d3rsmde.train import train_coarse
+torch.manual_seed(0)
+model = CoarseDepthModel(get_config("tiny").coarse, img_size=64)
+history = train_coarse(model, SyntheticTiles(4, 64, seed=1), SyntheticTiles(2, 64, seed=2), epochs=2, batch_size=2,
+                       lr=1e-3, device="cpu", seed=0, work_dir=sys.argv[1])
+print("RANK", os.environ["RANK"], [round(r["train_loss"], 5) for r in history], flush=True)
+"""
+
+
+def test_same_code_runs_under_torchrun(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+         str(tmp_path / "work")], env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    losses = sorted(line.split(" ", 2)[2] for line in run.stdout.splitlines() if line.startswith("RANK"))
+    assert len(losses) == 2 and losses[0] == losses[1]  # gradients were averaged: both ranks hold one model
+    assert (tmp_path / "work" / "final.pt").is_file()
+    assert len((tmp_path / "work" / "log.csv").read_text().splitlines()) == 3  # rank 0 alone logs
