@@ -33,7 +33,7 @@ from d3rsmde.errors import Cancelled, InputError
 SPLITS = ("train", "val", "test")
 INDEX_NAME = "index.json"
 STRETCH_PERCENTILES = (1.0, 99.0)
-STATS_MAX_SIDE = 2048  # percentiles come from a decimated read: exact enough, flat memory
+STATS_MAX_SIDE = 1024  # percentiles come from a decimated read: exact enough, flat memory
 
 # WGS84, for metres per degree at a latitude.
 _WGS84_A = 6378137.0
@@ -88,9 +88,10 @@ def stretch_limits(src, bands: Sequence[int], window: Window) -> tuple[np.ndarra
     shape = (max(1, round(window.height * scale)), max(1, round(window.width * scale)))
     data = src.read(bands, window=window, out_shape=(len(bands), *shape), resampling=Resampling.nearest)
     valid = src.dataset_mask(window=window, out_shape=shape, resampling=Resampling.nearest) > 0
+    valid &= np.isfinite(data).all(axis=0)  # float rasters may carry NaN/inf without declaring nodata
     if not valid.any():
         raise InputError(f"{src.name} has no valid pixels in the chosen extent (all nodata or masked)")
-    low, high = np.percentile(data[:, valid].astype(np.float64), STRETCH_PERCENTILES, axis=1)
+    low, high = np.percentile(data[:, valid].astype(np.float32), STRETCH_PERCENTILES, axis=1)
     return low, high
 
 

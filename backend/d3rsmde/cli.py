@@ -1,0 +1,176 @@
+"""The ``d3rsmde`` console script: predict, evaluate, info, and the training and data commands.
+
+Every command is a thin layer over the library functions the QGIS plugin calls too. Errors the user can fix
+(:class:`d3rsmde.errors.D3Error`) end the run with one ``error: ...`` line and exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__, data
+from .errors import D3Error, InputError
+from .train import cli as train_cli
+
+
+def _bands(text: str) -> list[int]:
+    try:
+        return [int(b) for b in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bands must be 1-based numbers separated by commas, e.g. 1,2,3; got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="d3rsmde", description="Remote-sensing monocular height estimation (D3-RSMDE): ViT coarse model + PLBR."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    predict = commands.add_parser(
+        "predict",
+        help="height map for a georeferenced image raster",
+        description="Predict a height raster (float32 GeoTIFF, same grid as the input): relative 0..1, or metres "
+        "when a reference DEM is given.",
+    )
+    predict.add_argument("input", help="image raster (1, 3 or 4 bands; any CRS)")
+    predict.add_argument("output", help="output GeoTIFF")
+    predict.add_argument("--weights", help="checkpoint (.safetensors); default: the shipped weights")
+    predict.add_argument("--refine-steps", type=int, help="PLBR steps (0: coarse model only; default: the model's)")
+    predict.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
+    predict.add_argument("--overlap", type=int, help="tile overlap in pixels (default: a quarter tile)")
+    predict.add_argument("--batch-size", type=int, help="tiles per batch (default: chosen for the device)")
+    predict.add_argument("--bands", type=_bands, help="1-based bands to use, e.g. 1,2,3 or 4,3,2 or 1")
+    predict.add_argument("--reference-dem", help="elevation raster (any CRS/resolution) to turn the output into metres")
+    predict.add_argument("--resample-to-gsd", action="store_true",
+                         help="run the model at its training ground resolution and resample back")
+    predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
+    predict.set_defaults(func=_predict)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="compare a predicted height raster with a reference",
+        description="Per-tile metrics as in the paper (averaged) and whole-raster errors; the reference is warped "
+        "onto the prediction's grid.",
+    )
+    evaluate.add_argument("prediction", help="predicted height raster")
+    evaluate.add_argument("reference", help="reference elevation raster (any CRS/resolution)")
+    evaluate.add_argument("--tile", type=int, help="tile size for the per-tile metrics (default: the prediction's)")
+    evaluate.add_argument("--mask", help="raster, nonzero where to evaluate")
+    evaluate.add_argument("--json", dest="json_path", help="also write the metrics to this JSON file")
+    evaluate.set_defaults(func=_evaluate)
+
+    info = commands.add_parser(
+        "info", help="what a checkpoint contains", description="Config, training data, GSD, tile size, parameters."
+    )
+    info.add_argument("weights", help="checkpoint (.safetensors)")
+    info.set_defaults(func=_info)
+
+    train_cli.add_cli(commands)
+    data.add_cli(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except D3Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def _predict(args) -> int:
+    from tqdm import tqdm
+
+    from .pipeline import D3Pipeline
+    from .raster import predict_raster
+    from .weights import default_weights_path
+
+    pipeline = D3Pipeline.from_pretrained(args.weights or default_weights_path(), device=args.device)
+    bar = None  # opened on the first report, so that input errors print nothing but their one line
+
+    def progress(fraction: float, message: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=1000, desc="predict", bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+        bar.update(round(1000 * fraction) - bar.n)
+        bar.set_postfix_str(message)
+
+    try:
+        stats = predict_raster(
+            args.input,
+            args.output,
+            pipeline,
+            bands=args.bands,
+            tile=args.tile,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            refine_steps=args.refine_steps,
+            reference_dem=args.reference_dem,
+            progress=progress,
+            resample_to_gsd=args.resample_to_gsd,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    print(
+        f"wrote {stats['output']} ({stats['units']}): {stats['tiles']} tiles, {stats['megapixels']:.2f} MP "
+        f"in {stats['seconds']:.1f} s on {stats['device']}"
+    )
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .metrics import format_metrics_table
+    from .raster import evaluate_rasters
+
+    result = evaluate_rasters(args.prediction, args.reference, mask=args.mask, tile=args.tile)
+    print(f"per tile: mean over {result['tiles']} tiles of {result['tile']} px, each min-max stretched to 0..255")
+    print(format_metrics_table({Path(args.prediction).name: result["per_tile"]}, label="prediction"))
+    whole = result["whole"]
+    units = f" {whole['units']}" if whole["units"] else ""
+    print(f"whole raster ({whole['pixels']} pixels):")
+    for key in ("mae", "rmse", "bias", "rmse_after_affine"):
+        print(f"  {key:<18} {whole[key]:.4g}{units}")
+    if args.json_path:
+        _write_json(Path(args.json_path), result)
+    return 0
+
+
+def _info(args) -> int:
+    from .checkpoint import describe_checkpoint
+
+    for key, value in describe_checkpoint(args.weights).items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in value.items()) or "-"
+        print(f"{key:<16} {value}")
+    return 0
+
+
+def _write_json(path: Path, result: dict) -> None:
+    """Atomically: a temp file in the same folder, then os.replace."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,571 @@
+"""Height maps for whole georeferenced rasters: read in windows, infer in batches of tiles, stitch, write.
+
+Memory is bounded by one batch of tiles, the prefetch queue and one band of output rows whatever the raster size:
+tile predictions go to a scratch file next to the output and are blended from there in a second pass, after one
+small sparse solve has put every tile on a common scale and shift (see :mod:`d3rsmde.tiling`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import tempfile
+import threading
+import time
+from contextlib import ExitStack, closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import calculate_default_transform
+from rasterio.windows import Window
+
+from . import __version__
+from .data import pixel_size_m, select_bands, stretch, stretch_limits
+from .errors import Cancelled, InputError
+from .metrics import depth_metrics
+from .tiling import TileGrid, fit_rows, pair_rows, solve_affines
+
+NODATA = -9999.0
+BLOCK = 256  # output block size, and the height of the band of rows blended at a time
+PREFETCH_BATCHES = 2
+
+Progress = Callable[[float, str], None]
+Cancel = Callable[[], bool]
+
+
+def predict_raster(
+    src,
+    dst,
+    pipeline,
+    *,
+    bands: Sequence[int] | None = None,
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+    refine_steps: int | None = None,
+    reference_dem=None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    resample_to_gsd: bool = False,
+) -> dict:
+    """Predict a height map for the raster at ``src`` and write it to ``dst`` as a float32 GeoTIFF.
+
+    The output has the input's CRS, transform and size, nodata where the input is nodata or transparent, and is
+    relative height 0..1 over the whole raster, or metres (the reference's units) when ``reference_dem`` (any
+    raster, any CRS and resolution) is given. ``bands``: 1-based band numbers (one band is replicated to three).
+    ``tile``/``overlap``/``batch_size`` default to the model's tile size, a quarter of it, and a size suited to
+    the device. ``resample_to_gsd`` runs the model at its training ground resolution and resamples back.
+    ``progress(fraction, message)`` is called and ``cancel()`` polled once per batch; on cancel or failure no
+    output or scratch file is left behind. Returns run statistics.
+    """
+    start = time.perf_counter()
+    progress = progress or (lambda fraction, message: None)
+    cancel = cancel or (lambda: False)
+    src_path, dst_path, ref_path = _check_paths(src, dst, reference_dem)
+    tile = int(tile or pipeline.config.tile_size)
+    multiple = pipeline.size_multiple
+    if tile < multiple or tile % multiple:
+        raise InputError(f"tile size {tile} must be a positive multiple of {multiple} for this model")
+    overlap = tile // 4 if overlap is None else int(overlap)
+    batch_size = int(batch_size or default_batch_size(pipeline.device, tile))
+    if batch_size < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    steps = pipeline.config.num_steps if refine_steps is None else int(refine_steps)
+
+    with _open(src_path) as ds:
+        indexes = select_bands(ds, bands)
+        lo, hi = stretch_limits(ds, indexes, Window(0, 0, ds.width, ds.height))
+        factor = _gsd_factor(ds, pipeline.config.gsd_m) if resample_to_gsd else 1.0
+        out_grid = _GridSpec(ds.crs, ds.transform, ds.width, ds.height)
+    if ref_path is not None:
+        with _open(ref_path) as ref:
+            if ref.crs is None or out_grid.crs is None:
+                raise InputError(f"to use a reference DEM, {ref_path.name} and {src_path.name} both need a CRS")
+            ref_units = ref.units[0] if ref.units and ref.units[0] else "m"
+    source = _Source(src_path, tuple(indexes), lo, hi, out_grid.scaled(factor))
+    grid = TileGrid(source.grid.height, source.grid.width, tile, overlap)
+
+    try:
+        scratch = tempfile.TemporaryDirectory(dir=dst_path.parent, prefix=f".{dst_path.stem}.", suffix=".d3rsmde")
+    except OSError as exc:
+        raise InputError(f"cannot write to the output folder {dst_path.parent}: {exc.strerror or exc}") from exc
+    with scratch as scratch_dir:
+        scratch_dir = Path(scratch_dir)
+        store = _TileStore(scratch_dir / "tiles.f32", tile)
+        with store:
+            ranges = _infer_tiles(source, grid, pipeline, store, batch_size, steps, progress, cancel)
+            has_data = np.isfinite(ranges).all(axis=1)
+            if not has_data.any():
+                raise InputError(f"{src_path.name} has no valid pixel (all nodata or transparent)")
+            pairs = _overlap_rows(grid, store, has_data)
+            scale, shift = solve_affines(len(grid), pairs)
+            if ref_path is None:
+                scale, shift = _normalise(scale, shift, ranges, has_data)
+                units = "relative"
+            else:
+                scale, shift = _calibrate(grid, store, has_data, pairs, scale, shift, ref_path, source.grid)
+                units = ref_units
+            tmp_out = scratch_dir / dst_path.name
+            with _create_output(tmp_out, out_grid) as out:
+                if factor == 1.0:
+                    _write_blended(grid, store, scale, shift, out, progress, cancel)
+                else:
+                    work = scratch_dir / "work.tif"
+                    with _create_output(work, source.grid, final=False) as tmp:
+                        _write_blended(grid, store, scale, shift, tmp, progress, cancel)
+                    _resample_back(work, src_path, indexes, out, cancel)
+                _finish(out, pipeline, steps, units, tile, overlap, src_path, ref_path)
+        os.replace(tmp_out, dst_path)
+    progress(1.0, "done")
+    seconds = time.perf_counter() - start
+    megapixels = out_grid.width * out_grid.height / 1e6
+    return {
+        "output": str(dst_path),
+        "units": units,
+        "tiles": len(grid),
+        "tile": tile,
+        "overlap": overlap,
+        "batch_size": batch_size,
+        "refine_steps": steps,
+        "bands": list(indexes),
+        "stretch": {"low": lo.tolist(), "high": hi.tolist()},
+        "gsd_factor": factor,
+        "reference_dem": str(ref_path) if ref_path else None,
+        "device": str(pipeline.device),
+        "seconds": seconds,
+        "megapixels": megapixels,
+        "megapixels_per_second": megapixels / max(seconds, 1e-9),
+    }
+
+
+def default_batch_size(device, tile: int) -> int:
+    """Tiles per batch: what half the free GPU memory holds (about 8 KB per pixel at inference), else 2."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(np.clip(free // 2 // (8192 * tile * tile), 1, 16))
+    return 2
+
+
+@dataclass(frozen=True)
+class _GridSpec:
+    crs: object
+    transform: Affine
+    width: int
+    height: int
+
+    def scaled(self, factor: float) -> "_GridSpec":
+        """The same footprint with pixels ``factor`` times smaller."""
+        if factor == 1.0:
+            return self
+        w, h = max(1, round(self.width * factor)), max(1, round(self.height * factor))
+        return _GridSpec(self.crs, self.transform * Affine.scale(self.width / w, self.height / h), w, h)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """How model input is read: bands, stretch, and the grid it is read on (resampled for the model's GSD)."""
+
+    path: Path
+    indexes: tuple[int, ...]
+    lo: np.ndarray
+    hi: np.ndarray
+    grid: _GridSpec
+
+    def open(self, stack: ExitStack):
+        ds = stack.enter_context(rasterio.open(self.path))
+        if (ds.width, ds.height, ds.transform) == (self.grid.width, self.grid.height, self.grid.transform):
+            return ds
+        down = self.grid.width < ds.width
+        return stack.enter_context(
+            WarpedVRT(
+                ds,
+                crs=ds.crs,
+                transform=self.grid.transform,
+                width=self.grid.width,
+                height=self.grid.height,
+                resampling=Resampling.average if down else Resampling.bilinear,
+            )
+        )
+
+    def read(self, ds, box, tile: int) -> tuple[np.ndarray, np.ndarray]:
+        """One tile as ``3 x tile x tile`` float32 in [0, 1] and its validity mask, reflect-padded to size.
+
+        Invalid pixels are filled with the tile's mean colour so that nodata does not look like terrain.
+        """
+        window = Window(box.col0, box.row0, box.col1 - box.col0, box.row1 - box.row0)
+        data = ds.read(list(self.indexes), window=window)
+        valid = (ds.read_masks(list(self.indexes), window=window) > 0).all(axis=0) & np.isfinite(data).all(axis=0)
+        data = stretch(data, self.lo, self.hi)
+        if valid.any() and not valid.all():
+            data = np.where(valid, data, data[:, valid].mean(axis=1)[:, None, None])
+        pad = ((0, 0), (0, tile - data.shape[1]), (0, tile - data.shape[2]))
+        return np.pad(data, pad, mode="reflect"), np.pad(valid, pad[1:], constant_values=False)
+
+
+class _TileStore:
+    """Tile predictions in a raw float32 scratch file (NaN = no data), so memory stays flat with tile count."""
+
+    def __init__(self, path: Path, tile: int):
+        self.tile = tile
+        self._file = open(path, "w+b")
+        self._written: set[int] = set()
+
+    def __enter__(self) -> "_TileStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+    def write(self, i: int, values: np.ndarray) -> None:
+        self._file.seek(i * self.tile * self.tile * 4)
+        self._file.write(np.ascontiguousarray(values, dtype=np.float32).tobytes())
+        self._written.add(i)
+
+    def read(self, i: int, row0: int = 0, row1: int | None = None) -> np.ndarray:
+        """Rows ``[row0, row1)`` of tile ``i``; all NaN for a tile never written (it had no valid pixel)."""
+        row1 = self.tile if row1 is None else row1
+        out = np.full((row1 - row0, self.tile), np.nan, dtype=np.float32)
+        if i not in self._written:
+            return out
+        self._file.seek((i * self.tile + row0) * self.tile * 4)
+        self._file.readinto(memoryview(out).cast("B"))
+        return out
+
+
+_DONE = object()
+
+
+class _Prefetcher:
+    """Runs a batch generator in a background thread at most ``depth`` batches ahead: reads overlap compute."""
+
+    def __init__(self, produce: Callable[[], Iterator], depth: int = PREFETCH_BATCHES):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(produce,), name="d3rsmde-prefetch", daemon=True)
+
+    def __enter__(self) -> "_Prefetcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __iter__(self) -> Iterator:
+        while (item := self._queue.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _run(self, produce: Callable[[], Iterator]) -> None:
+        try:
+            with closing(produce()) as items:
+                for item in items:
+                    if not self._put(item):
+                        return
+            self._put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self._put(exc)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+
+def _infer_tiles(source, grid, pipeline, store, batch_size, steps, progress, cancel) -> np.ndarray:
+    """Pass 1: every tile with valid pixels through the model into ``store``; returns per-tile (min, max)."""
+
+    def batches() -> Iterator:
+        with ExitStack() as stack:
+            ds = source.open(stack)
+            ids, images, masks = [], [], []
+            for i in range(len(grid)):
+                image, valid = source.read(ds, grid.box(i), grid.tile)
+                if valid.any():
+                    ids.append(i)
+                    images.append(image)
+                    masks.append(valid)
+                if len(ids) == batch_size or (ids and i == len(grid) - 1):
+                    yield ids, np.stack(images), np.stack(masks), i + 1
+                    ids, images, masks = [], [], []
+
+    ranges = np.full((len(grid), 2), np.nan)
+    with _Prefetcher(batches) as prefetched:
+        for ids, images, masks, done in prefetched:
+            if cancel():
+                raise Cancelled("cancelled while predicting tiles")
+            x = torch.from_numpy(images).to(pipeline.device)
+            pred = pipeline(x, refine_steps=steps)[:, 0].float().cpu().numpy()
+            pred[~masks] = np.nan
+            for i, p, m in zip(ids, pred, masks):
+                store.write(i, p)
+                ranges[i] = p[m].min(), p[m].max()
+            progress(0.9 * done / len(grid), f"tiles {done}/{len(grid)}")
+    return ranges
+
+
+def _tile_part(grid, store, i, box) -> np.ndarray:
+    """Tile ``i``'s prediction over a raster box inside it."""
+    r, c = grid.origin(i)
+    return store.read(i, box.row0 - r, box.row1 - r)[:, box.col0 - c : box.col1 - c]
+
+
+def _overlap_rows(grid, store, has_data) -> list:
+    out = []
+    for i, j, box in grid.pairs():
+        if has_data[i] and has_data[j]:
+            r = pair_rows(_tile_part(grid, store, i, box), _tile_part(grid, store, j, box))
+            if r is not None:
+                out.append((i, j, r))
+    return out
+
+
+def _normalise(scale, shift, ranges, has_data):
+    """Map the aligned surface onto 0..1 over the whole raster."""
+    ends = scale[:, None] * ranges + shift[:, None]
+    lo, hi = np.nanmin(ends[has_data]), np.nanmax(ends[has_data])
+    span = hi - lo if hi > lo else 1.0
+    return scale / span, (shift - lo) / span
+
+
+def _calibrate(grid, store, has_data, pairs, scale, shift, ref_path, spec):
+    """Per-tile robust fits to the reference DEM, solved jointly with the overlaps, so metres vary smoothly.
+
+    A reference pixel is one measurement however many output pixels it is warped onto, so the fits are weighted
+    down by that number: a coarse DEM sets the level and the large-scale shape, the overlaps keep the tiles
+    together. Tiles the reference misses start from the aligned surface under one global fit.
+    """
+    fits = []
+    with rasterio.open(ref_path) as ref, WarpedVRT(
+        ref,
+        crs=spec.crs,
+        transform=spec.transform,
+        width=spec.width,
+        height=spec.height,
+        nodata=np.nan,
+        dtype="float32",
+        resampling=Resampling.bilinear,
+    ) as vrt:
+        native, _, _ = calculate_default_transform(ref.crs, spec.crs, ref.width, ref.height, *ref.bounds)
+        weight = 1.0 / math.sqrt(max(1.0, abs(native.determinant / spec.transform.determinant)))
+        for i in np.flatnonzero(has_data):
+            box = grid.box(i)
+            window = Window(box.col0, box.row0, box.col1 - box.col0, box.row1 - box.row0)
+            y = np.full((grid.tile, grid.tile), np.nan, dtype=np.float32)
+            y[: window.height, : window.width] = vrt.read(1, window=window)
+            fit = fit_rows(store.read(i), y)
+            if fit is not None:
+                fits.append((i, weight * fit[0], weight * fit[1]))
+    if not fits:
+        raise InputError(f"the reference DEM {ref_path.name} has no valid data over the input raster")
+    # One global (gain, offset) of the aligned surface: a_i*p + b_i -> g*(a_i*p + b_i) + o.
+    rows = np.concatenate([a @ np.array([[scale[i], 0.0], [shift[i], 1.0]]) for i, a, _ in fits])
+    gain, offset = np.linalg.lstsq(rows, np.concatenate([b for _, _, b in fits]), rcond=None)[0]
+    return solve_affines(len(grid), pairs, fits, initial_scale=gain * scale, initial_shift=gain * shift + offset)
+
+
+def _write_blended(grid, store, scale, shift, out, progress, cancel) -> None:
+    """Pass 2: blend the aligned tiles one band of rows at a time and write each band."""
+    for row0 in range(0, grid.height, BLOCK):
+        if cancel():
+            raise Cancelled("cancelled while writing the output")
+        row1 = min(row0 + BLOCK, grid.height)
+        acc = np.zeros((row1 - row0, grid.width), dtype=np.float32)
+        wsum = np.zeros_like(acc)
+        for i in grid.tiles_in_rows(row0, row1):
+            r, c = grid.origin(i)
+            a, b = max(row0, r), min(row1, r + grid.tile)
+            p = store.read(i, a - r, b - r)
+            w = grid.weights(i)[a - r : b - r]
+            ok = np.isfinite(p)
+            w = np.where(ok, w, 0.0)
+            v = np.where(ok, scale[i] * p + shift[i], 0.0)
+            c1 = min(c + grid.tile, grid.width)
+            acc[a - row0 : b - row0, c:c1] += (w * v)[:, : c1 - c]
+            wsum[a - row0 : b - row0, c:c1] += w[:, : c1 - c]
+        band = np.full(acc.shape, NODATA, dtype=np.float32)
+        np.divide(acc, wsum, out=band, where=wsum > 0)
+        out.write(band, 1, window=Window(0, row0, grid.width, row1 - row0))
+        progress(0.9 + 0.09 * row1 / grid.height, f"writing rows {row1}/{grid.height}")
+
+
+def _resample_back(work: Path, src_path: Path, indexes, out, cancel) -> None:
+    """Warp the model-GSD result onto the input grid, one band of rows at a time, masked like the input."""
+    with rasterio.open(work) as w, rasterio.open(src_path) as src, WarpedVRT(
+        w, crs=src.crs, transform=src.transform, width=src.width, height=src.height, resampling=Resampling.bilinear
+    ) as vrt:
+        for row0 in range(0, src.height, BLOCK):
+            if cancel():
+                raise Cancelled("cancelled while writing the output")
+            window = Window(0, row0, src.width, min(BLOCK, src.height - row0))
+            band = vrt.read(1, window=window, masked=True).filled(NODATA)
+            valid = (src.read_masks(list(indexes), window=window) > 0).all(axis=0)
+            out.write(np.where(valid, band, NODATA).astype(np.float32), 1, window=window)
+
+
+def _create_output(path: Path, spec: _GridSpec, final: bool = True):
+    profile = dict(
+        driver="GTiff",
+        width=spec.width,
+        height=spec.height,
+        count=1,
+        dtype="float32",
+        crs=spec.crs,
+        transform=spec.transform,
+        nodata=NODATA,
+        tiled=True,
+        blockxsize=BLOCK,
+        blockysize=BLOCK,
+        bigtiff="IF_SAFER",
+    )
+    if final:
+        profile.update(compress="DEFLATE", predictor=3)
+    return rasterio.open(path, "w", **profile)
+
+
+def _finish(out, pipeline, steps, units, tile, overlap, src_path, ref_path) -> None:
+    """Describe the output (what, in which units, from what) and add overviews down to ~64 pixels."""
+    relative = units == "relative"
+    out.set_band_description(1, "relative height (0 lowest, 1 highest)" if relative else f"height ({units})")
+    if not relative:
+        out.set_band_unit(1, units)
+    out.update_tags(
+        model=pipeline.config.name,
+        refine_steps=steps,
+        units=units,
+        software=f"d3rsmde {__version__}",
+        tile_size=tile,
+        overlap=overlap,
+        source=src_path.name,
+        reference_dem=ref_path.name if ref_path else "",
+    )
+    out.update_tags(1, units=units)
+    factors, f = [], 2
+    while max(out.width, out.height) / f >= 64:
+        factors.append(f)
+        f *= 2
+    if factors:
+        out.build_overviews(factors, Resampling.average)
+
+
+def _gsd_factor(ds, gsd_m: float | None) -> float:
+    """How many model pixels one input pixel spans at the raster's centre (1.0 when within 5%)."""
+    if not gsd_m:
+        raise InputError("this model does not record the ground resolution it was trained at; run without resampling")
+    if ds.crs is None:
+        raise InputError(f"{ds.name} has no CRS, so its ground resolution is unknown; run without resampling")
+    size_x, size_y = pixel_size_m(ds.transform, ds.crs, ds.height / 2, ds.width / 2)
+    factor = math.sqrt(size_x * size_y) / gsd_m
+    return 1.0 if abs(factor - 1.0) < 0.05 else factor
+
+
+def _open(path: Path):
+    """Open a raster (a file or any GDAL dataset name), turning GDAL's complaints into an InputError."""
+    try:
+        ds = rasterio.open(path)
+    except RasterioIOError as exc:
+        if not os.path.exists(path):
+            raise InputError(f"{path} does not exist") from exc
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise InputError(f"{path} is empty (0 bytes)") from exc
+        raise InputError(f"{path} is not a raster GDAL can read: {exc}") from exc
+    if ds.dtypes[0].startswith("complex"):
+        ds.close()
+        raise InputError(f"{path} has complex pixels ({ds.dtypes[0]}); give a real-valued raster")
+    return ds
+
+
+def _check_paths(src, dst, reference_dem) -> tuple[Path, Path, Path | None]:
+    src_path = Path(src).expanduser()
+    dst_path = Path(dst).expanduser()
+    ref_path = None if reference_dem is None else Path(reference_dem).expanduser()
+    for name, p in (("input", src_path), ("reference DEM", ref_path)):
+        if p is not None and os.path.realpath(p) == os.path.realpath(dst_path):
+            raise InputError(f"the output {dst_path} is the {name} raster; choose another output path")
+    if dst_path.is_dir():
+        raise InputError(f"the output {dst_path} is a folder; give a file name such as height.tif")
+    if not dst_path.parent.is_dir():
+        raise InputError(f"the output folder {dst_path.parent} does not exist")
+    if not os.access(dst_path.parent, os.W_OK):
+        raise InputError(f"the output folder {dst_path.parent} is not writable")
+    return src_path, dst_path, ref_path
+
+
+def evaluate_rasters(pred, reference, *, mask=None, tile: int | None = None) -> dict:
+    """Compare a predicted height raster with a reference (any CRS/resolution, warped onto the prediction grid).
+
+    ``per_tile``: :func:`d3rsmde.metrics.depth_metrics` averaged over ``tile``-sized tiles (default: the tile size
+    recorded in the prediction, else 512), i.e. the paper's per-tile relative figures. ``whole``: MAE, RMSE and
+    bias in the rasters' units over all valid pixels, and the RMSE left after the best global scale and shift.
+    ``mask``: optional raster, nonzero where to evaluate.
+    """
+    pred_path, ref_path = Path(pred).expanduser(), Path(reference).expanduser()
+    mask_path = None if mask is None else Path(mask).expanduser()
+    with ExitStack() as stack:
+        p_ds = stack.enter_context(_open(pred_path))
+        tile = int(tile or p_ds.tags().get("tile_size", 512))
+        onto = dict(crs=p_ds.crs, transform=p_ds.transform, width=p_ds.width, height=p_ds.height)
+        g_vrt = stack.enter_context(
+            WarpedVRT(stack.enter_context(_open(ref_path)), nodata=np.nan, dtype="float32",
+                      resampling=Resampling.bilinear, **onto)
+        )
+        m_vrt = None
+        if mask_path is not None:
+            m_vrt = stack.enter_context(
+                WarpedVRT(stack.enter_context(_open(mask_path)), resampling=Resampling.nearest, **onto)
+            )
+        sums = np.zeros(8)  # n, sum p, sum g, sum p^2, sum g^2, sum p*g, sum |p-g|, sum (p-g)^2
+        per_tile: dict[str, list[float]] = {}
+        n_tiles = 0
+        for row0 in range(0, p_ds.height, tile):
+            for col0 in range(0, p_ds.width, tile):
+                window = Window(col0, row0, min(tile, p_ds.width - col0), min(tile, p_ds.height - row0))
+                p = p_ds.read(1, window=window, masked=True).astype(np.float64).filled(np.nan)
+                g = g_vrt.read(1, window=window).astype(np.float64)
+                ok = np.isfinite(p) & np.isfinite(g)
+                if m_vrt is not None:
+                    ok &= m_vrt.read(1, window=window, masked=True).filled(0) != 0
+                if ok.sum() < 2:
+                    continue
+                pv, gv = p[ok], g[ok]
+                d = pv - gv
+                sums += [ok.sum(), pv.sum(), gv.sum(), pv @ pv, gv @ gv, pv @ gv, np.abs(d).sum(), d @ d]
+                n_tiles += 1
+                for key, value in depth_metrics(p, g, ok).items():
+                    if isinstance(value, (int, float)):
+                        per_tile.setdefault(key, []).append(float(value))
+        units = p_ds.tags().get("units", "")
+    if sums[0] == 0:
+        raise InputError(f"{pred_path.name} and {ref_path.name} share no valid pixel")
+    n, sp, sg, spp, sgg, spg, sad, ssd = sums
+    # Residual of the least-squares fit g ~ s*p + o, from the same running sums.
+    var_p, var_g, cov = spp / n - (sp / n) ** 2, sgg / n - (sg / n) ** 2, spg / n - sp * sg / n**2
+    residual = max(var_g - (cov * cov / var_p if var_p > 0 else 0.0), 0.0)
+    return {
+        "tile": tile,
+        "tiles": n_tiles,
+        "per_tile": {k: float(np.mean(v)) for k, v in per_tile.items()},
+        "whole": {
+            "mae": sad / n,
+            "rmse": math.sqrt(ssd / n),
+            "bias": (sp - sg) / n,
+            "rmse_after_affine": math.sqrt(residual),
+            "pixels": int(n),
+            "units": units,
+        },
+    }

@@ -1,0 +1,441 @@
+"""predict_raster / evaluate_rasters on small synthetic GeoTIFFs: georeferencing, seams, metres from a reference
+DEM, flat memory, cancel and failure cleanup, masks, band handling, bad inputs.
+
+An "oracle" pipeline returns each tile's true height min-max normalised on its own: the hard case the stitcher has
+to undo. The real tiny D3Pipeline (random weights) runs the same code path end to end.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.transform import from_origin
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import calculate_default_transform, reproject
+from rasterio.windows import Window
+
+from d3rsmde.errors import Cancelled, InputError
+from d3rsmde.raster import NODATA, evaluate_rasters, predict_raster
+from d3rsmde.tiling import TileGrid
+from synthetic import render
+
+UTM = "EPSG:32633"
+TILE, OVERLAP = 64, 16
+
+
+class Oracle:
+    """Per-tile min-max of the first band: a perfect model up to the per-tile normalisation."""
+
+    size_multiple = 16
+    device = torch.device("cpu")
+
+    def __init__(self, gsd_m=None):
+        self.config = types.SimpleNamespace(name="oracle", tile_size=TILE, num_steps=0, gsd_m=gsd_m)
+        self.calls = 0
+
+    def __call__(self, images, refine_steps=None):
+        self.calls += 1
+        h = images[:, :1]
+        lo, hi = h.amin(dim=(2, 3), keepdim=True), h.amax(dim=(2, 3), keepdim=True)
+        return (h - lo) / (hi - lo).clamp_min(1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from d3rsmde.pipeline import D3Pipeline
+
+    torch.manual_seed(0)
+    return D3Pipeline.from_config("tiny")
+
+
+def write(path, data, crs=UTM, transform=None, **profile):
+    data = np.asarray(data)
+    data = data[None] if data.ndim == 2 else data
+    transform = transform or from_origin(500_000, 4_650_000, 1.0, 1.0)
+    with rasterio.open(
+        path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+        dtype=data.dtype, crs=crs, transform=transform, **profile,
+    ) as ds:
+        ds.write(data)
+    return path
+
+
+def terrain_m(height, width, detail=0.12):
+    """Heights in metres: hills, ``detail`` x small hills a few 8 m pixels wide, two flat plateaus (>= 3% each).
+
+    The plateaus put the 1st and 99th image percentiles exactly at the lowest and highest ground, so the
+    percentile stretch clips nothing and the oracle sees the true heights.
+    """
+    y, x = np.mgrid[0:height, 0:width] / 100.0
+    z = np.sin(1.3 * x) + np.cos(1.1 * y) + 0.4 * x * y + 0.25 * np.sin(3.1 * x + 2.3 * y)
+    z += detail * np.sin(17 * x) * np.cos(13 * y)
+    lo, hi = np.percentile(z, [3, 97])
+    return 1000.0 + 100.0 * np.clip(z, lo, hi)
+
+
+def height_image(truth):
+    """uint16 image whose values are the height (what the oracle reads)."""
+    return np.round(1000 + 60000 * (truth - truth.min()) / np.ptp(truth)).astype(np.uint16)
+
+
+def seam_ratio(out, grid):
+    """Mean |second difference| across tile borders over that inside tiles, along both axes.
+
+    Border zone: every row/column of an overlap between tiles and within 2 px of a tile edge.
+    """
+
+    def zone(offsets, length):
+        z = np.zeros(length, bool)
+        for a, b in zip(offsets[:-1], offsets[1:]):
+            z[b : a + grid.tile] = True
+        for o in offsets:
+            for edge in (o, o + grid.tile):
+                z[max(edge - 2, 0) : edge + 3] = True
+        return z[1:-1]  # second differences exist for 1..length-2
+
+    d2x = np.abs(out[:, :-2] - 2 * out[:, 1:-1] + out[:, 2:])
+    d2y = np.abs(out[:-2] - 2 * out[1:-1] + out[2:])
+    zx, zy = zone(grid.col_offsets, out.shape[1]), zone(grid.row_offsets, out.shape[0])
+    border = np.concatenate([d2x[:, zx].ravel(), d2y[zy].ravel()])
+    inside = np.concatenate([d2x[:, ~zx].ravel(), d2y[~zy].ravel()])
+    return border.mean() / inside.mean()
+
+
+def read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+def sha256(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "crs,transform",
+    [(UTM, from_origin(500_000, 4_650_000, 10.0, 10.0)), ("EPSG:4326", from_origin(-105.7, 40.4, 0.0015, 0.0012))],
+    ids=["utm", "geographic"],
+)
+def test_output_keeps_georeferencing_and_format(tmp_path, tiny, crs, transform):
+    src = write(tmp_path / "in.tif", (render(terrain_m(100, 150)) * 255).astype(np.uint8), crs, transform)
+    stats = predict_raster(src, tmp_path / "out.tif", tiny, refine_steps=2)
+    with rasterio.open(src) as a, rasterio.open(tmp_path / "out.tif") as b:
+        assert (b.crs, b.transform, b.width, b.height) == (a.crs, a.transform, a.width, a.height)
+        assert b.dtypes == ("float32",) and b.nodata == NODATA
+        assert b.block_shapes == [(256, 256)]
+        assert b.tags(ns="IMAGE_STRUCTURE")["COMPRESSION"] == "DEFLATE"
+        assert b.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "3"
+        assert b.overviews(1) == [2]
+        tags = b.tags()
+        assert tags["units"] == "relative" and tags["model"] == "tiny" and tags["refine_steps"] == "2"
+        assert tags["software"].startswith("d3rsmde ") and tags["tile_size"] == "64"
+        assert "relative height" in b.descriptions[0]
+        out = b.read(1)
+    assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1 and np.ptp(out) > 0.5
+    assert stats["tiles"] == 6 and stats["units"] == "relative" and stats["device"] == "cpu"
+    assert stats["megapixels"] == pytest.approx(0.015) and stats["seconds"] > 0
+
+
+def test_stitching_undoes_per_tile_normalisation_without_seams(tmp_path):
+    truth = terrain_m(384, 512, detail=0.0)
+    src = write(tmp_path / "in.tif", height_image(truth))
+    predict_raster(src, tmp_path / "out.tif", Oracle(), tile=TILE, overlap=OVERLAP)
+    out = read(tmp_path / "out.tif")
+    grid = TileGrid(*truth.shape, TILE, OVERLAP)
+
+    # One consistent surface: an affine map of the truth everywhere, spanning 0..1.
+    coef = np.polyfit(truth.ravel(), out.ravel(), 1)
+    assert np.abs(out - np.polyval(coef, truth)).max() < 1e-3
+    assert out.min() == pytest.approx(0, abs=1e-4) and out.max() == pytest.approx(1, abs=1e-4)
+    ratio = seam_ratio(out, grid)
+    assert ratio <= 1.5
+
+    # Control: the same tiles blended without the alignment show the grid plainly.
+    naive_acc = np.zeros_like(truth)
+    for i in range(len(grid)):
+        b, (r, c) = grid.box(i), grid.origin(i)
+        t = truth[b.row0 : b.row1, b.col0 : b.col1]
+        w = grid.weights(i)[: b.row1 - r, : b.col1 - c]
+        naive_acc[b.row0 : b.row1, b.col0 : b.col1] += w * (t - t.min()) / np.ptp(t)
+    assert seam_ratio(naive_acc, grid) > 3.0
+
+
+def test_real_tiny_pipeline_stitches_without_seams(tmp_path, tiny):
+    truth = terrain_m(256, 320)
+    src = write(tmp_path / "in.tif", (render(truth) * 255).astype(np.uint8))
+    stats = predict_raster(src, tmp_path / "out.tif", tiny, tile=TILE, overlap=OVERLAP, refine_steps=1)
+    out = read(tmp_path / "out.tif")
+    assert np.isfinite(out).all() and stats["tiles"] == len(TileGrid(256, 320, TILE, OVERLAP))
+    assert seam_ratio(out, TileGrid(256, 320, TILE, OVERLAP)) <= 1.5
+
+
+@pytest.mark.parametrize("ref_crs", [UTM, "EPSG:4326"])
+def test_reference_dem_gives_metres(tmp_path, ref_crs):
+    truth = terrain_m(384, 512)
+    src = write(tmp_path / "in.tif", height_image(truth))
+    # Reference: the truth averaged over 8 x 8 blocks (an 8 m DEM for a 1 m image), on its own grid and CRS.
+    coarse = truth.reshape(48, 8, 64, 8).mean(axis=(1, 3)).astype(np.float32)
+    ref = write(tmp_path / "ref.tif", coarse, transform=from_origin(500_000, 4_650_000, 8.0, 8.0))
+    if ref_crs != UTM:
+        with rasterio.open(ref) as r:
+            transform, width, height = calculate_default_transform(r.crs, ref_crs, r.width, r.height, *r.bounds)
+            geo = np.full((height, width), np.nan, np.float32)
+            reproject(coarse, geo, src_transform=r.transform, src_crs=r.crs, dst_transform=transform,
+                      dst_crs=ref_crs, resampling=Resampling.bilinear, dst_nodata=np.nan)
+        ref = write(tmp_path / "ref-geo.tif", geo, crs=ref_crs, transform=transform, nodata=np.nan)
+    stats = predict_raster(src, tmp_path / "out.tif", Oracle(), tile=TILE, overlap=OVERLAP, reference_dem=ref)
+    with rasterio.open(tmp_path / "out.tif") as ds:
+        out = ds.read(1)
+        assert ds.tags()["units"] == "m" and ds.units == ("m",) and "height (m)" in ds.descriptions[0]
+    with rasterio.open(ref) as r, WarpedVRT(
+        r, crs=UTM, transform=from_origin(500_000, 4_650_000, 1.0, 1.0), width=512, height=384,
+        resampling=Resampling.bilinear, nodata=np.nan, dtype="float32",
+    ) as vrt:
+        upsampled = vrt.read(1)
+    inner = (slice(8, -8), slice(8, -8))  # bilinear has no neighbours to use at the very edge
+    ref_mae = np.nanmean(np.abs(upsampled - truth)[inner])
+    out_mae = np.abs(out - truth)[inner].mean()
+    assert stats["units"] == "m" and (out != NODATA).all()
+    assert ref_mae > 1.0  # the reference alone misses the small hills and rounds the plateau edges
+    assert out_mae < 0.25 * ref_mae, (out_mae, ref_mae)
+    assert abs(np.mean(out - truth)) < 0.1  # no bias in metres
+
+
+MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, types
+    import torch
+    from d3rsmde.raster import predict_raster
+
+    def nbytes(field):  # from /proc: VmHWM (peak RSS), unlike ru_maxrss, does not inherit pytest's peak
+        return int(open("/proc/self/status").read().split(field + ":")[1].split()[0]) * 1024
+
+    class Fast:
+        size_multiple = 16
+        device = torch.device("cpu")
+        config = types.SimpleNamespace(name="fast", tile_size=256, num_steps=0, gsd_m=None)
+        def __call__(self, x, refine_steps=None):
+            h = x.mean(1, keepdim=True)
+            lo, hi = h.amin((2, 3), keepdim=True), h.amax((2, 3), keepdim=True)
+            return (h - lo) / (hi - lo).clamp_min(1e-6)
+
+    small, big, out = sys.argv[1:4]
+    predict_raster(small, out + ".warm.tif", Fast(), batch_size=4)  # one-time costs: torch, GDAL drivers
+    base = nbytes("VmRSS")
+    stats = predict_raster(big, out, Fast(), batch_size=4)
+    print(json.dumps({"growth": nbytes("VmHWM") - base, "tiles": stats["tiles"]}))
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak RSS from /proc")
+def test_memory_stays_flat_on_a_large_raster(tmp_path):
+    n = 4000
+    big = tmp_path / "big.tif"
+    with rasterio.open(
+        big, "w", driver="GTiff", width=n, height=n, count=3, dtype="uint8", crs=UTM,
+        transform=from_origin(500_000, 4_650_000, 1.0, 1.0), tiled=True,
+    ) as ds:
+        for row in range(0, n, 500):
+            y, x = np.mgrid[row : row + 500, 0:n]
+            v = (127 + 100 * np.sin(x / 300.0) * np.cos(y / 250.0)).astype(np.uint8)
+            ds.write(np.stack([v, v, v]), window=Window(0, row, n, 500))
+    small = write(tmp_path / "small.tif", np.full((3, 300, 300), 100, np.uint8))
+    env = {**os.environ, "GDAL_CACHEMAX": "16", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(small), str(big), str(tmp_path / "out.tif")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    full_raster = n * n * 4  # one float32 band of the whole raster: 61 MiB
+    # A naive run holds the float32 input (3 bands), the output and a weight sum: 5 full-raster buffers, 305 MiB.
+    # Here: GDAL block cache (16 MiB, set above) + one stitching band (256 rows x 4000 x 4 B x 3 arrays, 12 MiB)
+    # + tiles in flight (3 batches x 4 tiles x 3 x 256^2 x 4 B, 9 MiB) + the decimated percentile sample
+    # (<= 1024^2 x 3 bands) and allocator slack: well under 2 full-raster buffers.
+    assert result["tiles"] == 441
+    assert result["growth"] < 2 * full_raster, f"peak RSS grew {result['growth'] / 2**20:.0f} MiB"
+    with rasterio.open(tmp_path / "out.tif") as ds:
+        assert (ds.width, ds.height) == (n, n)
+        assert np.isfinite(ds.read(1, window=Window(1000, 1000, 300, 300))).all()
+
+
+def test_cancel_leaves_no_file_and_input_untouched(tmp_path):
+    src = write(tmp_path / "in.tif", height_image(terrain_m(200, 260)))
+    before = sha256(src)
+    polls, seen = [], []
+
+    def cancel():
+        polls.append(1)
+        return len(polls) >= 3
+
+    with pytest.raises(Cancelled):
+        predict_raster(src, tmp_path / "out.tif", Oracle(), tile=TILE, batch_size=2, cancel=cancel,
+                       progress=lambda f, m: seen.append(f))
+    assert len(polls) == 3  # stopped at the first poll that said so: within one batch
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+    assert sha256(src) == before
+    assert seen and seen == sorted(seen) and seen[-1] < 0.9
+
+
+def test_failure_leaves_no_file(tmp_path):
+    src = write(tmp_path / "in.tif", height_image(terrain_m(200, 260)))
+
+    class Broken(Oracle):
+        def __call__(self, images, refine_steps=None):
+            if self.calls == 2:
+                raise RuntimeError("out of memory (simulated)")
+            return super().__call__(images, refine_steps)
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        predict_raster(src, tmp_path / "out.tif", Broken(), tile=TILE, batch_size=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_nodata_and_alpha_areas_are_nodata(tmp_path):
+    truth = terrain_m(160, 200)
+    img = height_image(truth)
+    img[20:60, 30:90] = 0
+    src = write(tmp_path / "nodata.tif", img, nodata=0)
+    predict_raster(src, tmp_path / "out1.tif", Oracle(), tile=TILE)
+    out = read(tmp_path / "out1.tif")
+    assert (out[20:60, 30:90] == NODATA).all()
+    outside = np.ones_like(out, bool)
+    outside[20:60, 30:90] = False
+    assert (out[outside] != NODATA).all() and np.isfinite(out).all()
+
+    # A nodata block covering whole tiles: those tiles are skipped, their neighbours still blend cleanly.
+    img = height_image(truth)
+    img[:, :100] = 0
+    src = write(tmp_path / "nodata-tiles.tif", img, nodata=0)
+    predict_raster(src, tmp_path / "out3.tif", Oracle(), tile=TILE)
+    out = read(tmp_path / "out3.tif")
+    assert (out[:, :100] == NODATA).all() and (out[:, 100:] >= 0).all() and (out[:, 100:] <= 1).all()
+
+    rgba = np.concatenate([(render(truth) * 255).astype(np.uint8), np.full((1, 160, 200), 255, np.uint8)])
+    rgba[3, 100:, :50] = 0
+    src = write(tmp_path / "rgba.tif", rgba, photometric="RGB", alpha="YES")
+    with rasterio.open(src) as ds:
+        assert ds.colorinterp[3] == ColorInterp.alpha
+    stats = predict_raster(src, tmp_path / "out2.tif", Oracle(), tile=TILE)
+    out = read(tmp_path / "out2.tif")
+    assert stats["bands"] == [1, 2, 3]
+    assert (out[100:, :50] == NODATA).all() and (out[:100] != NODATA).all() and (out[:, 50:] != NODATA).all()
+
+
+@pytest.mark.parametrize(
+    "data,bands,used",
+    [
+        (np.random.default_rng(0).integers(0, 255, (3, 70, 90)).astype(np.uint8), None, [1, 2, 3]),
+        (np.random.default_rng(1).normal(0, 1000, (70, 90)).astype(np.int16), None, [1, 1, 1]),
+        (np.random.default_rng(2).random((70, 90)).astype(np.float32), None, [1, 1, 1]),
+        (np.random.default_rng(3).integers(0, 4000, (6, 70, 90)).astype(np.uint16), [4, 3, 2], [4, 3, 2]),
+        (np.random.default_rng(4).integers(0, 4000, (2, 70, 90)).astype(np.uint16), [2], [2, 2, 2]),
+    ],
+    ids=["uint8-rgb", "int16-1band", "float32-1band", "uint16-6band-chosen", "uint16-2band-one-chosen"],
+)
+def test_band_counts_and_dtypes(tmp_path, data, bands, used):
+    src = write(tmp_path / "in.tif", data)
+    stats = predict_raster(src, tmp_path / "out.tif", Oracle(), tile=TILE, bands=bands)
+    out = read(tmp_path / "out.tif")
+    assert stats["bands"] == used
+    assert out.shape == (70, 90) and np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_float_nan_pixels_are_nodata(tmp_path):
+    data = np.random.default_rng(0).random((80, 80)).astype(np.float32)
+    data[:10] = np.nan
+    src = write(tmp_path / "in.tif", data, nodata=np.nan)
+    predict_raster(src, tmp_path / "out.tif", Oracle(), tile=TILE)
+    out = read(tmp_path / "out.tif")
+    assert (out[:10] == NODATA).all() and (out[10:] != NODATA).all()
+
+
+def test_raster_smaller_than_a_tile(tmp_path, tiny):
+    src = write(tmp_path / "in.tif", (render(terrain_m(40, 23)) * 255).astype(np.uint8))
+    stats = predict_raster(src, tmp_path / "out.tif", tiny, refine_steps=0)
+    out = read(tmp_path / "out.tif")
+    assert stats["tiles"] == 1 and out.shape == (40, 23) and np.isfinite(out).all()
+
+
+def test_resampling_to_the_model_gsd_and_back(tmp_path):
+    truth = terrain_m(200, 240)
+    src = write(tmp_path / "in.tif", height_image(truth))  # 1 m pixels
+    model = Oracle(gsd_m=2.0)
+    stats = predict_raster(src, tmp_path / "out.tif", model, tile=TILE, resample_to_gsd=True)
+    assert stats["gsd_factor"] == pytest.approx(0.5)
+    assert stats["tiles"] == len(TileGrid(100, 120, TILE, TILE // 4))  # the model saw a 2 m grid
+    with rasterio.open(src) as a, rasterio.open(tmp_path / "out.tif") as b:
+        assert (b.crs, b.transform, b.width, b.height) == (a.crs, a.transform, a.width, a.height)
+        out = b.read(1)
+    inner = (slice(4, -4), slice(4, -4))
+    coef = np.polyfit(truth[inner].ravel(), out[inner].ravel(), 1)
+    assert np.abs(out[inner] - np.polyval(coef, truth[inner])).mean() < 0.01
+    with pytest.raises(InputError, match="ground resolution"):
+        predict_raster(src, tmp_path / "out2.tif", Oracle(), tile=TILE, resample_to_gsd=True)
+
+
+def test_bad_inputs_are_input_errors(tmp_path):
+    good = write(tmp_path / "good.tif", np.zeros((3, 40, 40), np.uint8) + 7)
+    two = write(tmp_path / "two.tif", np.zeros((2, 40, 40), np.uint8))
+    (tmp_path / "empty.tif").write_bytes(b"")
+    (tmp_path / "text.tif").write_text("this is not a raster\n")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [
+        (two, tmp_path / "o.tif", {}, "2 bands"),
+        (tmp_path / "empty.tif", tmp_path / "o.tif", {}, "empty"),
+        (tmp_path / "text.tif", tmp_path / "o.tif", {}, "not a raster"),
+        (tmp_path / "missing.tif", tmp_path / "o.tif", {}, "does not exist"),
+        (good, good, {}, "is the input"),
+        (good, a_file / "o.tif", {}, "folder .* does not exist"),
+        (good, tmp_path / "o.tif", {"tile": 50}, "multiple of 16"),
+        (good, tmp_path / "o.tif", {"bands": [1, 9, 2]}, r"\[9\]"),
+    ]
+    for src, dst, kwargs, message in cases:
+        with pytest.raises(InputError, match=message):
+            predict_raster(src, dst, Oracle(), **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "empty.tif", "good.tif", "text.tif", "two.tif"]
+
+
+def test_unwritable_destination_is_an_input_error(tmp_path):
+    src = write(tmp_path / "in.tif", np.zeros((3, 40, 40), np.uint8) + 7)
+    if os.geteuid() == 0:  # root writes anywhere a permission bit allows nothing: use a filesystem that refuses
+        dst = "/proc/d3rsmde-out.tif"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        dst = locked / "out.tif"
+    with pytest.raises(InputError, match="cannot write to the output folder|is not writable"):
+        predict_raster(src, dst, Oracle())
+
+
+def test_evaluate_rasters(tmp_path):
+    truth = terrain_m(130, 150).astype(np.float32)
+    ref = write(tmp_path / "ref.tif", truth)
+    pred = write(tmp_path / "pred.tif", truth + 3.0, nodata=NODATA)
+    with rasterio.open(pred, "r+") as ds:
+        ds.update_tags(tile_size=64, units="m")
+    result = evaluate_rasters(pred, ref)
+    assert result["tile"] == 64 and result["tiles"] == 9
+    whole = result["whole"]
+    assert whole["mae"] == pytest.approx(3.0, abs=1e-3) and whole["bias"] == pytest.approx(3.0, abs=1e-3)
+    assert whole["rmse_after_affine"] < 1e-2 and whole["units"] == "m" and whole["pixels"] == 130 * 150
+    assert result["per_tile"]["mae"] < 0.05 and result["per_tile"]["ssim"] > 0.99  # a shift is no error per tile
+
+    # A mask raster on another grid (2 m pixels) keeps only its nonzero part; a wrong prediction scores worse.
+    mask = np.zeros((65, 75), np.uint8)
+    mask[:, :30] = 1
+    mask_path = write(tmp_path / "mask.tif", mask, transform=from_origin(500_000, 4_650_000, 2.0, 2.0))
+    bad = write(tmp_path / "bad.tif", truth[:, ::-1].copy())
+    masked = evaluate_rasters(bad, ref, mask=mask_path, tile=32)
+    assert masked["whole"]["pixels"] == 130 * 60 and masked["tile"] == 32
+    assert masked["per_tile"]["mae"] > 10 * result["per_tile"]["mae"] + 1
