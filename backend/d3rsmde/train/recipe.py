@@ -65,6 +65,9 @@ def train_pipeline(
     ``epochs={"vae": 0}`` keeps the VAE as built (e.g. a pretrained one named by ``config.vae.pretrained_path``).
     """
     config = get_config(config) if isinstance(config, str) else config
+    index = getattr(train_ds, "index", {})
+    if index.get("tile_size"):  # the model predicts best at the tile size it was trained on
+        config = dataclasses.replace(config, tile_size=int(index["tile_size"]))
     epochs = stage_epochs(epochs)
     work = Path(work_dir)
     rank, world, _ = distributed_context(device)
@@ -97,7 +100,6 @@ def train_pipeline(
                   cancel=cancel, **shared)
     check_cancel(cancel, "training")
 
-    index = getattr(train_ds, "index", {})
     pipe.config = dataclasses.replace(config, data=data if data is not None else _describe_sources(index),
                                       gsd_m=gsd_m if gsd_m is not None else index.get("gsd_m"))
     out = Path(out_path)
@@ -113,5 +115,7 @@ def train_pipeline(
 
 
 def _describe_sources(index: dict) -> str:
+    """Where the tiles came from, by package (local cache paths mean nothing on another machine)."""
     sources = index.get("sources", {})
-    return "; ".join(f"{k}: {v}" for k, v in sources.items())
+    packaged = {k: v for k, v in sources.items() if k.endswith("_package")} or sources
+    return "; ".join(f"{k.removesuffix('_package')}: {v}" for k, v in packaged.items())
