@@ -32,10 +32,12 @@ def _cli_train(args) -> int:
 
     epochs = {k: v for k, v in (("vae", args.vae_epochs), ("coarse", args.coarse_epochs),
                                 ("refiner", args.refiner_epochs)) if v is not None}
+    lr = {k: v for k, v in (("vae", args.vae_lr), ("coarse", args.coarse_lr), ("refiner", args.refiner_lr))
+          if v is not None}
     val = TileDataset(args.data, "val")
     out = train_pipeline(
         args.config, TileDataset(args.data, "train"), val, args.out,
-        work_dir=args.work_dir or Path(args.out).with_suffix(".work"), epochs=epochs, k=args.k,
+        work_dir=args.work_dir or Path(args.out).with_suffix(".work"), epochs=epochs, lr=lr, k=args.k,
         device=args.device, resume=not args.restart, batch_size=args.batch_size, num_workers=args.workers,
         steps_per_epoch=args.steps_per_epoch, progress=_printer(),
     )
@@ -69,6 +71,9 @@ def add_cli(subparsers) -> None:
     train.add_argument("--vae-epochs", type=int, help="default 30")
     train.add_argument("--coarse-epochs", type=int, help="per fold and for the final model; default 100")
     train.add_argument("--refiner-epochs", type=int, help="default 100")
+    for stage, default in (("vae", "1e-4"), ("coarse", "5e-5, the paper's, for a pretrained backbone"),
+                           ("refiner", "1e-4")):
+        train.add_argument(f"--{stage}-lr", type=float, help=f"{stage} learning rate (default {default})")
     train.add_argument("--k", type=int, default=5, help="coarse folds (default %(default)s)")
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--workers", type=int, default=0, help="data loader processes")

@@ -48,6 +48,7 @@ def train_pipeline(
     *,
     work_dir: str | os.PathLike,
     epochs: int | dict[str, int] | None = None,
+    lr: dict[str, float] | None = None,
     k: int = 5,
     device: str | torch.device = "auto",
     resume: bool = True,
@@ -62,6 +63,7 @@ def train_pipeline(
     ``overrides`` are training settings shared by all stages (``batch_size=``, ``steps_per_epoch=``,
     ``num_workers=``...). ``data`` and ``gsd_m`` describe the training data in the checkpoint; by default they
     come from a TileDataset's index. ``resume=False`` discards earlier stage folders in ``work_dir``.
+    ``lr={"coarse": 3e-4}`` overrides a stage's learning rate (the paper's 5e-5 assumes a pretrained backbone).
     ``epochs={"vae": 0}`` keeps the VAE as built (e.g. a pretrained one named by ``config.vae.pretrained_path``).
     """
     config = get_config(config) if isinstance(config, str) else config
@@ -69,6 +71,11 @@ def train_pipeline(
     if index.get("tile_size"):  # the model predicts best at the tile size it was trained on
         config = dataclasses.replace(config, tile_size=int(index["tile_size"]))
     epochs = stage_epochs(epochs)
+    lr = dict(lr or {})
+    unknown = sorted(set(lr) - set(STAGES))
+    if unknown:
+        raise InputError(f"unknown training stage(s) {unknown} in lr; stages are {list(STAGES)}")
+    stage_lr = {s: ({"lr": lr[s]} if s in lr else {}) for s in STAGES}
     work = Path(work_dir)
     rank, world, _ = distributed_context(device)
     if not resume and rank == 0:
@@ -86,9 +93,10 @@ def train_pipeline(
     seed_everything(overrides.get("seed", 42))
     pipe = D3Pipeline.from_config(config)
     train_vae(pipe.codec.vae, train_ds, val_ds, work_dir=work / "vae", epochs=epochs["vae"],
-              progress=part["vae"], cancel=cancel, **shared)
+              progress=part["vae"], cancel=cancel, **shared, **stage_lr["vae"])
     maps, final = kfold_coarse_predictions(config, train_ds, k, val_ds=val_ds, work_dir=work / "coarse",
-                                           epochs=epochs["coarse"], progress=part["coarse"], cancel=cancel, **shared)
+                                           epochs=epochs["coarse"], progress=part["coarse"], cancel=cancel, **shared,
+                                           **stage_lr["coarse"])
     pipe.coarse.load_state_dict(final.state_dict())
     val_maps = None
     if val_ds is not None:
@@ -97,7 +105,7 @@ def train_pipeline(
                                   batch_size=overrides.get("batch_size", 8), cancel=cancel)
     train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val_ds,
                   val_maps, work_dir=work / "refiner", epochs=epochs["refiner"], progress=part["refiner"],
-                  cancel=cancel, **shared)
+                  cancel=cancel, **shared, **stage_lr["refiner"])
     check_cancel(cancel, "training")
 
     pipe.config = dataclasses.replace(config, data=data if data is not None else _describe_sources(index),
