@@ -114,14 +114,15 @@ def predict_raster(
             else:
                 scale, shift = _calibrate(grid, store, has_data, pairs, scale, shift, ref_path, source.grid)
                 units = ref_units
+            bounds = (0.0, 1.0) if units == "relative" else None
             tmp_out = scratch_dir / dst_path.name
             with _create_output(tmp_out, out_grid) as out:
                 if factor == 1.0:
-                    _write_blended(grid, store, scale, shift, out, progress, cancel)
+                    _write_blended(grid, store, scale, shift, out, progress, cancel, bounds)
                 else:
                     work = scratch_dir / "work.tif"
                     with _create_output(work, source.grid, final=False) as tmp:
-                        _write_blended(grid, store, scale, shift, tmp, progress, cancel)
+                        _write_blended(grid, store, scale, shift, tmp, progress, cancel, bounds)
                     _resample_back(work, src_path, indexes, out, cancel)
                 _finish(out, pipeline, steps, units, tile, overlap, src_path, ref_path)
         os.replace(tmp_out, dst_path)
@@ -379,8 +380,11 @@ def _calibrate(grid, store, has_data, pairs, scale, shift, ref_path, spec):
     return solve_affines(len(grid), pairs, fits, initial_scale=gain * scale, initial_shift=gain * shift + offset)
 
 
-def _write_blended(grid, store, scale, shift, out, progress, cancel) -> None:
-    """Pass 2: blend the aligned tiles one band of rows at a time and write each band."""
+def _write_blended(grid, store, scale, shift, out, progress, cancel, bounds=None) -> None:
+    """Pass 2: blend the aligned tiles one band of rows at a time and write each band.
+
+    ``bounds``: (low, high) the values must stay in; relative output is 0..1 by contract, and float rounding of
+    the affine maps would otherwise leave values like -5e-10."""
     for row0 in range(0, grid.height, BLOCK):
         if cancel():
             raise Cancelled("cancelled while writing the output")
@@ -400,6 +404,8 @@ def _write_blended(grid, store, scale, shift, out, progress, cancel) -> None:
             wsum[a - row0 : b - row0, c:c1] += w[:, : c1 - c]
         band = np.full(acc.shape, NODATA, dtype=np.float32)
         np.divide(acc, wsum, out=band, where=wsum > 0)
+        if bounds is not None:
+            np.clip(band, *bounds, out=band, where=wsum > 0)
         out.write(band, 1, window=Window(0, row0, grid.width, row1 - row0))
         progress(0.9 + 0.09 * row1 / grid.height, f"writing rows {row1}/{grid.height}")
 
