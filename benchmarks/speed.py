@@ -91,7 +91,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rows", default=None, help="comma-separated substrings; run only rows whose name has one")
     p.add_argument("--profile", default=None, metavar="ROW",
                    help="write a torch.profiler table of the first row whose name contains ROW")
-    p.add_argument("--out", default="build/bench", help="folder for speed.json, speed.md, profile-*.txt")
+    p.add_argument("--out", default="build/bench", help="folder for speed.json, speed.md, speed.png, profile-*.txt")
     args = p.parse_args(argv)
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.batch_sizes = args.batch_sizes or ((1, 2) if args.quick else (1, 2, 4, 8, 16, 32))
@@ -392,6 +392,34 @@ def add_ratios(rows: list[dict]) -> None:
         row["ratio_basis"] = ref["source"] if ref else None
 
 
+def plot(result: dict, path: Path) -> bool:
+    """Speed-up over Marigold v1.0 per row (log scale), one bar each; False when no row has a ratio."""
+    from matplotlib.figure import Figure
+
+    rows = [r for r in result["rows"] if r["speedup_vs_marigold_v1"]]
+    if not rows:
+        return False
+    fig = Figure(figsize=(7, 0.35 * len(rows) + 1.2), dpi=120)
+    ax = fig.add_subplot()
+    labels = [f"{r['model']} {r['setting']} @{r['tile']}" for r in rows]
+    colours = {"ours": "tab:green", "marigold": "tab:red", "dpt": "tab:blue"}
+    ax.barh(labels, [r["speedup_vs_marigold_v1"] for r in rows], color=[colours[r["family"]] for r in rows])
+    for y, r in enumerate(rows):
+        estimate = "~" if "extrapolated" in (r["source"], r["ratio_basis"]) else ""
+        ax.annotate(f"{estimate}{r['speedup_vs_marigold_v1']:.3g}x", (r["speedup_vs_marigold_v1"], y),
+                    textcoords="offset points", xytext=(3, -3), fontsize=7)
+    ax.set_xscale("log")
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_xlabel("x faster per tile than Marigold v1.0 (50 steps x 10) at the same tile; ~ = estimated")
+    machine = result["machine"]
+    ax.set_title(f"per-tile latency, batch 1, on {machine.get('gpu') or 'CPU ' + machine['cpu']}", fontsize=9)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    common.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return True
+
+
 def to_markdown(result: dict) -> str:
     s, peak = result["settings"], result["peak_tflops"]
     on_gpu = any(r["peak_memory_bytes"] for r in result["rows"])
@@ -444,6 +472,8 @@ def to_markdown(result: dict) -> str:
                      "one U-Net step + ensemble x decode, from the part times measured below; FLOP/s and ratios "
                      "derived from them (~) are estimates too.")
     lines += [f"- {note}" for note in result["notes"]]
+    if any(r["speedup_vs_marigold_v1"] for r in result["rows"]):
+        lines += ["", "![speed-up over Marigold v1.0](speed.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -475,6 +505,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "notes": runner.notes,
     }
     json_path, md_path = common.write_results(args.out, "speed", result, to_markdown(result))
+    plot(result, Path(args.out) / "speed.png")
     print(md_path.read_text())
     return result
 

@@ -72,6 +72,7 @@ def test_speed_main_tiny(tmp_path):
     md = (out / "speed.md").read_text()
     assert "| Model | Setting | Tile |" in md and "extrapolated" in md and "NOT run" in md
     assert md.count("| D3-RSMDE tiny |") == 4 and md.count("| Marigold |") == 3
+    assert "speed.png" in md and (out / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     profile = (out / "profile-d3-rsmde-tiny-t-3-64.txt").read_text()
     assert "Self CPU" in profile and "aten::" in profile
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import nbformat
+import rasterio
 from nbclient import NotebookClient
 
 from d3rsmde.pipeline import D3Pipeline
@@ -20,7 +21,7 @@ def with_parameters(nb, **values):
     return nb
 
 
-def test_finetune_notebook_end_to_end(tmp_path):
+def test_finetune_notebook_end_to_end(tmp_path, d3_provider, small_rgb):
     base = tmp_path / "tiny.safetensors"
     D3Pipeline.from_config("tiny").save_pretrained(base)
     out = tmp_path / "tuned.safetensors"
@@ -37,3 +38,12 @@ def test_finetune_notebook_end_to_end(tmp_path):
     text = "".join(o.get("text", "") + "".join(o.get("data", {}).get("text/markdown", "")) for o in outputs)
     assert "| before |" in text and "| after |" in text
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2  # the split map and the comparison
+
+    import processing  # the QGIS plugin's "Estimate depth" accepts the notebook's weights
+
+    depth = tmp_path / "depth.tif"
+    processing.run("d3rsmde:estimatedepth", {"INPUT": str(small_rgb), "WEIGHTS": str(out), "DEVICE": 1,
+                                             "OUTPUT": str(depth)})
+    with rasterio.open(small_rgb) as src, rasterio.open(depth) as result:
+        assert (result.crs, result.transform, result.shape) == (src.crs, src.transform, src.shape)
+        assert result.tags()["model"] == "tiny"
