@@ -58,19 +58,21 @@ def raster_rows(pipe: D3Pipeline, image: Path, dem: Path, steps: list[int], work
         out = work / f"pred-T{t}.tif"
         predict_raster(image, out, pipe, refine_steps=t)
         rows[f"D3-RSMDE T={t}" if t else "coarse only (T=0)"] = evaluate_rasters(out, dem)["per_tile"]
-    luminance = _luminance_raster(image, work / "luminance.tif", pipe.config.tile_size)
-    rows["baseline: luminance"] = evaluate_rasters(luminance, dem)["per_tile"]
+    for name, baseline in (("constant plane", ConstantPlane()), ("luminance", Luminance())):
+        out = _baseline_raster(baseline, image, work / f"{name.replace(' ', '-')}.tif", pipe.config.tile_size)
+        rows[f"baseline: {name}"] = evaluate_rasters(out, dem)["per_tile"]
     return rows
 
 
-def _luminance_raster(image: Path, out: Path, tile_size: int) -> Path:
+def _baseline_raster(baseline, image: Path, out: Path, tile_size: int) -> Path:
+    """The baseline applied to the whole image at once (both are per-pixel, so tiling changes nothing)."""
     import rasterio
 
     with rasterio.open(image) as src:
         profile = src.profile | {"count": 1, "dtype": "float32"}
-        lum = src.read([1, 2, 3]).astype(np.float32).mean(axis=0)
+        rgb = torch.from_numpy(src.read([1, 2, 3]).astype(np.float32))[None]
         with rasterio.open(out, "w", **profile) as dst:
-            dst.write(lum, 1)
+            dst.write(baseline(rgb)[0, 0].numpy(), 1)
             dst.update_tags(tile_size=str(tile_size))  # evaluate_rasters scores per tile of this size
     return out
 
