@@ -156,6 +156,7 @@ def test_stitching_undoes_per_tile_normalisation_without_seams(tmp_path):
     assert np.abs(out - np.polyval(coef, truth)).max() < 1e-3
     assert out.min() == pytest.approx(0, abs=1e-4) and out.max() == pytest.approx(1, abs=1e-4)
     ratio = seam_ratio(out, grid)
+    print(f"seam ratio (border / interior second difference): {ratio:.3f}")
     assert ratio <= 1.5
 
     # Control: the same tiles blended without the alignment show the grid plainly.
@@ -165,7 +166,9 @@ def test_stitching_undoes_per_tile_normalisation_without_seams(tmp_path):
         t = truth[b.row0 : b.row1, b.col0 : b.col1]
         w = grid.weights(i)[: b.row1 - r, : b.col1 - c]
         naive_acc[b.row0 : b.row1, b.col0 : b.col1] += w * (t - t.min()) / np.ptp(t)
-    assert seam_ratio(naive_acc, grid) > 3.0
+    naive = seam_ratio(naive_acc, grid)
+    print(f"seam ratio without alignment: {naive:.3f}")
+    assert naive > 3.0
 
 
 def test_real_tiny_pipeline_stitches_without_seams(tmp_path, tiny):
@@ -203,6 +206,7 @@ def test_reference_dem_gives_metres(tmp_path, ref_crs):
     inner = (slice(8, -8), slice(8, -8))  # bilinear has no neighbours to use at the very edge
     ref_mae = np.nanmean(np.abs(upsampled - truth)[inner])
     out_mae = np.abs(out - truth)[inner].mean()
+    print(f"reference {ref_crs}: output MAE {out_mae:.3f} m, reference's own up-sampling MAE {ref_mae:.3f} m")
     assert stats["units"] == "m" and (out != NODATA).all()
     assert ref_mae > 1.0  # the reference alone misses the small hills and rounds the plateau edges
     assert out_mae < 0.25 * ref_mae, (out_mae, ref_mae)
@@ -261,6 +265,7 @@ def test_memory_stays_flat_on_a_large_raster(tmp_path):
     # Here: GDAL block cache (16 MiB, set above) + one stitching band (256 rows x 4000 x 4 B x 3 arrays, 12 MiB)
     # + tiles in flight (3 batches x 4 tiles x 3 x 256^2 x 4 B, 9 MiB) + the decimated percentile sample
     # (<= 1024^2 x 3 bands) and allocator slack: well under 2 full-raster buffers.
+    print(f"4000 x 4000: peak RSS growth {result['growth'] / 2**20:.0f} MiB (one float32 band: 61 MiB)")
     assert result["tiles"] == 441
     assert result["growth"] < 2 * full_raster, f"peak RSS grew {result['growth'] / 2**20:.0f} MiB"
     with rasterio.open(tmp_path / "out.tif") as ds:

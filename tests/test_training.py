@@ -212,7 +212,9 @@ torch.manual_seed(0)
 model = CoarseDepthModel(get_config("tiny").coarse, img_size=64)
 history = train_coarse(model, SyntheticTiles(4, 64, seed=1), SyntheticTiles(2, 64, seed=2), epochs=2, batch_size=2,
                        lr=1e-3, device="cpu", seed=0, work_dir=sys.argv[1])
-print("RANK", os.environ["RANK"], [round(r["train_loss"], 5) for r in history], flush=True)
+# One file per rank: the ranks share stdout, where their lines can interleave.
+with open(os.path.join(sys.argv[2], "rank" + os.environ["RANK"]), "w") as f:
+    f.write(repr([round(r["train_loss"], 5) for r in history]))
 """
 
 
@@ -227,10 +229,10 @@ def test_same_code_runs_under_torchrun(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     run = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-         str(tmp_path / "work")], env=env, capture_output=True, text=True, timeout=120,
+         str(tmp_path / "work"), str(tmp_path)], env=env, capture_output=True, text=True, timeout=120,
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    losses = sorted(line.split(" ", 2)[2] for line in run.stdout.splitlines() if line.startswith("RANK"))
-    assert len(losses) == 2 and losses[0] == losses[1]  # gradients were averaged: both ranks hold one model
+    losses = [(tmp_path / f"rank{rank}").read_text() for rank in (0, 1)]
+    assert losses[0] == losses[1]  # gradients were averaged: both ranks hold one model
     assert (tmp_path / "work" / "final.pt").is_file()
     assert len((tmp_path / "work" / "log.csv").read_text().splitlines()) == 3  # rank 0 alone logs
