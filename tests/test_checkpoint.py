@@ -18,7 +18,7 @@ from d3rsmde.weights import default_weights_path
 @pytest.fixture(scope="module")
 def pipe():
     torch.manual_seed(0)
-    return D3Pipeline.from_config(get_config("tiny", data="unit test", gsd_m=0.5))
+    return D3Pipeline.from_config(get_config("tiny", data="unit test", gsd_m=0.5)).to("cpu")  # as loaded
 
 
 @pytest.fixture(scope="module")

@@ -95,3 +95,18 @@ def test_bad_step_counts(pipe, images, steps):
 
 def test_size_multiple_follows_config():
     assert D3Pipeline.from_config("tiny").size_multiple == 16  # patch 16, VAE f8 x 2-level U-Net
+
+
+def test_channels_last_placement_changes_layout_not_results(images, tmp_path):
+    torch.manual_seed(0)
+    plain = D3Pipeline.from_config("tiny")  # as built: NCHW weights
+    path = plain.save_pretrained(tmp_path / "tiny.safetensors", dtype=None)
+    placed = D3Pipeline.from_pretrained(path, device="cpu")  # goes through .to(): channels-last
+    conv = placed.codec.vae.encoder.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert plain.codec.vae.encoder.conv_in.weight.is_contiguous()
+    for steps in (0, 3):
+        torch.testing.assert_close(placed(images, refine_steps=steps), plain(images, refine_steps=steps),
+                                   atol=1e-4, rtol=0)
+    again = D3Pipeline.from_pretrained(placed.save_pretrained(tmp_path / "again.safetensors", dtype=None))
+    torch.testing.assert_close(again(images), placed(images), atol=1e-5, rtol=0)
