@@ -163,3 +163,38 @@ def test_default_weights_path(saved, monkeypatch, tmp_path):
         assert str(default_weights_path()).endswith(expected)
     except CheckpointError as e:
         assert expected in str(e)
+
+
+def test_sharded_checkpoint_loads_as_one(pipe, saved, tmp_path):
+    path = pipe.save_pretrained(tmp_path / "big.safetensors", dtype=None, max_shard_bytes=100_000, note="sharded")
+    files = sorted(p.name for p in tmp_path.iterdir())
+    sizes = [shard_tensor_bytes(tmp_path / f) for f in files]
+    assert len(files) > 2 and all(total <= 100_000 or count == 1 for total, count in sizes)
+    assert sum(total for total, _ in sizes) == sum(v.numel() * v.element_size() for v in pipe.state_dict().values())
+    assert "big.shard2.safetensors" in files and not [f for f in files if f.endswith(".tmp")]
+    loaded = D3Pipeline.from_pretrained(path, device="cpu")
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.equal(loaded(x, refine_steps=2), pipe(x, refine_steps=2))
+    whole, sharded = describe_checkpoint(saved["fp32"]), describe_checkpoint(path)
+    assert sharded["params"] == whole["params"] and sharded["metadata"]["note"] == "sharded"
+    assert sharded["files"][0] == "big.safetensors" and len(sharded["files"]) == len(files)
+    assert sharded["size_bytes"] == sum(os.path.getsize(tmp_path / f) for f in files)
+
+    with pytest.raises(CheckpointError, match="one shard of the checkpoint big.safetensors"):
+        D3Pipeline.from_pretrained(tmp_path / "big.shard2.safetensors")
+    other = pipe.save_pretrained(tmp_path / "other.safetensors", dtype=None, max_shard_bytes=100_000)
+    os.replace(other.with_name("other.shard2.safetensors"), tmp_path / "big.shard2.safetensors")
+    with pytest.raises(CheckpointError, match="not one of its shards"):
+        D3Pipeline.from_pretrained(path)
+    (tmp_path / "big.shard2.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="shard big.shard2.safetensors is missing"):
+        load_checkpoint(path)
+
+
+def shard_tensor_bytes(file) -> tuple[int, int]:
+    """(tensor bytes, tensor count) of one file."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        tensors = [f.get_tensor(k) for k in f.keys()]
+    return sum(t.numel() * t.element_size() for t in tensors), len(tensors)

@@ -1,5 +1,9 @@
-"""Checkpoints: ONE safetensors file holding every component ("coarse.", "vae.", "refiner." keys) and, in its
+"""Checkpoints: one safetensors file holding every component ("coarse.", "vae.", "refiner." keys) and, in its
 metadata, the config that rebuilds the architecture plus what a user needs to judge the weights (data, GSD, tile).
+
+A checkpoint may be split into shards (``max_shard_bytes``: git hosts and upload forms cap file sizes). The file
+the user names is still the checkpoint: it holds the metadata, the first shard's tensors and the list of sibling
+shard files, which are loaded with it and refuse to load on their own.
 
 safetensors rather than pickle: loading weights someone sent you must not run their code.
 """
@@ -23,24 +27,28 @@ from .config import D3Config
 from .errors import CheckpointError, InputError
 
 FORMAT = "d3rsmde-pipeline"
+SHARD_FORMAT = "d3rsmde-shard"
 FORMAT_VERSION = 1
 COMPONENTS = ("coarse", "vae", "refiner")
 _STANDARD_KEYS = ("format", "format_version", "config", "tile_size", "input_norm", "gsd_m", "data",
-                  "d3rsmde_version", "created")
+                  "d3rsmde_version", "created", "shards")
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], config: D3Config,
-                    metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``tensors`` and ``config`` atomically (temp file in the same folder, then rename).
+                    metadata: dict[str, Any] | None = None, *, max_shard_bytes: int | None = None) -> Path:
+    """Write ``tensors`` and ``config`` atomically (temp files in the same folder, then renames, ``path`` last).
 
     Extra ``metadata`` values are stored as strings (non-strings JSON-encoded); the standard keys come from the
-    config and cannot be overridden here.
+    config and cannot be overridden here. With ``max_shard_bytes``, tensors beyond that size go to sibling files
+    ``<stem>.shard2.safetensors``... listed in ``path``'s metadata.
     """
     path = Path(path)
     extra = dict(metadata or {})
     clash = sorted(set(extra) & set(_STANDARD_KEYS))
     if clash:
         raise InputError(f"metadata keys {clash} are written from the config; set them there instead")
+    groups = _split(tensors, max_shard_bytes) if max_shard_bytes else [tensors]
+    shard_names = [f"{path.stem}.shard{i}{path.suffix}" for i in range(2, len(groups) + 1)]
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -51,18 +59,39 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], config:
         "data": config.data,
         "d3rsmde_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"shards": json.dumps(shard_names)} if shard_names else {}),
         **{k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
+    for name, group in zip(shard_names, groups[1:]):
+        _write_atomically(path.parent / name, group, {"format": SHARD_FORMAT, "shard_of": path.name})
+    _write_atomically(path, groups[0], meta)
+    return path
+
+
+def _split(tensors: dict[str, Tensor], max_bytes: int) -> list[dict[str, Tensor]]:
+    """Tensors in key order, packed greedily into groups of at most ``max_bytes`` (a bigger tensor goes alone)."""
+    groups: list[dict[str, Tensor]] = [{}]
+    size = 0
+    for key, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if groups[-1] and size + nbytes > max_bytes:
+            groups.append({})
+            size = 0
+        groups[-1][key] = tensor
+        size += nbytes
+    return groups
+
+
+def _write_atomically(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def _read_metadata(path: Path) -> dict[str, str]:
@@ -76,6 +105,9 @@ def _read_metadata(path: Path) -> dict[str, str]:
         raise CheckpointError(
             f"{path} is not a readable safetensors file (corrupt, truncated or another format): {e}"
         ) from e
+    if meta.get("format") == SHARD_FORMAT:
+        raise CheckpointError(f"{path} is one shard of the checkpoint {meta.get('shard_of')}; load that file "
+                              "(with its shards beside it)")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not a d3rsmde checkpoint (no '{FORMAT}' format tag)")
     try:
@@ -97,16 +129,42 @@ def _parse_config(path: Path, meta: dict[str, str]) -> D3Config:
         raise CheckpointError(f"{path}: the model config stored in the checkpoint is missing or unusable: {e}") from e
 
 
+def checkpoint_files(path: str | os.PathLike) -> list[Path]:
+    """The checkpoint's files: ``path`` then its shards, each checked to exist and to belong to ``path``."""
+    path = Path(path)
+    meta = _read_metadata(path)
+    try:
+        names = json.loads(meta.get("shards", "[]"))
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: unreadable shard list {meta['shards']!r}") from None
+    files = [path]
+    for name in names:
+        shard = path.parent / name
+        try:
+            with safe_open(str(shard), framework="pt", device="cpu") as f:
+                owner = (f.metadata() or {}).get("shard_of")
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: its shard {name} is missing or unreadable (keep the checkpoint's "
+                                  f"files together): {e}") from e
+        if owner != path.name:
+            raise CheckpointError(f"{path}: {name} is not one of its shards (it belongs to {owner!r})")
+        files.append(shard)
+    return files
+
+
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], D3Config, dict[str, str]]:
-    """``(tensors, config, metadata)`` from a file written by :func:`save_checkpoint`; CheckpointError otherwise."""
+    """``(tensors, config, metadata)`` from a checkpoint written by :func:`save_checkpoint` (all its shards);
+    CheckpointError otherwise."""
     path = Path(path)
     meta = _read_metadata(path)
     config = _parse_config(path, meta)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: tensor data unreadable (corrupt or truncated): {e}") from e
+    tensors: dict[str, Tensor] = {}
+    for file in checkpoint_files(path):
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                tensors.update({k: f.get_tensor(k) for k in f.keys()})
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{file}: tensor data unreadable (corrupt or truncated): {e}") from e
     return tensors, config, meta
 
 
@@ -140,16 +198,19 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     config = _parse_config(path, meta)
     params = dict.fromkeys(COMPONENTS, 0)
     dtypes: set[str] = set()
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        for key in f.keys():
-            sl = f.get_slice(key)
-            component = key.split(".", 1)[0]
-            params[component] = params.get(component, 0) + int(torch.Size(sl.get_shape()).numel())
-            dtypes.add(sl.get_dtype())
+    files = checkpoint_files(path)
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                sl = f.get_slice(key)
+                component = key.split(".", 1)[0]
+                params[component] = params.get(component, 0) + int(torch.Size(sl.get_shape()).numel())
+                dtypes.add(sl.get_dtype())
     extra = {k: v for k, v in meta.items() if k not in _STANDARD_KEYS}
     return {
         "path": str(path),
-        "size_bytes": path.stat().st_size,
+        "files": [file.name for file in files],
+        "size_bytes": sum(file.stat().st_size for file in files),
         "config": config.name,
         "data": config.data,
         "gsd_m": config.gsd_m,

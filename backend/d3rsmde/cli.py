@@ -153,6 +153,8 @@ def _info(args) -> int:
     for key, value in describe_checkpoint(args.weights).items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in value.items()) or "-"
+        elif isinstance(value, list):
+            value = ", ".join(value)
         print(f"{key:<16} {value}")
     return 0
 

@@ -65,8 +65,9 @@ class D3Pipeline:
         return {f"{name}.{k}": v for name, m in self.components.items() for k, v in m.state_dict().items()}
 
     def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | None = torch.float16,
-                        **metadata: Any) -> Path:
-        """One safetensors file; floating weights cast to ``dtype`` (fp16 halves the download; None keeps them).
+                        max_shard_bytes: int | None = None, **metadata: Any) -> Path:
+        """One safetensors file (plus shards beyond ``max_shard_bytes``); floating weights cast to ``dtype``
+        (fp16 halves the download; None keeps them).
 
         The saved config drops ``pretrained_backbone`` / ``pretrained_path``: the weights are in the file now.
         """
@@ -75,7 +76,7 @@ class D3Pipeline:
                                   vae=dataclasses.replace(cfg.vae, pretrained_path=None))
         tensors = {k: v.to(dtype) if dtype is not None and v.is_floating_point() else v
                    for k, v in self.state_dict().items()}
-        return save_checkpoint(path, tensors, cfg, metadata)
+        return save_checkpoint(path, tensors, cfg, metadata, max_shard_bytes=max_shard_bytes)
 
     # ---- placement ----------------------------------------------------------------------------------------------
     @property

@@ -40,6 +40,7 @@ def _cli_train(args) -> int:
         work_dir=args.work_dir or Path(args.out).with_suffix(".work"), epochs=epochs, lr=lr, k=args.k,
         device=args.device, resume=not args.restart, batch_size=args.batch_size, num_workers=args.workers,
         steps_per_epoch=args.steps_per_epoch, progress=_printer(),
+        max_shard_bytes=int(args.max_shard_mb * 2**20) if args.max_shard_mb else None,
     )
     print(f"weights: {out}")
     return 0
@@ -81,6 +82,8 @@ def add_cli(subparsers) -> None:
     train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (under torchrun: one GPU per rank)")
     train.add_argument("--work-dir", help="stage checkpoints and logs (default: OUT with suffix .work)")
     train.add_argument("--restart", action="store_true", help="discard stage checkpoints in the work folder")
+    train.add_argument("--max-shard-mb", type=float, help="split the weights into files of at most this many MiB "
+                                                          "(e.g. to keep each under a git host's limit)")
     train.set_defaults(func=_cli_train)
 
     tune = subparsers.add_parser("finetune", help="fine-tune weights on one region from an image and a DEM")

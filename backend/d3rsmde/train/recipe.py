@@ -54,6 +54,7 @@ def train_pipeline(
     resume: bool = True,
     data: str | None = None,
     gsd_m: float | None = None,
+    max_shard_bytes: int | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     **overrides,
@@ -65,6 +66,7 @@ def train_pipeline(
     come from a TileDataset's index. ``resume=False`` discards earlier stage folders in ``work_dir``.
     ``lr={"coarse": 3e-4}`` overrides a stage's learning rate (the paper's 5e-5 assumes a pretrained backbone).
     ``epochs={"vae": 0}`` keeps the VAE as built (e.g. a pretrained one named by ``config.vae.pretrained_path``).
+    ``max_shard_bytes`` splits the weights file into shards of at most that size (see ``checkpoint``).
     """
     config = get_config(config) if isinstance(config, str) else config
     index = getattr(train_ds, "index", {})
@@ -112,7 +114,7 @@ def train_pipeline(
                                       gsd_m=gsd_m if gsd_m is not None else index.get("gsd_m"))
     out = Path(out_path)
     if rank == 0:
-        pipe.save_pretrained(out, training={
+        pipe.save_pretrained(out, max_shard_bytes=max_shard_bytes, training={
             "epochs": epochs, "k": k, "tiles": {"train": len(train_ds), "val": len(val_ds) if val_ds else 0},
         })
     if world > 1:
