@@ -129,10 +129,9 @@ def _parse_config(path: Path, meta: dict[str, str]) -> D3Config:
         raise CheckpointError(f"{path}: the model config stored in the checkpoint is missing or unusable: {e}") from e
 
 
-def checkpoint_files(path: str | os.PathLike) -> list[Path]:
-    """The checkpoint's files: ``path`` then its shards, each checked to exist and to belong to ``path``."""
-    path = Path(path)
-    meta = _read_metadata(path)
+def _checkpoint_files(path: Path, meta: dict[str, str]) -> list[Path]:
+    """The checkpoint's files: ``path`` then the shards its ``meta`` lists, each checked to exist and to belong
+    to ``path``."""
     try:
         names = json.loads(meta.get("shards", "[]"))
     except json.JSONDecodeError:
@@ -159,7 +158,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], D3Confi
     meta = _read_metadata(path)
     config = _parse_config(path, meta)
     tensors: dict[str, Tensor] = {}
-    for file in checkpoint_files(path):
+    for file in _checkpoint_files(path, meta):
         try:
             with safe_open(str(file), framework="pt", device="cpu") as f:
                 tensors.update({k: f.get_tensor(k) for k in f.keys()})
@@ -198,7 +197,7 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     config = _parse_config(path, meta)
     params = dict.fromkeys(COMPONENTS, 0)
     dtypes: set[str] = set()
-    files = checkpoint_files(path)
+    files = _checkpoint_files(path, meta)
     for file in files:
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for key in f.keys():
