@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 # Dense tensor-core peaks (TFLOP/s) for 16-bit dtypes, from NVIDIA's data sheets; matched on the GPU name in
 # order, so the more specific names come first. A GPU not listed gets no "% of peak" column unless given.
@@ -71,13 +70,6 @@ def peak_rss_bytes() -> int:
 
 def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call (matmuls, convolutions and attention, as torch's FlopCounterMode counts them)."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
 
 
 def cpu_model() -> str:

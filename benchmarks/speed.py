@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from benchmarks import common, peers
+from d3rsmde.flops import count_flops
 
 MARIGOLD_SETTINGS = (  # (setting label, steps, ensemble)
     ("v1.0: 50 steps x 10", 50, 10),
@@ -220,7 +221,7 @@ class Runner:
                 cost = costs.setdefault(case.tile, MarigoldCost(self, fam, root, case.tile))
                 flops = cost.flops(case.steps, case.ensemble)
             else:
-                flops = self.eager(lambda: common.count_flops(lambda: run(self.images(1, case.tile))))
+                flops = self.eager(lambda: count_flops(lambda: run(self.images(1, case.tile))))
             if case.extrapolated:
                 rows.append(self._row(case, flops, latency=cost.seconds(case.steps, case.ensemble)))
                 continue
@@ -363,7 +364,7 @@ class MarigoldCost:
 
     def flops(self, steps: int, ensemble: int) -> int:
         if self._flops is None:
-            self._flops = {k: self.runner.eager(lambda fn=fn: common.count_flops(fn))
+            self._flops = {k: self.runner.eager(lambda fn=fn: count_flops(fn))
                            for k, fn in self._parts().items()}
         return int(self._combine(self._flops, steps, ensemble))
 

