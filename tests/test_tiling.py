@@ -6,12 +6,14 @@ import pytest
 from d3rsmde.errors import InputError
 from d3rsmde.tiling import TileGrid, fit_rows, pair_rows, solve_affines
 
-SHAPES = [(300, 420, 64, 16), (64, 64, 64, 16), (40, 100, 64, 16), (1000, 130, 128, 32), (97, 97, 32, 0)]
+SHAPES = [(300, 420, 64, 16, 0), (64, 64, 64, 16, 0), (40, 100, 64, 16, 0), (1000, 130, 128, 32, 0),
+          (97, 97, 32, 0, 0), (300, 420, 64, 16, 4), (64, 64, 64, 16, 4), (40, 100, 64, 16, 7),
+          (1000, 130, 128, 32, 8), (5, 300, 8, 4, 1)]
 
 
-@pytest.mark.parametrize("height,width,tile,overlap", SHAPES)
-def test_grid_covers_raster_with_requested_overlap(height, width, tile, overlap):
-    grid = TileGrid(height, width, tile, overlap)
+@pytest.mark.parametrize("height,width,tile,overlap,margin", SHAPES)
+def test_grid_covers_raster_with_requested_overlap(height, width, tile, overlap, margin):
+    grid = TileGrid(height, width, tile, overlap, margin)
     count = np.zeros((height, width), int)
     for i in range(len(grid)):
         b = grid.box(i)
@@ -19,25 +21,38 @@ def test_grid_covers_raster_with_requested_overlap(height, width, tile, overlap)
         count[b.row0 : b.row1, b.col0 : b.col1] += 1
     assert count.min() >= 1
     for offsets, length in ((grid.row_offsets, height), (grid.col_offsets, width)):
-        if length > tile:
-            assert offsets[0] == 0 and offsets[-1] == length - tile
+        assert offsets[0] == -margin
+        if length + 2 * margin > tile:
+            assert offsets[-1] == length + margin - tile
             assert (np.diff(offsets) <= tile - overlap).all()  # neighbours share >= overlap pixels
             assert (np.diff(offsets) > 0).all()
 
 
-@pytest.mark.parametrize("height,width,tile,overlap", SHAPES)
-def test_weights_are_a_partition_of_unity(height, width, tile, overlap):
-    grid = TileGrid(height, width, tile, overlap)
-    total = np.zeros((height + tile, width + tile))
+@pytest.mark.parametrize("height,width,tile,overlap,margin", SHAPES)
+def test_weights_are_a_partition_of_unity(height, width, tile, overlap, margin):
+    grid = TileGrid(height, width, tile, overlap, margin)
+    total = np.zeros((height + 2 * tile, width + 2 * tile))  # raster at [tile, tile + height) x [tile, tile + width)
     for i in range(len(grid)):
         r, c = grid.origin(i)
         w = grid.weights(i)
         assert w.shape == (tile, tile) and (w >= 0).all()
-        b = grid.box(i)
-        assert (w[: b.row1 - r, : b.col1 - c] > 0).all()  # every pixel a tile covers gets some weight
-        total[r : r + tile, c : c + tile] += w
-    np.testing.assert_allclose(total[:height, :width], 1.0, atol=1e-6)
-    assert np.abs(total[height:]).max() == 0 and np.abs(total[:, width:]).max() == 0  # padding weighs nothing
+        if not margin:
+            b = grid.box(i)
+            assert (w[: b.row1 - r, : b.col1 - c] > 0).all()  # every pixel a tile covers gets some weight
+        total[tile + r : tile + r + tile, tile + c : tile + c + tile] += w
+    inside = (slice(tile, tile + height), slice(tile, tile + width))
+    np.testing.assert_allclose(total[inside], 1.0, atol=1e-6)
+    total[inside] = 0
+    assert np.abs(total).max() == 0  # padding weighs nothing
+
+
+@pytest.mark.parametrize("height,width,tile,overlap,margin", [s for s in SHAPES if s[-1]])
+def test_no_weight_within_margin_of_a_tile_edge(height, width, tile, overlap, margin):
+    grid = TileGrid(height, width, tile, overlap, margin)
+    inner = np.zeros((tile, tile), bool)
+    inner[margin : tile - margin, margin : tile - margin] = True
+    for i in range(len(grid)):
+        assert (grid.weights(i)[~inner] == 0).all()
 
 
 def test_weights_ramp_smoothly_across_overlap():
@@ -47,9 +62,9 @@ def test_weights_ramp_smoothly_across_overlap():
     assert (np.diff(ramp) > 0).all() and ramp[0] < 0.05 and row[32] == 1.0
 
 
-@pytest.mark.parametrize("height,width,tile,overlap", SHAPES)
-def test_pairs_are_exactly_the_overlapping_tiles(height, width, tile, overlap):
-    grid = TileGrid(height, width, tile, overlap)
+@pytest.mark.parametrize("height,width,tile,overlap,margin", SHAPES)
+def test_pairs_are_exactly_the_overlapping_tiles(height, width, tile, overlap, margin):
+    grid = TileGrid(height, width, tile, overlap, margin)
     expected = {}
     for i in range(len(grid)):
         for j in range(i + 1, len(grid)):
@@ -71,6 +86,8 @@ def test_tiles_in_rows():
 def test_bad_overlap_is_an_input_error():
     with pytest.raises(InputError, match="overlap 40 must be between 0 and half the tile size"):
         TileGrid(100, 100, 64, 40)
+    with pytest.raises(InputError, match="edge margin 8 must be 0 or less than half the overlap"):
+        TileGrid(100, 100, 64, 16, 8)
 
 
 def _terrain(height, width):

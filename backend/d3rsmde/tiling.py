@@ -29,29 +29,37 @@ class Box(NamedTuple):
     col1: int
 
 
-def _offsets(length: int, tile: int, overlap: int) -> np.ndarray:
-    """Fewest tile origins covering ``length`` pixels with at least ``overlap`` shared pixels, evenly spread."""
-    if length <= tile:
-        return np.zeros(1, dtype=np.int64)
-    count = math.ceil((length - overlap) / (tile - overlap))
-    return np.round(np.linspace(0, length - tile, count)).astype(np.int64)
+def _offsets(length: int, tile: int, overlap: int, margin: int) -> np.ndarray:
+    """Fewest tile origins covering ``length`` pixels plus ``margin`` on both sides with at least ``overlap``
+    shared pixels, evenly spread; the first is at ``-margin``."""
+    span = length + 2 * margin
+    if span <= tile:
+        return np.full(1, -margin, dtype=np.int64)
+    count = math.ceil((span - overlap) / (tile - overlap))
+    return np.round(np.linspace(0, span - tile, count)).astype(np.int64) - margin
 
 
-def _ramp(n: int) -> np.ndarray:
-    """Raised-cosine ramp rising over ``n`` pixels; it and its mirror image sum to exactly 1."""
-    return 0.5 - 0.5 * np.cos(np.pi * (np.arange(n) + 0.5) / n)
+def _ramp(n: int, margin: int = 0) -> np.ndarray:
+    """``n`` pixels: 0 over the first ``margin``, a raised cosine rising over the middle, 1 over the last
+    ``margin``; it and its mirror image sum to exactly 1."""
+    m = n - 2 * margin
+    rise = 0.5 - 0.5 * np.cos(np.pi * (np.arange(m) + 0.5) / m)
+    return np.concatenate([np.zeros(margin), rise, np.ones(margin)])
 
 
-def _profile(offsets: np.ndarray, k: int, tile: int, length: int) -> np.ndarray:
-    """1-D blending weights of tile ``k``: ramps where it overlaps its neighbours, 0 beyond the raster."""
+def _profile(offsets: np.ndarray, k: int, tile: int, length: int, margin: int) -> np.ndarray:
+    """1-D blending weights of tile ``k``: ramps where it overlaps its neighbours, 0 within ``margin`` of an edge
+    it shares and outside the raster."""
     w = np.ones(tile)
     if k > 0:
         n = int(offsets[k - 1] + tile - offsets[k])
-        w[:n] = np.minimum(w[:n], _ramp(n))
+        w[:n] = np.minimum(w[:n], _ramp(n, margin))
     if k < len(offsets) - 1:
         n = int(offsets[k] + tile - offsets[k + 1])
-        w[tile - n :] = np.minimum(w[tile - n :], _ramp(n)[::-1])
-    w[max(length - int(offsets[k]), 0) :] = 0.0
+        w[tile - n :] = np.minimum(w[tile - n :], _ramp(n, margin)[::-1])
+    start = int(offsets[k])
+    w[: max(-start, 0)] = 0.0
+    w[max(length - start, 0) :] = 0.0
     return w
 
 
@@ -61,12 +69,17 @@ class TileGrid:
 
     Neighbours share at least ``overlap`` pixels; a raster smaller than a tile gets one tile whose part outside
     the raster is padding (its blending weight is 0 there).
+
+    ``margin``: no raster pixel takes its value from within ``margin`` pixels of a tile edge, where models
+    leave artefacts (a decoder's bright frame). Between tiles the weights are 0 there; at the raster's border the
+    tiles reach ``margin`` pixels beyond it (origins can be negative), into padding that is read, never written.
     """
 
     height: int
     width: int
     tile: int
     overlap: int
+    margin: int = 0
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
@@ -75,14 +88,16 @@ class TileGrid:
             raise InputError(
                 f"overlap {self.overlap} must be between 0 and half the tile size ({self.tile} // 2 = {self.tile // 2})"
             )
+        if self.margin < 0 or (self.margin and 2 * self.margin >= self.overlap):
+            raise InputError(f"edge margin {self.margin} must be 0 or less than half the overlap ({self.overlap})")
 
     @cached_property
     def row_offsets(self) -> np.ndarray:
-        return _offsets(self.height, self.tile, self.overlap)
+        return _offsets(self.height, self.tile, self.overlap, self.margin)
 
     @cached_property
     def col_offsets(self) -> np.ndarray:
-        return _offsets(self.width, self.tile, self.overlap)
+        return _offsets(self.width, self.tile, self.overlap, self.margin)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -100,13 +115,13 @@ class TileGrid:
     def box(self, i: int) -> Box:
         """The part of tile ``i`` that lies inside the raster."""
         r, c = self.origin(i)
-        return Box(r, min(r + self.tile, self.height), c, min(c + self.tile, self.width))
+        return Box(max(r, 0), min(r + self.tile, self.height), max(c, 0), min(c + self.tile, self.width))
 
     def weights(self, i: int) -> np.ndarray:
         """``tile x tile`` blending weights of tile ``i``; over the raster the weights of all tiles sum to 1."""
         r, c = divmod(i, len(self.col_offsets))
-        wy = _profile(self.row_offsets, r, self.tile, self.height)
-        wx = _profile(self.col_offsets, c, self.tile, self.width)
+        wy = _profile(self.row_offsets, r, self.tile, self.height, self.margin)
+        wx = _profile(self.col_offsets, c, self.tile, self.width, self.margin)
         return np.outer(wy, wx).astype(np.float32)
 
     def pairs(self) -> list[tuple[int, int, Box]]:
