@@ -9,6 +9,10 @@ class InputError(D3Error, ValueError):
     """A raster, band choice, path or parameter the user gave cannot be used as it is."""
 
 
+class OutputError(D3Error):
+    """An output could not be written completely (disk full, I/O error); any previous file there is kept."""
+
+
 class CheckpointError(D3Error):
     """A weights file is missing, corrupt, truncated or does not match the code."""
 

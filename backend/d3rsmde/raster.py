@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 import os
 import queue
-import tempfile
 import threading
 import time
+import warnings
+import zlib
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform
@@ -30,13 +31,16 @@ from rasterio.windows import Window
 
 from . import __version__
 from .data import pixel_size_m, select_bands, stretch, stretch_limits
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, OutputError
+from .files import check_not_an_input, describe_write_error, staged_output
 from .metrics import depth_metrics
 from .tiling import TileGrid, fit_rows, pair_rows, solve_affines
 
 NODATA = -9999.0
 BLOCK = 256  # output block size, and the height of the band of rows blended at a time
 PREFETCH_BATCHES = 2
+MIN_REFERENCE_PIXELS = 2  # one reference pixel gives a level but no relief to scale the heights by
+OUTPUT_EXTENSIONS = (".tif", ".tiff")  # the output is always a GeoTIFF; another extension would lie about it
 
 Progress = Callable[[float, str], None]
 Cancel = Callable[[], bool]
@@ -57,75 +61,77 @@ def predict_raster(
     cancel: Cancel | None = None,
     resample_to_gsd: bool = False,
 ) -> dict:
-    """Predict a height map for the raster at ``src`` and write it to ``dst`` as a float32 GeoTIFF.
+    """Predict a height map for the raster at ``src`` and write it to ``dst`` (.tif/.tiff) as a float32 GeoTIFF.
 
-    The output has the input's CRS, transform and size, nodata where the input is nodata or transparent, and is
+    The output has the input's size and georeferencing (CRS and transform, or GCPs, or RPCs), nodata where the input is nodata or transparent, and is
     relative height 0..1 over the whole raster, or metres (the reference's units) when ``reference_dem`` (any
     raster, any CRS and resolution) is given. ``bands``: 1-based band numbers (one band is replicated to three).
     ``tile``/``overlap``/``batch_size`` default to the model's tile size, a quarter of it, and a size suited to
     the device. ``resample_to_gsd`` runs the model at its training ground resolution and resamples back.
-    ``progress(fraction, message)`` is called and ``cancel()`` polled once per batch; on cancel or failure no
-    output or scratch file is left behind. Returns run statistics.
+    ``progress(fraction, message)`` is called and ``cancel()`` polled once per batch. The output is read back and
+    checked before it replaces a previous ``dst``; on cancel or failure no output or scratch file is left behind,
+    and ``dst`` may be no file any input reads (a VRT's sources included). Returns run statistics, with
+    ``warnings``: what the user should know about the result (no georeferencing).
     """
     start = time.perf_counter()
     progress = progress or (lambda fraction, message: None)
     cancel = cancel or (lambda: False)
     src_path, dst_path, ref_path = _check_paths(src, dst, reference_dem)
-    tile = int(tile or pipeline.config.tile_size)
     multiple = pipeline.size_multiple
-    if tile < multiple or tile % multiple:
+    tile = _whole_number("tile size", pipeline.config.tile_size if tile is None else tile, multiple)
+    if tile % multiple:
         raise InputError(f"tile size {tile} must be a positive multiple of {multiple} for this model")
-    overlap = tile // 4 if overlap is None else int(overlap)
-    batch_size = int(batch_size or default_batch_size(pipeline.device, tile))
-    if batch_size < 1:
-        raise InputError(f"batch size must be at least 1, got {batch_size}")
-    steps = pipeline.config.num_steps if refine_steps is None else int(refine_steps)
+    overlap = tile // 4 if overlap is None else _whole_number("overlap", overlap, 0)
+    batch_size = _whole_number("batch size", default_batch_size(pipeline.device, tile) if batch_size is None
+                               else batch_size, 1)
+    steps = _whole_number("refinement steps", pipeline.config.num_steps if refine_steps is None else refine_steps, 0)
 
-    with _open(src_path) as ds:
-        indexes = select_bands(ds, bands)
-        lo, hi = stretch_limits(ds, indexes, Window(0, 0, ds.width, ds.height))
-        factor = _gsd_factor(ds, pipeline.config.gsd_m) if resample_to_gsd else 1.0
-        out_grid = _GridSpec(ds.crs, ds.transform, ds.width, ds.height)
-    if ref_path is not None:
-        with _open(ref_path) as ref:
-            if ref.crs is None or out_grid.crs is None:
-                raise InputError(f"to use a reference DEM, {ref_path.name} and {src_path.name} both need a CRS")
-            ref_units = ref.units[0] if ref.units and ref.units[0] else "m"
-    source = _Source(src_path, tuple(indexes), lo, hi, out_grid.scaled(factor))
-    grid = TileGrid(source.grid.height, source.grid.width, tile, overlap)
-
-    try:
-        scratch = tempfile.TemporaryDirectory(dir=dst_path.parent, prefix=f".{dst_path.stem}.", suffix=".d3rsmde")
-    except OSError as exc:
-        raise InputError(f"cannot write to the output folder {dst_path.parent}: {exc.strerror or exc}") from exc
-    with scratch as scratch_dir:
-        scratch_dir = Path(scratch_dir)
-        store = _TileStore(scratch_dir / "tiles.f32", tile)
-        with store:
-            ranges = _infer_tiles(source, grid, pipeline, store, batch_size, steps, progress, cancel)
-            has_data = np.isfinite(ranges).all(axis=1)
-            if not has_data.any():
-                raise InputError(f"{src_path.name} has no valid pixel (all nodata or transparent)")
-            pairs = _overlap_rows(grid, store, has_data)
-            scale, shift = solve_affines(len(grid), pairs)
-            if ref_path is None:
-                scale, shift = _normalise(scale, shift, ranges, has_data)
-                units = "relative"
-            else:
-                scale, shift = _calibrate(grid, store, has_data, pairs, scale, shift, ref_path, source.grid)
-                units = ref_units
-            bounds = (0.0, 1.0) if units == "relative" else None
-            tmp_out = scratch_dir / dst_path.name
-            with _create_output(tmp_out, out_grid) as out:
-                if factor == 1.0:
-                    _write_blended(grid, store, scale, shift, out, progress, cancel, bounds)
-                else:
-                    work = scratch_dir / "work.tif"
-                    with _create_output(work, source.grid, final=False) as tmp:
-                        _write_blended(grid, store, scale, shift, tmp, progress, cancel, bounds)
-                    _resample_back(work, src_path, indexes, out, cancel)
-                _finish(out, pipeline, steps, units, tile, overlap, src_path, ref_path)
-        os.replace(tmp_out, dst_path)
+    with warnings.catch_warnings():  # said once, plainly, in the returned warnings instead
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with _open(src_path) as ds:
+            indexes = select_bands(ds, bands)
+            lo, hi = stretch_limits(ds, indexes, Window(0, 0, ds.width, ds.height))
+            factor = _gsd_factor(ds, pipeline.config.gsd_m) if resample_to_gsd else 1.0
+            out_grid = _GridSpec.of(ds)
+        if ref_path is not None:
+            with _open(ref_path) as ref:
+                if ref.crs is None or out_grid.crs is None:
+                    raise InputError(f"to use a reference DEM, {ref_path.name} and {src_path.name} both need a CRS")
+                ref_units = ref.units[0] if ref.units and ref.units[0] else "m"
+        source = _Source(src_path, tuple(indexes), lo, hi, out_grid.scaled(factor))
+        _check_tile_fits(tile, source.grid, pipeline.config.tile_size, multiple)
+        grid = TileGrid(source.grid.height, source.grid.width, tile, overlap)
+        try:
+            with staged_output(dst_path) as scratch:
+                store = _TileStore(scratch / "tiles.f32", tile)
+                with store:
+                    ranges = _infer_tiles(source, grid, pipeline, store, batch_size, steps, progress, cancel)
+                    has_data = np.isfinite(ranges).all(axis=1)
+                    if not has_data.any():
+                        raise InputError(f"{src_path.name} has no valid pixel (all nodata or transparent)")
+                    pairs = _overlap_rows(grid, store, has_data)
+                    scale, shift = solve_affines(len(grid), pairs)
+                    if ref_path is None:
+                        scale, shift = _normalise(scale, shift, ranges, has_data)
+                        units = "relative"
+                    else:
+                        scale, shift = _calibrate(grid, store, has_data, pairs, scale, shift, ref_path, source.grid)
+                        units = ref_units
+                    bounds = (0.0, 1.0) if units == "relative" else None
+                    with _Output(scratch / dst_path.name, out_grid) as out:
+                        if factor == 1.0:
+                            _write_blended(grid, store, scale, shift, out, progress, cancel, bounds)
+                        else:
+                            with _Output(scratch / "model-grid.tmp", source.grid, final=False) as tmp:
+                                _write_blended(grid, store, scale, shift, tmp, progress, cancel, bounds)
+                            _resample_back(tmp.path, src_path, indexes, out, cancel)
+                        _finish(out.ds, pipeline, steps, units, tile, overlap, src_path, ref_path)
+                    out.verify()
+        except OSError as exc:  # a full disk, an I/O error: the previous output, if any, is untouched
+            raise OutputError(describe_write_error(dst_path, exc)) from exc
+        except MemoryError as exc:
+            raise InputError(f"not enough memory for batches of {batch_size} tiles of {tile} px; "
+                             "give a smaller tile size or batch size") from exc
     progress(1.0, "done")
     seconds = time.perf_counter() - start
     megapixels = out_grid.width * out_grid.height / 1e6
@@ -145,6 +151,7 @@ def predict_raster(
         "seconds": seconds,
         "megapixels": megapixels,
         "megapixels_per_second": megapixels / max(seconds, 1e-9),
+        "warnings": out_grid.warnings(src_path),
     }
 
 
@@ -159,10 +166,18 @@ def default_batch_size(device, tile: int) -> int:
 
 @dataclass(frozen=True)
 class _GridSpec:
+    """A raster grid and how it is placed on Earth: CRS and transform, else ground control points or RPCs."""
+
     crs: object
     transform: Affine
     width: int
     height: int
+    gcps: tuple = ((), None)
+    rpcs: object = None
+
+    @classmethod
+    def of(cls, ds) -> "_GridSpec":
+        return cls(ds.crs, ds.transform, ds.width, ds.height, ds.gcps, ds.rpcs)
 
     def scaled(self, factor: float) -> "_GridSpec":
         """The same footprint with pixels ``factor`` times smaller."""
@@ -170,6 +185,18 @@ class _GridSpec:
             return self
         w, h = max(1, round(self.width * factor)), max(1, round(self.height * factor))
         return _GridSpec(self.crs, self.transform * Affine.scale(self.width / w, self.height / h), w, h)
+
+    def georeferencing(self) -> dict:
+        """rasterio creation keywords that give a new raster this placement."""
+        if self.crs is None and self.gcps[0]:
+            return {"gcps": self.gcps[0], "crs": self.gcps[1], "rpcs": self.rpcs}
+        return {"crs": self.crs, "transform": self.transform, "rpcs": self.rpcs}
+
+    def warnings(self, src_path: Path) -> list[str]:
+        if self.crs is None and not self.gcps[0] and not self.rpcs:
+            return [f"{src_path.name} has no georeferencing (no CRS, GCPs or RPCs), so neither has the output: "
+                    "it matches the input pixel for pixel but has no place on a map"]
+        return []
 
 
 @dataclass(frozen=True)
@@ -348,7 +375,7 @@ def _calibrate(grid, store, has_data, pairs, scale, shift, ref_path, spec):
     """Per-tile robust fits to the reference DEM, solved jointly with the overlaps, so metres vary smoothly.
 
     A reference pixel is one measurement however many output pixels it is warped onto, so the fits are weighted
-    down by that number: a coarse DEM sets the level and the large-scale shape, the overlaps keep the tiles
+    down by that number, and fewer than ``MIN_REFERENCE_PIXELS`` over the raster cannot scale it at all: a coarse DEM sets the level and the large-scale shape, the overlaps keep the tiles
     together. Tiles the reference misses start from the aligned surface under one global fit.
     """
     fits = []
@@ -363,7 +390,14 @@ def _calibrate(grid, store, has_data, pairs, scale, shift, ref_path, spec):
         resampling=Resampling.bilinear,
     ) as vrt:
         native, _, _ = calculate_default_transform(ref.crs, spec.crs, ref.width, ref.height, *ref.bounds)
-        weight = 1.0 / math.sqrt(max(1.0, abs(native.determinant / spec.transform.determinant)))
+        ratio = abs(native.determinant / spec.transform.determinant)  # output pixels per reference pixel
+        covering = spec.width * spec.height / ratio
+        if covering < MIN_REFERENCE_PIXELS:
+            raise InputError(
+                f"the reference DEM {ref_path.name} is too coarse for this raster: about {covering:.2g} of its pixels "
+                f"cover it, and at least {MIN_REFERENCE_PIXELS} are needed to scale the heights (one pixel gives a "
+                "level, not a relief); give a finer DEM")
+        weight = 1.0 / math.sqrt(max(1.0, ratio))
         for i in np.flatnonzero(has_data):
             box = grid.box(i)
             window = Window(box.col0, box.row0, box.col1 - box.col0, box.row1 - box.row0)
@@ -406,7 +440,7 @@ def _write_blended(grid, store, scale, shift, out, progress, cancel, bounds=None
         np.divide(acc, wsum, out=band, where=wsum > 0)
         if bounds is not None:
             np.clip(band, *bounds, out=band, where=wsum > 0)
-        out.write(band, 1, window=Window(0, row0, grid.width, row1 - row0))
+        out.write(band, Window(0, row0, grid.width, row1 - row0))
         progress(0.9 + 0.09 * row1 / grid.height, f"writing rows {row1}/{grid.height}")
 
 
@@ -421,27 +455,51 @@ def _resample_back(work: Path, src_path: Path, indexes, out, cancel) -> None:
             window = Window(0, row0, src.width, min(BLOCK, src.height - row0))
             band = vrt.read(1, window=window, masked=True).filled(NODATA)
             valid = (src.read_masks(list(indexes), window=window) > 0).all(axis=0)
-            out.write(np.where(valid, band, NODATA).astype(np.float32), 1, window=window)
+            out.write(np.where(valid, band, NODATA), window)
 
 
-def _create_output(path: Path, spec: _GridSpec, final: bool = True):
-    profile = dict(
-        driver="GTiff",
-        width=spec.width,
-        height=spec.height,
-        count=1,
-        dtype="float32",
-        crs=spec.crs,
-        transform=spec.transform,
-        nodata=NODATA,
-        tiled=True,
-        blockxsize=BLOCK,
-        blockysize=BLOCK,
-        bigtiff="IF_SAFER",
-    )
-    if final:
-        profile.update(compress="DEFLATE", predictor=3)
-    return rasterio.open(path, "w", **profile)
+class _Output:
+    """A float32 GeoTIFF being written, with a checksum of every window written so that :meth:`verify` can prove
+    the closed file holds exactly that: GDAL reports write errors (a full disk) only as messages and carries on."""
+
+    def __init__(self, path: Path, spec: _GridSpec, final: bool = True):
+        profile = dict(driver="GTiff", width=spec.width, height=spec.height, count=1, dtype="float32",
+                       nodata=NODATA, tiled=True, blockxsize=BLOCK, blockysize=BLOCK, bigtiff="IF_SAFER",
+                       **spec.georeferencing())
+        if final:
+            profile.update(compress="DEFLATE", predictor=3)
+        self.path = path
+        self.ds = rasterio.open(path, "w", **profile)
+        self._sums: list[tuple[Window, int]] = []
+
+    def __enter__(self) -> "_Output":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.ds.close()
+
+    def write(self, band: np.ndarray, window: Window) -> None:
+        band = np.ascontiguousarray(band, dtype=np.float32)
+        self.ds.write(band, 1, window=window)
+        self._sums.append((window, zlib.crc32(band)))
+
+    def verify(self) -> None:
+        """Reopen the closed file: every window as written, every overview block present and readable."""
+        try:
+            with rasterio.open(self.path) as ds:
+                bad = [w for w, crc in self._sums if zlib.crc32(ds.read(1, window=w)) != crc]
+                levels = len(ds.overviews(1))
+            for level in range(levels):
+                with rasterio.open(self.path, overview_level=level) as ov:
+                    for (row, col), _ in ov.block_windows(1):
+                        if int(ov.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=1) or 0) == 0:
+                            bad.append(f"overview {level}")
+                    ov.read(1)
+        except RasterioIOError as exc:
+            raise OutputError(f"the new {self.path.name} could not be read back ({exc})") from exc
+        if bad:
+            raise OutputError(f"the new {self.path.name} does not hold what was written ({len(bad)} blocks differ"
+                              "; a full disk?)")
 
 
 def _finish(out, pipeline, steps, units, tile, overlap, src_path, ref_path) -> None:
@@ -467,6 +525,16 @@ def _finish(out, pipeline, steps, units, tile, overlap, src_path, ref_path) -> N
         f *= 2
     if factors:
         out.build_overviews(factors, Resampling.average)
+
+
+def is_height_output(path: Path) -> bool:
+    """Whether ``path`` is a height raster d3rsmde wrote (tagged by :func:`_finish`): not an image to predict from."""
+    try:
+        with warnings.catch_warnings(), rasterio.open(path) as ds:
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return ds.tags().get("software", "").startswith("d3rsmde ")
+    except (RasterioIOError, OSError):
+        return False
 
 
 def _gsd_factor(ds, gsd_m: float | None) -> float:
@@ -500,9 +568,11 @@ def _check_paths(src, dst, reference_dem) -> tuple[Path, Path, Path | None]:
     src_path = Path(src).expanduser()
     dst_path = Path(dst).expanduser()
     ref_path = None if reference_dem is None else Path(reference_dem).expanduser()
-    for name, p in (("input", src_path), ("reference DEM", ref_path)):
-        if p is not None and os.path.realpath(p) == os.path.realpath(dst_path):
-            raise InputError(f"the output {dst_path} is the {name} raster; choose another output path")
+    for what, path in (("input", src_path), ("reference DEM", ref_path)):
+        if path is not None:
+            check_not_an_input(dst_path, what, path, raster_files(path))
+    if dst_path.suffix.lower() not in OUTPUT_EXTENSIONS:
+        raise InputError(f"the output {dst_path.name} must end in .tif or .tiff: it is always a float32 GeoTIFF")
     if dst_path.is_dir():
         raise InputError(f"the output {dst_path} is a folder; give a file name such as height.tif")
     if not dst_path.parent.is_dir():
@@ -510,6 +580,45 @@ def _check_paths(src, dst, reference_dem) -> tuple[Path, Path, Path | None]:
     if not os.access(dst_path.parent, os.W_OK):
         raise InputError(f"the output folder {dst_path.parent} is not writable")
     return src_path, dst_path, ref_path
+
+
+def raster_files(path: Path) -> set[str]:
+    """Every file GDAL reads for the raster at ``path``: sidecars (.aux.xml, world files) and, through any depth of
+    VRTs, their sources. Empty when ``path`` cannot be opened (that is reported when it is read)."""
+    seen: set[str] = set()
+    todo = [str(path)]
+    while todo:
+        name = todo.pop()
+        try:
+            with warnings.catch_warnings(), rasterio.open(name) as ds:
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                files = ds.files
+        except (RasterioIOError, OSError):
+            continue  # a sidecar, or a raster that is not there: nothing further to follow
+        for f in files:
+            if f not in seen:
+                seen.add(f)
+                if os.path.realpath(f) != os.path.realpath(name):
+                    todo.append(f)
+    return seen
+
+
+def _whole_number(what: str, value, minimum: int) -> int:
+    """An integer option as given: 2.5, True or 0 tiles are refused, not silently rounded or replaced."""
+    integral = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer())
+    if isinstance(value, bool) or not integral:
+        raise InputError(f"{what} must be a whole number, got {value!r}")
+    if value < minimum:
+        raise InputError(f"{what} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def _check_tile_fits(tile: int, grid: "_GridSpec", model_tile: int, multiple: int) -> None:
+    """A tile larger than both the model's and the raster is only padding, and can ask for terabytes."""
+    limit = max(model_tile, -(-max(grid.width, grid.height) // multiple) * multiple)
+    if tile > limit:
+        raise InputError(f"tile size {tile} is larger than this {grid.width} x {grid.height} raster needs; "
+                         f"give at most {limit}")
 
 
 def evaluate_rasters(pred, reference, *, mask=None, tile: int | None = None) -> dict:

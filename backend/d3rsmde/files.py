@@ -1,0 +1,182 @@
+"""How d3rsmde treats the user's files: outputs appear whole or not at all, scratch data never outlives its run, and
+a run never writes over a file it depends on or, when asked, any file it did not create.
+
+Every output goes through :func:`staged_output`: it is written in a private scratch folder beside its final path,
+checked by the caller, flushed to disk and only then renamed into place. A scratch folder holds an advisory lock
+for as long as its run lives; the next run in that folder removes scratch folders whose lock nobody holds (a run
+killed by SIGKILL or a power cut), so nothing is left behind for long.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from .errors import InputError, OutputError
+
+try:  # POSIX: a lock dies with its process, so a stale scratch folder is recognised at once
+    import fcntl
+except ImportError:  # Windows: stale folders are recognised by age alone
+    fcntl = None
+
+SCRATCH_SUFFIX = ".d3rsmde"
+LOCK = "lock"
+STALE_AFTER_S = 24 * 3600  # a scratch folder without a lock (Windows, or just being created) is stale after this
+
+
+@contextmanager
+def staged_output(dst: Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """A private scratch folder beside ``dst``, removed on exit; ``folder / dst.name``, when the body has written it
+    and returns without error, is flushed and renamed to ``dst``. Until then a previous ``dst`` is untouched.
+
+    ``overwrite=False``: an existing ``dst`` is an error, also one that appears while the body runs.
+    """
+    dst = Path(dst)
+    sweep_stale_scratch(dst.parent)
+    try:
+        folder = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=SCRATCH_SUFFIX))
+    except OSError as exc:
+        raise InputError(f"cannot write to the output folder {dst.parent}: {exc.strerror or exc}") from exc
+    try:
+        with _held_lock(folder / LOCK):
+            yield folder
+            staged = folder / dst.name
+            if staged.exists():
+                _publish(staged, dst, overwrite)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file (JSON, HTML) so that readers see the previous file or the whole new one."""
+    path = Path(path)
+    try:
+        with staged_output(path) as folder:
+            (folder / path.name).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(describe_write_error(path, exc)) from exc
+
+
+def describe_write_error(path: Path, exc: OSError) -> str:
+    """One line for a failed write: a full disk is named as such, with the free space left."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = shutil.disk_usage(Path(path).parent).free
+        return (f"no space left on the disk holding {Path(path).parent} ({free / 2**20:.0f} MiB free) while "
+                f"writing {Path(path).name}; free some space or choose another output folder. "
+                "Nothing was written; a previous file of that name is unchanged")
+    return f"cannot write {path}: {exc.strerror or exc}. Nothing was written; a previous file of that name is unchanged"
+
+
+def sweep_stale_scratch(folder: Path) -> list[Path]:
+    """Remove the scratch folders in ``folder`` left by runs that were killed; returns what was removed."""
+    removed = []
+    for path in Path(folder).glob(f".*{SCRATCH_SUFFIX}"):
+        if path.is_dir() and not path.is_symlink() and _is_stale(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def check_not_an_input(dst: Path, what: str, path: Path, files: Iterable[str]) -> None:
+    """Refuse an output that is (or links to) any file an input raster reads: itself, VRT sources, sidecars.
+
+    ``files``: every file GDAL reads for the raster at ``path`` (see :func:`d3rsmde.raster.raster_files`).
+    """
+    target = _identity(dst)
+    if _identity(path) == target:
+        raise InputError(f"the output {dst} is the {what} raster; choose another output path")
+    for name in files:
+        if _identity(Path(name)) == target:
+            raise InputError(f"the output {dst} is {name}, a file the {what} raster {Path(path).name} reads; "
+                             "choose another output path")
+
+
+def folder_outputs(images: Sequence[Path], out_folder: Path, suffix: str) -> list[Path]:
+    """One output path per image: ``stem + suffix``, never an existing file and never the same for two images.
+
+    Images sharing a stem (scene.tif, scene.png) get their extension in the name (scene_tif_depth.tif); a name
+    already taken in ``out_folder`` gets -2, -3... before the suffix's extension.
+    """
+    stems = [image.stem for image in images]
+    taken: set[Path] = set()
+    outputs = []
+    for image, stem in zip(images, stems):
+        if stems.count(stem) > 1:
+            stem = f"{stem}_{image.suffix.lstrip('.')}"
+        base, ext = os.path.splitext(f"{stem}{suffix}")
+        candidate, n = Path(out_folder) / f"{base}{ext}", 1
+        while candidate in taken or os.path.lexists(candidate):
+            n += 1
+            candidate = Path(out_folder) / f"{base}-{n}{ext}"
+        taken.add(candidate)
+        outputs.append(candidate)
+    return outputs
+
+
+def _publish(staged: Path, dst: Path, overwrite: bool) -> None:
+    """Flush ``staged`` to disk, then rename it to ``dst`` (``overwrite=False``: atomically refuse an existing one)."""
+    with open(staged, "rb+") as f:
+        os.fsync(f.fileno())
+    if overwrite:
+        os.replace(staged, dst)
+        return
+    try:
+        os.link(staged, dst)  # fails if dst exists, with no window between the check and the rename
+    except FileExistsError as exc:
+        raise OutputError(f"{dst} appeared while this run was writing it; it was left as it is") from exc
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.lexists(dst):
+            raise OutputError(f"{dst} appeared while this run was writing it; it was left as it is") from None
+        os.replace(staged, dst)
+
+
+@contextmanager
+def _held_lock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _is_stale(folder: Path) -> bool:
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        return _age_s(folder) > (STALE_AFTER_S if fcntl is None else 60)
+    except OSError:
+        return False
+    try:
+        if fcntl is None:
+            return _age_s(folder) > STALE_AFTER_S
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live run holds it
+        return True
+    finally:
+        os.close(fd)
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _identity(path: Path) -> tuple:
+    """What makes two names the same file: device and inode when it exists, else the resolved path."""
+    try:
+        st = os.stat(path)
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return (os.path.realpath(path),)
