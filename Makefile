@@ -5,7 +5,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-venv xvfb xauth
+# xvfb, xauth and Mesa's GL (libLLVM-15) let tests/test_qgis_desktop.py run desktop QGIS as a user's desktop does.
+APT_PACKAGES := qgis python3-qgis qgis-providers python3-rasterio python3-venv xvfb xauth libgl1-mesa-dri libglx-mesa0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Headless QGIS in an isolated profile; the venv's bin first so QGIS's Python sees torch.
 export QT_QPA_PLATFORM ?= offscreen
@@ -25,11 +26,18 @@ system-deps:
 
 venv: $(STAMP)
 
+# torch's CUDA build brings triton, whose own LLVM crashes a process that has loaded Mesa's (desktop QGIS; the
+# plugin also blocks it, see d3rsmde_qgis/deps.py). triton only compiles GPU kernels: without an NVIDIA driver
+# it is dead weight, so it is removed.
 $(STAMP): requirements.txt pyproject.toml
 	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23"
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
+	@if ! nvidia-smi >/dev/null 2>&1 && $(PY) -m pip show triton >/dev/null 2>&1; then \
+	  echo ">> no NVIDIA driver (nvidia-smi): removing triton from $(VENV)"; \
+	  $(PY) -m pip uninstall -q -y triton; \
+	fi
 	@touch $@
 
 demo: setup

@@ -1,6 +1,7 @@
 """D3-RSMDE QGIS plugin: a Processing provider over the `d3rsmde` backend (loaded lazily)."""
-from .deps import add_bundled_libs
+from .deps import add_bundled_libs, keep_triton_out
 
+keep_triton_out()  # before anything in QGIS's process can import torch through this plugin
 add_bundled_libs()
 
 

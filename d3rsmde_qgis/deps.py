@@ -22,6 +22,19 @@ BACKEND_PACKAGES = {
 }
 
 
+def keep_triton_out() -> None:
+    """Make `import triton` fail, and `importlib.util.find_spec("triton")` return None, in QGIS's process.
+
+    torch's CUDA builds ship triton, and importing torchvision pulls it in (torch._dynamo). triton's
+    libtriton.so carries its own LLVM, which crashes (SIGSEGV in a static initialiser) a process that has
+    already loaded Mesa's libLLVM, as desktop QGIS has for its OpenGL on every Mesa driver. Inference never
+    needs triton (it only compiles GPU kernels for torch.compile), and torch treats a module that cannot be
+    imported as "no triton". A None entry in sys.modules is the one block that both `import` (ImportError)
+    and `find_spec` (None, torch's own probe) honour; setdefault keeps a triton already loaded by someone else.
+    """
+    sys.modules.setdefault("triton", None)
+
+
 def add_bundled_libs() -> None:
     """Make the copy of `d3rsmde` shipped in the plugin zip importable when no installed one is."""
     if importlib.util.find_spec("d3rsmde") is None and BUNDLED_LIBS.is_dir():
