@@ -68,7 +68,7 @@ def test_pairs_are_exactly_the_overlapping_tiles(height, width, tile, overlap, m
     expected = {}
     for i in range(len(grid)):
         for j in range(i + 1, len(grid)):
-            a, b = grid.box(i), grid.box(j)
+            a, b = grid.box(i, margin), grid.box(j, margin)
             r0, r1, c0, c1 = max(a.row0, b.row0), min(a.row1, b.row1), max(a.col0, b.col0), min(a.col1, b.col1)
             if r0 < r1 and c0 < c1:
                 expected[(i, j)] = (r0, r1, c0, c1)

@@ -112,10 +112,11 @@ class TileGrid:
         r, c = divmod(i, len(self.col_offsets))
         return int(self.row_offsets[r]), int(self.col_offsets[c])
 
-    def box(self, i: int) -> Box:
-        """The part of tile ``i`` that lies inside the raster."""
+    def box(self, i: int, margin: int = 0) -> Box:
+        """The part of tile ``i`` that lies inside the raster, less ``margin`` pixels along each tile edge."""
         r, c = self.origin(i)
-        return Box(max(r, 0), min(r + self.tile, self.height), max(c, 0), min(c + self.tile, self.width))
+        t, m = self.tile, margin
+        return Box(max(r + m, 0), min(r + t - m, self.height), max(c + m, 0), min(c + t - m, self.width))
 
     def weights(self, i: int) -> np.ndarray:
         """``tile x tile`` blending weights of tile ``i``; over the raster the weights of all tiles sum to 1."""
@@ -125,7 +126,8 @@ class TileGrid:
         return np.outer(wy, wx).astype(np.float32)
 
     def pairs(self) -> list[tuple[int, int, Box]]:
-        """Every pair of overlapping tiles ``(i, j)`` with ``i < j`` and their shared box in raster pixels."""
+        """Every pair of overlapping tiles ``(i, j)`` with ``i < j`` and their shared box in raster pixels, less
+        the margin along each tile's edges: the pixels both tiles are trusted with."""
         rows, cols = self._overlapping(self.row_offsets), self._overlapping(self.col_offsets)
         ncols = len(self.col_offsets)
         out = []
@@ -138,9 +140,11 @@ class TileGrid:
                     for c2 in col_partners:
                         j = r2 * ncols + c2
                         if j > i:
-                            a, b = self.box(i), self.box(j)
-                            out.append((i, j, Box(max(a.row0, b.row0), min(a.row1, b.row1),
-                                                  max(a.col0, b.col0), min(a.col1, b.col1))))
+                            a, b = self.box(i, self.margin), self.box(j, self.margin)
+                            shared = Box(max(a.row0, b.row0), min(a.row1, b.row1),
+                                         max(a.col0, b.col0), min(a.col1, b.col1))
+                            if shared.row0 < shared.row1 and shared.col0 < shared.col1:
+                                out.append((i, j, shared))
         return out
 
     def tiles_in_rows(self, row0: int, row1: int) -> list[int]:
