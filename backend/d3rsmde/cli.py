@@ -1,21 +1,25 @@
 """The ``d3rsmde`` console script: predict, evaluate, info, and the training and data commands.
 
 Every command is a thin layer over the library functions the QGIS plugin calls too. Errors the user can fix
-(:class:`d3rsmde.errors.D3Error`) end the run with one ``error: ...`` line and exit status 2, no traceback.
+(:class:`d3rsmde.errors.D3Error`) and those of the machine (out of memory, an I/O error) end the run with one
+``error: ...`` line and exit status 2, no traceback. SIGTERM (``timeout``, Slurm, ``docker stop``) unwinds like
+Ctrl-C, so that scratch files are removed, and exits with 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import signal
 import sys
-import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from . import __version__, data
-from .errors import D3Error, InputError
+from .errors import D3Error
+from .files import atomic_write_text
 from .train import cli as train_cli
 
 
@@ -77,16 +81,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that every cleanup runs as for Ctrl-C."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _sigterm_unwinds():
+            return args.func(args)
     except D3Error as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (MemoryError, OSError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print("error: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While the command runs, SIGTERM raises :class:`Terminated` (only the main thread may set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _predict(args) -> int:
@@ -127,6 +159,8 @@ def _predict(args) -> int:
         f"wrote {stats['output']} ({stats['units']}): {stats['tiles']} tiles, {stats['megapixels']:.2f} MP "
         f"in {stats['seconds']:.1f} s on {stats['device']}"
     )
+    for warning in stats["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -141,9 +175,10 @@ def _evaluate(args) -> int:
     units = f" {whole['units']}" if whole["units"] else ""
     print(f"whole raster ({whole['pixels']} pixels):")
     for key in ("mae", "rmse", "bias", "rmse_after_affine"):
-        print(f"  {key:<18} {whole[key]:.4g}{units}")
+        value = "n/a (relative prediction vs heights)" if whole[key] is None else f"{whole[key]:.4g}{units}"
+        print(f"  {key:<18} {value}")
     if args.json_path:
-        _write_json(Path(args.json_path), result)
+        atomic_write_text(Path(args.json_path), json.dumps(result, indent=2))
     return 0
 
 
@@ -157,21 +192,6 @@ def _info(args) -> int:
             value = ", ".join(value)
         print(f"{key:<16} {value}")
     return 0
-
-
-def _write_json(path: Path, result: dict) -> None:
-    """Atomically: a temp file in the same folder, then os.replace."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 if __name__ == "__main__":

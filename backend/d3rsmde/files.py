@@ -64,13 +64,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def describe_write_error(path: Path, exc: OSError) -> str:
-    """One line for a failed write: a full disk is named as such, with the free space left."""
+    """One line for a failed write, with the free space left on that disk (GDAL does not always say it was full)."""
+    path = Path(path)
+    free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        free = shutil.disk_usage(Path(path).parent).free
-        return (f"no space left on the disk holding {Path(path).parent} ({free / 2**20:.0f} MiB free) while "
-                f"writing {Path(path).name}; free some space or choose another output folder. "
-                "Nothing was written; a previous file of that name is unchanged")
-    return f"cannot write {path}: {exc.strerror or exc}. Nothing was written; a previous file of that name is unchanged"
+        reason = f"no space left on the disk holding {path.parent} ({free}); free some space or choose another folder"
+    else:
+        reason = f"{exc.strerror or exc} ({free})"
+    return f"{path.name} was not written: {reason}. A previous file of that name, if any, is unchanged"
 
 
 def sweep_stale_scratch(folder: Path) -> list[Path]:

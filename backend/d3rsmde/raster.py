@@ -7,6 +7,7 @@ small sparse solve has put every tile on a common scale and shift (see :mod:`d3r
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import queue
@@ -14,7 +15,7 @@ import threading
 import time
 import warnings
 import zlib
-from contextlib import ExitStack, closing
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -26,7 +27,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import calculate_default_transform
+from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
 from . import __version__
@@ -60,6 +61,7 @@ def predict_raster(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     resample_to_gsd: bool = False,
+    overwrite: bool = True,
 ) -> dict:
     """Predict a height map for the raster at ``src`` and write it to ``dst`` (.tif/.tiff) as a float32 GeoTIFF.
 
@@ -70,13 +72,16 @@ def predict_raster(
     the device. ``resample_to_gsd`` runs the model at its training ground resolution and resamples back.
     ``progress(fraction, message)`` is called and ``cancel()`` polled once per batch. The output is read back and
     checked before it replaces a previous ``dst``; on cancel or failure no output or scratch file is left behind,
-    and ``dst`` may be no file any input reads (a VRT's sources included). Returns run statistics, with
+    and ``dst`` may be no file any input reads (a VRT's sources included); ``overwrite=False`` refuses an existing
+    ``dst``. Returns run statistics, with
     ``warnings``: what the user should know about the result (no georeferencing).
     """
     start = time.perf_counter()
     progress = progress or (lambda fraction, message: None)
     cancel = cancel or (lambda: False)
     src_path, dst_path, ref_path = _check_paths(src, dst, reference_dem)
+    if not overwrite and os.path.lexists(dst_path):
+        raise InputError(f"{dst_path} exists and is not to be overwritten")
     multiple = pipeline.size_multiple
     tile = _whole_number("tile size", pipeline.config.tile_size if tile is None else tile, multiple)
     if tile % multiple:
@@ -86,7 +91,9 @@ def predict_raster(
                                else batch_size, 1)
     steps = _whole_number("refinement steps", pipeline.config.num_steps if refine_steps is None else refine_steps, 0)
 
-    with warnings.catch_warnings():  # said once, plainly, in the returned warnings instead
+    # GDAL's messages go to logging, not stderr: a failed write is reported once, as an OutputError. A missing
+    # georeferencing is said once, plainly, in the returned warnings.
+    with rasterio.Env(), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with _open(src_path) as ds:
             indexes = select_bands(ds, bands)
@@ -105,7 +112,7 @@ def predict_raster(
         # the output, at seams or at the raster border, where the tiles overhang into mirrored padding.
         grid = TileGrid(source.grid.height, source.grid.width, tile, overlap, margin=overlap // 4)
         try:
-            with staged_output(dst_path) as scratch:
+            with staged_output(dst_path, overwrite=overwrite) as scratch:
                 store = _TileStore(scratch / "tiles.f32", tile)
                 with store:
                     ranges = _infer_tiles(source, grid, pipeline, store, batch_size, steps, progress, cancel)
@@ -502,10 +509,9 @@ class _Output:
                             bad.append(f"overview {level}")
                     ov.read(1)
         except RasterioIOError as exc:
-            raise OutputError(f"the new {self.path.name} could not be read back ({exc})") from exc
+            raise OSError(errno.EIO, f"the new file could not be read back ({exc})") from exc
         if bad:
-            raise OutputError(f"the new {self.path.name} does not hold what was written ({len(bad)} blocks differ"
-                              "; a full disk?)")
+            raise OSError(errno.EIO, f"the new file does not hold what was written ({len(bad)} blocks differ)")
 
 
 def _finish(out, pipeline, steps, units, tile, overlap, src_path, ref_path) -> None:
@@ -523,6 +529,7 @@ def _finish(out, pipeline, steps, units, tile, overlap, src_path, ref_path) -> N
         overlap=overlap,
         source=src_path.name,
         reference_dem=ref_path.name if ref_path else "",
+        **pipeline.provenance,
     )
     out.update_tags(1, units=units)
     factors, f = [], 2
@@ -536,11 +543,19 @@ def _finish(out, pipeline, steps, units, tile, overlap, src_path, ref_path) -> N
 def is_height_output(path: Path) -> bool:
     """Whether ``path`` is a height raster d3rsmde wrote (tagged by :func:`_finish`): not an image to predict from."""
     try:
-        with warnings.catch_warnings(), rasterio.open(path) as ds:
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with _quiet_open(path) as ds:
             return ds.tags().get("software", "").startswith("d3rsmde ")
     except (RasterioIOError, OSError):
         return False
+
+
+@contextmanager
+def _quiet_open(path):
+    """A raster opened for its metadata alone: a missing georeferencing is no news here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as ds:
+            yield ds
 
 
 def _gsd_factor(ds, gsd_m: float | None) -> float:
@@ -596,8 +611,7 @@ def raster_files(path: Path) -> set[str]:
     while todo:
         name = todo.pop()
         try:
-            with warnings.catch_warnings(), rasterio.open(name) as ds:
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with _quiet_open(name) as ds:
                 files = ds.files
         except (RasterioIOError, OSError):
             continue  # a sidecar, or a raster that is not there: nothing further to follow
@@ -632,24 +646,20 @@ def evaluate_rasters(pred, reference, *, mask=None, tile: int | None = None) -> 
 
     ``per_tile``: :func:`d3rsmde.metrics.depth_metrics` averaged over ``tile``-sized tiles (default: the tile size
     recorded in the prediction, else 512), i.e. the paper's per-tile relative figures. ``whole``: MAE, RMSE and
-    bias in the rasters' units over all valid pixels, and the RMSE left after the best global scale and shift.
-    ``mask``: optional raster, nonzero where to evaluate.
+    bias over all valid pixels when both rasters are in the same units (None for a relative prediction against
+    heights), and the RMSE left after the best global scale and shift, in the reference's units.
+    ``mask``: optional raster, nonzero where to evaluate. Rasters without a CRS are compared pixel for pixel, and
+    only with a raster of the same size and no CRS either.
     """
     pred_path, ref_path = Path(pred).expanduser(), Path(reference).expanduser()
     mask_path = None if mask is None else Path(mask).expanduser()
     with ExitStack() as stack:
         p_ds = stack.enter_context(_open(pred_path))
         tile = int(tile or p_ds.tags().get("tile_size", 512))
-        onto = dict(crs=p_ds.crs, transform=p_ds.transform, width=p_ds.width, height=p_ds.height)
-        g_vrt = stack.enter_context(
-            WarpedVRT(stack.enter_context(_open(ref_path)), nodata=np.nan, dtype="float32",
-                      resampling=Resampling.bilinear, **onto)
-        )
-        m_vrt = None
-        if mask_path is not None:
-            m_vrt = stack.enter_context(
-                WarpedVRT(stack.enter_context(_open(mask_path)), resampling=Resampling.nearest, **onto)
-            )
+        g_ds = stack.enter_context(_open(ref_path))
+        g_vrt = _onto(stack, g_ds, p_ds, Resampling.bilinear)
+        m_vrt = None if mask_path is None else _onto(stack, stack.enter_context(_open(mask_path)), p_ds,
+                                                     Resampling.nearest)
         sums = np.zeros(8)  # n, sum p, sum g, sum p^2, sum g^2, sum p*g, sum |p-g|, sum (p-g)^2
         per_tile: dict[str, list[float]] = {}
         n_tiles = 0
@@ -657,7 +667,7 @@ def evaluate_rasters(pred, reference, *, mask=None, tile: int | None = None) -> 
             for col0 in range(0, p_ds.width, tile):
                 window = Window(col0, row0, min(tile, p_ds.width - col0), min(tile, p_ds.height - row0))
                 p = p_ds.read(1, window=window, masked=True).astype(np.float64).filled(np.nan)
-                g = g_vrt.read(1, window=window).astype(np.float64)
+                g = g_vrt.read(1, window=window, masked=True).astype(np.float64).filled(np.nan)
                 ok = np.isfinite(p) & np.isfinite(g)
                 if m_vrt is not None:
                     ok &= m_vrt.read(1, window=window, masked=True).filled(0) != 0
@@ -670,9 +680,11 @@ def evaluate_rasters(pred, reference, *, mask=None, tile: int | None = None) -> 
                 for key, value in depth_metrics(p, g, ok).items():
                     if isinstance(value, (int, float)):
                         per_tile.setdefault(key, []).append(float(value))
-        units = p_ds.tags().get("units", "")
+        p_units, g_units = _units(p_ds), _units(g_ds)
     if sums[0] == 0:
-        raise InputError(f"{pred_path.name} and {ref_path.name} share no valid pixel")
+        raise InputError(f"{pred_path.name} and {ref_path.name} overlap but share no valid pixel "
+                         "(one is nodata wherever the other has data)")
+    comparable = (p_units == "relative") == (g_units == "relative")  # an unknown unit is taken as the other's
     n, sp, sg, spp, sgg, spg, sad, ssd = sums
     # Residual of the least-squares fit g ~ s*p + o, from the same running sums.
     var_p, var_g, cov = spp / n - (sp / n) ** 2, sgg / n - (sg / n) ** 2, spg / n - sp * sg / n**2
@@ -682,11 +694,35 @@ def evaluate_rasters(pred, reference, *, mask=None, tile: int | None = None) -> 
         "tiles": n_tiles,
         "per_tile": {k: float(np.mean(v)) for k, v in per_tile.items()},
         "whole": {
-            "mae": sad / n,
-            "rmse": math.sqrt(ssd / n),
-            "bias": (sp - sg) / n,
+            "mae": sad / n if comparable else None,
+            "rmse": math.sqrt(ssd / n) if comparable else None,
+            "bias": (sp - sg) / n if comparable else None,
             "rmse_after_affine": math.sqrt(residual),
             "pixels": int(n),
-            "units": units,
+            "units": g_units or (p_units if comparable else ""),
         },
     }
+
+
+def _units(ds) -> str:
+    """A raster's height units: d3rsmde's tag ("relative", "m"), else the band's unit, else unknown ("")."""
+    return ds.tags().get("units") or (ds.units[0] if ds.units and ds.units[0] else "")
+
+
+def _onto(stack: ExitStack, ds, grid, resampling: Resampling):
+    """``ds`` on ``grid``'s pixels: warped when both have a CRS and overlap, as it is when neither has a CRS."""
+    if ds.crs is None and grid.crs is None:
+        if (ds.width, ds.height) != (grid.width, grid.height):
+            raise InputError(f"{Path(ds.name).name} and {Path(grid.name).name} have no CRS and different sizes "
+                             f"({ds.width} x {ds.height}, {grid.width} x {grid.height}), so they cannot be lined up")
+        return ds
+    for a, b in ((ds, grid), (grid, ds)):
+        if a.crs is None:
+            raise InputError(f"{Path(a.name).name} has no CRS, so it cannot be lined up with {Path(b.name).name}; "
+                             "give both rasters a CRS")
+    left, bottom, right, top = transform_bounds(ds.crs, grid.crs, *ds.bounds)
+    g = grid.bounds
+    if left >= g.right or right <= g.left or bottom >= g.top or top <= g.bottom:
+        raise InputError(f"{Path(ds.name).name} and {Path(grid.name).name} do not overlap")
+    return stack.enter_context(WarpedVRT(ds, crs=grid.crs, transform=grid.transform, width=grid.width,
+                                         height=grid.height, nodata=np.nan, dtype="float32", resampling=resampling))

@@ -30,7 +30,9 @@ class EstimateDepthFolder(D3Algorithm):
     DISPLAY_NAME = "Estimate depth for folder"
     HELP = (
         "Runs <i>Estimate depth</i> on every image of a folder (not its subfolders) whose name matches one of "
-        "the ';'-separated patterns, writing <i>name</i>_depth.tif into the output folder. The model is loaded "
+        "the ';'-separated patterns, writing <i>name</i>_depth.tif into the output folder. No file is ever "
+        "overwritten: a name already taken gets -2, -3..., images sharing a name get their extension in it "
+        "(scene_png_depth.tif), and height rasters written by D3-RSMDE are not taken as images. The model is loaded "
         "once for all files. A file that cannot be processed is reported as an error and skipped; the others "
         "still run. Cancel keeps the files already written. Outputs: the number of files processed and "
         "failed, and the list of written rasters."
@@ -50,48 +52,44 @@ class EstimateDepthFolder(D3Algorithm):
         self.addParameter(QgsProcessingParameterString(
             self.PATTERN, self.tr("File name patterns (';'-separated)"), defaultValue=DEFAULT_PATTERN))
         self.addParameter(QgsProcessingParameterString(
-            self.BANDS, self.tr("Bands used as RGB, e.g. 1,2,3 (empty = first three)"), optional=True))
+            self.BANDS, self.tr("Bands used as RGB, e.g. 4,3,2 or 4;3;2 (empty = automatic, per file)"),
+            optional=True))
         self.add_model_parameters()
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
         self.addOutput(QgsProcessingOutputNumber(self.PROCESSED, self.tr("Files processed")))
         self.addOutput(QgsProcessingOutputNumber(self.FAILED, self.tr("Files failed")))
         self.addOutput(QgsProcessingOutputMultipleLayers(self.OUTPUTS, self.tr("Depth rasters")))
 
-    def bands(self, parameters, context) -> list[int] | None:
-        text = self.parameterAsString(parameters, self.BANDS, context).strip()
-        if not text:
-            return None
-        try:
-            return [int(part) for part in text.replace(" ", "").split(",")]
-        except ValueError as exc:
-            raise QgsProcessingException(f"Bands must be band numbers separated by commas, got '{text}'.") from exc
-
     def process(self, parameters, context, feedback) -> dict:
         from d3rsmde.errors import Cancelled, D3Error
-        from d3rsmde.raster import predict_raster
+        from d3rsmde.files import folder_outputs
+        from d3rsmde.raster import is_height_output, predict_raster
 
         folder = Path(self.parameterAsFile(parameters, self.INPUT_FOLDER, context))
         if not folder.is_dir():
             raise QgsProcessingException(f"Input folder not found: {folder}")
         pattern = self.parameterAsString(parameters, self.PATTERN, context)
         images = matching_files(folder, pattern)
+        previous = [image for image in images if is_height_output(image)]
+        for image in previous:
+            feedback.pushInfo(f"{image.name}: a D3-RSMDE height raster, not an image; skipped")
+        images = [image for image in images if image not in previous]
         if not images:
             raise QgsProcessingException(f"No file in {folder} matches '{pattern}'.")
         out_folder = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))
         out_folder.mkdir(parents=True, exist_ok=True)
-        bands = self.bands(parameters, context)
+        bands = self.band_list(parameters, self.BANDS, context)
         options = self.model_options(parameters, context)
         pipeline = self.load_pipeline(parameters, context, feedback)
 
         steps = QgsProcessingMultiStepFeedback(len(images), feedback)
         outputs, failed = [], 0
-        for step, image in enumerate(images):
+        for step, (image, output) in enumerate(zip(images, folder_outputs(images, out_folder, OUTPUT_SUFFIX))):
             steps.setCurrentStep(step)
-            output = out_folder / f"{image.stem}{OUTPUT_SUFFIX}"
             feedback.pushInfo(f"[{step + 1}/{len(images)}] {image.name} -> {output.name}")
             try:
                 predict_raster(str(image), str(output), pipeline, bands=bands, progress=progress_callback(steps),
-                               cancel=feedback.isCanceled, **options)
+                               cancel=feedback.isCanceled, overwrite=False, **options)
             except Cancelled:  # keep what is done; predict_raster leaves nothing of the current file
                 feedback.reportError(f"Cancelled: {image.name} and the files after it were not processed.")
                 break

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from pathlib import Path
 
 from qgis.core import (
@@ -30,7 +28,8 @@ def metrics_html(metrics: dict, prediction: str, reference: str) -> str:
              "(each map stretched to 0..255)", "")]
     rows += [(title, "n/a" if per_tile.get(key) is None else fmt.format(per_tile[key])) for key, title, fmt in COLUMNS]
     rows += [(f"<b>Whole raster, {whole['pixels']} pixels</b> ({html.escape(units)})", "")]
-    rows += [(key.replace("_", " "), f"{whole[key]:.4g}") for key in WHOLE]
+    rows += [(key.replace("_", " "), "n/a (relative prediction)" if whole[key] is None else f"{whole[key]:.4g}")
+             for key in WHOLE]
     cells = "\n".join(f"<tr><th align=\"left\">{name}</th><td>{value}</td></tr>" for name, value in rows)
     return (
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>D3-RSMDE evaluation</title></head><body>\n"
@@ -38,14 +37,6 @@ def metrics_html(metrics: dict, prediction: str, reference: str) -> str:
         f"Reference: {html.escape(reference)}</p>\n"
         f"<table border=\"1\" cellspacing=\"0\" cellpadding=\"4\">\n{cells}\n</table>\n</body></html>\n"
     )
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Readers never see a half-written file: write a temp file beside it, then rename over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
 
 
 class EvaluateDepth(D3Algorithm):
@@ -77,13 +68,15 @@ class EvaluateDepth(D3Algorithm):
             self.addOutput(QgsProcessingOutputNumber(f"WHOLE_{key.upper()}", self.tr(f"{key} (whole raster)")))
 
     def process(self, parameters, context, feedback) -> dict:
+        from d3rsmde.files import atomic_write_text
         from d3rsmde.raster import evaluate_rasters
 
         prediction = self.raster_path(parameters, self.PREDICTION, context)
         reference = self.raster_path(parameters, self.REFERENCE, context)
         metrics = evaluate_rasters(prediction, reference)
         html_path = Path(self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context))
-        write_text_atomically(html_path, metrics_html(metrics, prediction, reference))
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(html_path, metrics_html(metrics, prediction, reference))
         log_summary(feedback, metrics)
         return {
             self.OUTPUT_HTML: str(html_path),
