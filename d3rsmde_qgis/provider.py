@@ -5,7 +5,7 @@ from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
 from .algorithms import ALGORITHMS
-from .paths import ICON
+from .paths import ICON, SVG_ICON
 
 
 class D3RsmdeProvider(QgsProcessingProvider):
@@ -22,7 +22,7 @@ class D3RsmdeProvider(QgsProcessingProvider):
         return QIcon(str(ICON))
 
     def svgIconPath(self) -> str:  # noqa: N802 - QGIS API
-        return str(ICON)
+        return str(SVG_ICON)
 
     def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802 - QGIS API
         return ["tif"]  # the backend writes GeoTIFF only

@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "d3rsmde_qgis"
-RESOURCES = {"icons": "*.svg", "styles": "*.qml", "weights": "*.safetensors"}
+RESOURCES = {"icons": "d3rsmde.*", "styles": "*.qml", "weights": "*.safetensors"}
 DOCS = ("LICENSE", "README.md")
 
 

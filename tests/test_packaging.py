@@ -36,7 +36,7 @@ def test_zip_layout(plugin_zip):
     names = zipfile.ZipFile(plugin_zip).namelist()
     assert {name.split("/")[0] for name in names} == {"d3rsmde_qgis"}
     for required in ("__init__.py", "metadata.txt", "provider.py", "algorithms/estimate_depth.py",
-                     "resources/icons/d3rsmde.svg", "resources/styles/depth-terrain.qml", "README.md",
+                     "resources/icons/d3rsmde.png", "resources/styles/depth-terrain.qml", "README.md",
                      "libs/d3rsmde/__init__.py", "libs/d3rsmde/pipeline.py", "libs/d3rsmde/raster.py"):
         assert f"d3rsmde_qgis/{required}" in names, required
     for weights in sorted((REPO / "resources" / "weights").glob("*.safetensors")):
@@ -54,7 +54,7 @@ def test_metadata_is_the_repository_one_and_matches_the_backend_version(plugin_z
     metadata.read_string(packed.decode("utf-8"))
     general = metadata["general"]
     assert general["version"] == d3rsmde.__version__
-    assert general["hasProcessingProvider"] == "yes" and general["icon"] == "resources/icons/d3rsmde.svg"
+    assert general["hasProcessingProvider"] == "yes" and general["icon"] == "resources/icons/d3rsmde.png"
     assert all(general.get(key) for key in ("name", "qgisMinimumVersion", "description", "about", "author"))
 
 

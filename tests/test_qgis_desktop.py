@@ -38,6 +38,14 @@ processing.runAndLoadResults("d3rsmde:estimatedepth", PARAMETERS)
 report["layers"] = [(layer.name(), layer.source()) for layer in QgsProject.instance().mapLayers().values()]
 report["triton_loaded"] = sys.modules.get("triton") is not None
 report["llvm_after_run"] = [lib for lib in mapped_libraries() if "LLVM" in lib or "libtriton" in lib]
+
+from qgis.utils import iface, plugins
+menu = next(action.menu() for action in iface.rasterMenu().actions() if action.text() == "&D3-RSMDE")
+report["raster_menu"] = {action.objectName(): action.text() for action in menu.actions()}
+next(action for action in menu.actions() if action.objectName() == "d3rsmde:estimatedepth").trigger()
+dialog = plugins["d3rsmde_qgis"].dialog
+report["menu_opens"] = dialog.isVisible() and dialog.algorithm().id()
+dialog.close()
 with open(REPORT, "w") as out:
     json.dump(report, out)
 QgsProject.instance().setDirty(False)
@@ -59,7 +67,8 @@ def run_in_own_session(command: list[str], env: dict, timeout: float) -> subproc
 
 
 def test_estimate_depth_in_desktop_qgis_with_mesa_gl(tiny_weights, small_rgb, tmp_path):
-    """QGIS desktop + Mesa GL: Estimate depth runs, its result is loaded, and QGIS exits normally."""
+    """QGIS desktop + Mesa GL: Estimate depth runs, its result is loaded (named after the input), the Raster menu
+    opens the algorithms' dialogs, and QGIS exits normally."""
     output, report = tmp_path / "height.tif", tmp_path / "report.json"
     script = tmp_path / "startup.py"
     parameters = {"INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights), "DEVICE": CPU, "OUTPUT": str(output)}
@@ -82,8 +91,13 @@ def test_estimate_depth_in_desktop_qgis_with_mesa_gl(tiny_weights, small_rgb, tm
     result = json.loads(report.read_text())
     assert result["llvm_before_run"], "Mesa's libLLVM was not loaded: the test did not reproduce a desktop"
     assert not result["triton_loaded"], result["llvm_after_run"]
-    assert [source for _, source in result["layers"]] == [str(output)], result["layers"]
+    assert result["layers"] == [[f"{small_rgb.stem} height", str(output)]]
     assert output.is_file()
+    assert result["raster_menu"] == {"d3rsmde:estimatedepth": "Estimate depth…",
+                                     "d3rsmde:estimatedepthfolder": "Estimate depth for folder…",
+                                     "d3rsmde:finetune": "Fine-tune model on region…",
+                                     "d3rsmde:evaluate": "Evaluate depth against reference…"}
+    assert result["menu_opens"] == "d3rsmde:estimatedepth"
 
 
 BLOCK_PROBE = """

@@ -1,6 +1,7 @@
 """The QGIS plugin against the real, headless QGIS: in-process processing.run, qgis_process and a dialog."""
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -51,8 +52,39 @@ def test_provider_registers_four_documented_algorithms(d3_provider):
     assert names == ["INPUT", "BANDS", "WEIGHTS", "REFINE_STEPS", "TILE", "OVERLAP", "BATCH_SIZE", "DEVICE",
                      "REFERENCE_DEM", "HILLSHADE", "OUTPUT"]
     assert depth.parameterDefinition("BANDS").allowMultiple()
-    assert depth.parameterDefinition("BANDS").defaultValue() == [1, 2, 3]
+    assert depth.parameterDefinition("BANDS").defaultValue() is None  # automatic, per layer (d3rsmde.bands)
     assert depth.parameterDefinition("OUTPUT").supportedOutputRasterLayerExtensions() == ["tif"]
+
+
+def test_algorithms_feel_native(d3_provider):
+    """Found by what users type, a real refinement default, help one click away."""
+    from d3rsmde.config import D3Config
+    from d3rsmde_qgis.paths import metadata
+    from qgis.gui import QgsProcessingToolboxModel, QgsProcessingToolboxProxyModel
+
+    registry = QgsApplication.processingRegistry()
+    for alg in d3_provider.algorithms():
+        assert {"height", "elevation", "DEM", "DSM", "terrain", "depth"} <= set(alg.tags()), alg.id()
+        assert alg.helpUrl() == metadata("homepage") and alg.helpUrl().startswith("https://")
+    steps = registry.algorithmById("d3rsmde:estimatedepth").parameterDefinition("REFINE_STEPS")
+    assert steps.defaultValue() == D3Config.num_steps == 6 and steps.minimum() == 0
+    assert "0 = coarse" in steps.description() and "-1" not in steps.description()
+    toolbox = QgsProcessingToolboxProxyModel(None, registry)
+    for word in ("height", "elevation", "DEM", "DSM", "terrain"):
+        toolbox.setFilterString(word)
+        found = {toolbox.data(index, QgsProcessingToolboxModel.RoleAlgorithmId) for index in _tree(toolbox)}
+        assert "d3rsmde:estimatedepth" in found, (word, found)
+
+
+def _tree(model, parent=None):
+    """Every index of a Qt item model, depth first."""
+    from qgis.PyQt.QtCore import QModelIndex
+
+    parent = parent or QModelIndex()
+    for row in range(model.rowCount(parent)):
+        index = model.index(row, 0, parent)
+        yield index
+        yield from _tree(model, index)
 
 
 def test_estimate_depth_keeps_grid_and_writes_nodata(d3_provider, tiny_weights, small_rgb, tmp_path):
@@ -65,9 +97,13 @@ def test_estimate_depth_keeps_grid_and_writes_nodata(d3_provider, tiny_weights, 
         assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
         assert out.nodata == -9999.0 and out.dtypes[0] == "float32"
         height = out.read(1, masked=True)
+        tags = out.tags()
     assert 0.0 <= height.min() < height.max() <= 1.0
+    digest = hashlib.sha256(tiny_weights.read_bytes()).hexdigest()
+    assert (tags["weights"], tags["weights_sha256"]) == (tiny_weights.name, digest)  # which model made it
     log = "\n".join(feedback.infos)
     assert "Device: CPU" in log and "tiles: 4" in log and "seconds:" in log and "refine_steps: 2" in log
+    assert f"sha256 {digest}" in log
 
 
 def test_loaded_result_gets_terrain_style_and_hillshade(d3_provider, tiny_weights, small_rgb, tmp_path,
@@ -80,9 +116,8 @@ def test_loaded_result_gets_terrain_style_and_hillshade(d3_provider, tiny_weight
         "INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights), "DEVICE": CPU, "HILLSHADE": True,
         "OUTPUT": str(output)})
     layers = {layer.name(): layer for layer in qgis_new_project.mapLayers().values()}
-    assert len(layers) == 2, layers
-    shade = next(layer for name, layer in layers.items() if name.endswith("hillshade"))
-    depth = next(layer for layer in layers.values() if layer is not shade)
+    assert sorted(layers) == ["rmnp-small height", "rmnp-small height hillshade"]  # named after the input
+    depth, shade = layers["rmnp-small height"], layers["rmnp-small height hillshade"]
     assert Path(depth.source()) == output
     renderer = depth.renderer()
     assert renderer.type() == "singlebandpseudocolor"
@@ -95,6 +130,49 @@ def test_loaded_result_gets_terrain_style_and_hillshade(d3_provider, tiny_weight
     assert items[0].value == pytest.approx(values.min(), abs=1e-6)
     assert depth.dataProvider().sourceHasNoDataValue(1) and depth.dataProvider().sourceNoDataValue(1) == -9999.0
     assert shade.renderer().type() == "hillshade" and shade.blendMode() == QPainter.CompositionMode_Multiply
+
+
+SENTINEL2_L1C = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
+
+
+@pytest.fixture(scope="module")
+def band_layers(small_rgb, tmp_path_factory) -> dict[str, Path]:
+    """The RGB crop as a 13-band Sentinel-2-like stack (B4, B3, B2 = its red, green, blue; band descriptions
+    named as GDAL's Sentinel-2 products name them), as a 1-band and as a 2-band (grey + alpha) layer."""
+    folder = tmp_path_factory.mktemp("bands")
+    with rasterio.open(small_rgb) as src:
+        rgb, profile = src.read(), src.profile
+    stack = np.full((13, *rgb.shape[1:]), profile["nodata"], rgb.dtype)  # other bands: keep the RGB's mask
+    stack[[3, 2, 1]] = rgb
+    alpha = np.full(rgb.shape[1:], 255, rgb.dtype)
+    layers = {"sentinel2": (stack, SENTINEL2_L1C), "pan": (rgb[:1], None),
+              "grey_alpha": (np.stack([rgb[0], alpha]), None)}
+    for name, (data, descriptions) in layers.items():
+        with rasterio.open(folder / f"{name}.tif", "w", **{**profile, "count": len(data)}) as out:
+            out.write(data)
+            for index, text in enumerate(descriptions or [], start=1):
+                out.set_band_description(index, text)
+    return {name: folder / f"{name}.tif" for name in layers}
+
+
+def test_band_defaults_fit_the_layer(d3_provider, tiny_weights, small_rgb, band_layers, tmp_path):
+    """No BANDS given: Sentinel-2 runs on B4, B3, B2 (same result as the RGB crop), 1- and 2-band layers on grey."""
+    def estimate(source, name, **extra):
+        feedback = RecordingFeedback()
+        run("d3rsmde:estimatedepth", {"INPUT": str(source), "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
+                                      "REFINE_STEPS": 0, "OUTPUT": str(tmp_path / name), **extra}, feedback)
+        with rasterio.open(tmp_path / name) as out:
+            return next(line for line in feedback.infos if line.startswith("bands: ")), out.read(1)
+
+    rgb_bands, rgb_height = estimate(small_rgb, "rgb.tif")
+    s2_bands, s2_height = estimate(band_layers["sentinel2"], "s2.tif")
+    assert s2_bands == "bands: [4, 3, 2]" and np.array_equal(s2_height, rgb_height)
+    assert estimate(band_layers["pan"], "pan.tif")[0] == "bands: [1, 1, 1]"
+    assert estimate(band_layers["grey_alpha"], "grey_alpha.tif")[0] == "bands: [1, 1, 1]"
+    for text in ("4,3,2", "4;3;2"):  # as text, as qgis_process passes it (the dialog passes a list)
+        assert estimate(band_layers["sentinel2"], "chosen.tif", BANDS=text)[0] == "bands: [4, 3, 2]", text
+    with pytest.raises(QgsProcessingException, match=r"band\(s\) \[14\] do not exist"):
+        estimate(band_layers["sentinel2"], "bad.tif", BANDS="4,3,14")
 
 
 def test_batch_rows_reuse_one_model_load(d3_provider, tiny_weights, small_rgb, tmp_path):
@@ -204,6 +282,18 @@ def test_demo_runs_estimatedepth_through_qgis_process(tiny_weights, small_rgb, t
         assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
     preview = imread(tmp_path / "rmnp-small-preview.png")
     assert preview.shape[1] > 2 * preview.shape[0] and preview[..., :3].std() > 0.05
+
+
+def test_qgis_process_reads_comma_separated_bands(profile, tiny_weights, band_layers, tmp_path):
+    """`BANDS=4,3,2` on the command line (text with commas) selects bands 4, 3, 2, as `4;3;2` does."""
+    from demo import qgis_process
+
+    output = tmp_path / "s2.tif"
+    result = qgis_process(["run", "d3rsmde:estimatedepth", "--", f"INPUT={band_layers['sentinel2']}", "BANDS=4,3,2",
+                           f"WEIGHTS={tiny_weights}", "REFINE_STEPS=0", f"OUTPUT={output}"], profile,
+                          capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "bands: [4, 3, 2]" in result.stdout and output.is_file()
 
 
 def test_missing_torch_is_explained(profile, small_rgb, tmp_path):

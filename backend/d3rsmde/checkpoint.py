@@ -10,6 +10,7 @@ safetensors rather than pickle: loading weights someone sent you must not run th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -149,6 +150,25 @@ def _checkpoint_files(path: Path, meta: dict[str, str]) -> list[Path]:
             raise CheckpointError(f"{path}: {name} is not one of its shards (it belongs to {owner!r})")
         files.append(shard)
     return files
+
+
+def checkpoint_provenance(path: str | os.PathLike, meta: dict[str, str]) -> dict[str, str]:
+    """What names a checkpoint in the rasters made with it (``sha256sum`` can check it): the file's name and
+    sha256, and each shard's name and sha256."""
+    files = _checkpoint_files(Path(path), meta)
+    digests = [_sha256(file) for file in files]
+    provenance = {"weights": files[0].name, "weights_sha256": digests[0]}
+    if len(files) > 1:
+        provenance["weights_shards_sha256"] = " ".join(f"{f.name}:{d}" for f, d in zip(files[1:], digests[1:]))
+    return provenance
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], D3Config, dict[str, str]]:

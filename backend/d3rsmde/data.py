@@ -21,13 +21,14 @@ from typing import Callable, Sequence
 import numpy as np
 import rasterio
 import torch
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError, WindowError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 
 from d3rsmde import __version__
+from d3rsmde.bands import select_bands  # also imported from here by raster.py
 from d3rsmde.errors import Cancelled, InputError
 
 SPLITS = ("train", "val", "test")
@@ -60,26 +61,6 @@ def pixel_size_m(transform, crs, row: float, col: float) -> tuple[float, float]:
         return size_x * per_lon, size_y * per_lat
     factor = crs.linear_units_factor[1]
     return size_x * factor, size_y * factor
-
-
-def select_bands(src, bands: Sequence[int] | None = None) -> list[int]:
-    """1-based band indexes giving three channels: 3 bands as they are, RGBA -> RGB, 1 band -> repeated."""
-    if bands is None:
-        if src.count == 3 or (src.count == 4 and src.colorinterp[3] == ColorInterp.alpha):
-            bands = (1, 2, 3)
-        elif src.count == 1:
-            bands = (1,)
-        else:
-            raise InputError(
-                f"{src.name} has {src.count} bands: choose three with bands=(r, g, b) (1-based), e.g. --bands 1,2,3"
-            )
-    bands = [int(b) for b in bands]
-    if len(bands) not in (1, 3):
-        raise InputError(f"bands must name 1 or 3 bands, got {bands}")
-    bad = [b for b in bands if not 1 <= b <= src.count]
-    if bad:
-        raise InputError(f"band(s) {bad} do not exist in {src.name}, which has {src.count} band(s)")
-    return bands * 3 if len(bands) == 1 else bands
 
 
 def stretch_limits(src, bands: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:

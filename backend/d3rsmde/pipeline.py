@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import COMPONENTS, load_checkpoint, load_component, save_checkpoint
+from .checkpoint import COMPONENTS, checkpoint_provenance, load_checkpoint, load_component, save_checkpoint
 from .config import D3Config, get_config
 from .device import autocast_dtype, resolve_device
 from .errors import CheckpointError, InputError
@@ -31,6 +31,7 @@ class D3Pipeline:
         self.codec = codec
         self.refiner = refiner
         self.config = config
+        self.provenance: dict[str, str] = {}  # weights file name and sha256 (from_pretrained), tagged on outputs
 
     # ---- construction / persistence -------------------------------------------------------------------------
     @classmethod
@@ -51,7 +52,7 @@ class D3Pipeline:
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "auto",
                         dtype: torch.dtype | None = None) -> "D3Pipeline":
         """Rebuild from a checkpoint file; weights are kept in ``dtype`` (default float32) on ``device``."""
-        tensors, cfg, _ = load_checkpoint(path)
+        tensors, cfg, meta = load_checkpoint(path)
         pipe = cls.from_config(cfg)
         for name, module in pipe.components.items():
             load_component(module, tensors, name, source=str(path))
@@ -59,6 +60,7 @@ class D3Pipeline:
         if stray:
             raise CheckpointError(f"{path}: unexpected weights of unknown component(s) {stray}; "
                                   f"a d3rsmde checkpoint holds only {list(COMPONENTS)}")
+        pipe.provenance = checkpoint_provenance(path, meta)
         return pipe.to(device, dtype)
 
     def state_dict(self) -> dict[str, Tensor]:

@@ -21,9 +21,11 @@ from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
 from ..deps import backend_problem
-from ..paths import BUNDLED_WEIGHTS, ICON
+from ..paths import BUNDLED_WEIGHTS, HELP_URL, ICON
 
 DEVICES = ("auto", "cpu", "cuda")
+# Words the Toolbox search matches besides the names (users look for "DEM" or "elevation", not "depth").
+TAGS = ("height", "elevation", "DEM", "DSM", "terrain", "depth", "relief", "deep learning", "remote sensing")
 DEVICE_LABELS = ("Automatic (CUDA GPU if available, else CPU)", "CPU", "CUDA GPU")
 
 
@@ -53,6 +55,12 @@ class D3Algorithm(QgsProcessingAlgorithm):
     def icon(self) -> QIcon:
         return QIcon(str(ICON))
 
+    def tags(self) -> list[str]:
+        return [self.tr(tag) for tag in TAGS]
+
+    def helpUrl(self) -> str:  # noqa: N802 - QGIS API
+        return HELP_URL
+
     def createInstance(self):  # noqa: N802 - QGIS API
         return type(self)()
 
@@ -75,10 +83,12 @@ class D3Algorithm(QgsProcessingAlgorithm):
 
     def add_model_parameters(self) -> None:
         """WEIGHTS, REFINE_STEPS and the advanced TILE, OVERLAP, BATCH_SIZE, DEVICE of the inference algorithms."""
+        from d3rsmde.config import D3Config  # torch-free; the number the models are trained and shipped with
+
         self.add_weights_parameter()
         self.addParameter(QgsProcessingParameterNumber(
-            self.REFINE_STEPS, self.tr("Refinement steps (-1 or empty = from the weights, 0 = coarse only)"),
-            type=QgsProcessingParameterNumber.Integer, minValue=-1, defaultValue=-1, optional=True))
+            self.REFINE_STEPS, self.tr("Refinement steps (0 = coarse model only)"),
+            type=QgsProcessingParameterNumber.Integer, minValue=0, defaultValue=D3Config.num_steps, optional=True))
         self.add_advanced(QgsProcessingParameterNumber(
             self.TILE, self.tr("Tile size in pixels (empty = from the weights)"),
             type=QgsProcessingParameterNumber.Integer, minValue=16, optional=True))
@@ -120,13 +130,20 @@ class D3Algorithm(QgsProcessingAlgorithm):
 
     def model_options(self, parameters, context) -> dict:
         """The predict_raster keyword arguments taken from the shared model parameters."""
-        steps = self.optional_int(parameters, self.REFINE_STEPS, context)
         return {
             "tile": self.optional_int(parameters, self.TILE, context),
             "overlap": self.optional_int(parameters, self.OVERLAP, context),
             "batch_size": self.optional_int(parameters, self.BATCH_SIZE, context),
-            "refine_steps": None if steps is None or steps < 0 else steps,
+            "refine_steps": self.optional_int(parameters, self.REFINE_STEPS, context),
         }
+
+    def band_list(self, parameters, name: str, context) -> list[int] | None:
+        """1-based bands, "4,3,2" and "4;3;2" alike (qgis_process passes text, which QGIS reads as [0] when it
+        holds commas); None = the backend's automatic choice."""
+        from d3rsmde.bands import parse_bands
+
+        value = parameters.get(name)
+        return parse_bands(value if isinstance(value, str) else self.parameterAsInts(parameters, name, context))
 
     def raster_path(self, parameters, name: str, context) -> str | None:
         """File path behind a raster layer parameter (the backend reads files with rasterio), None if unset."""
@@ -147,7 +164,8 @@ class D3Algorithm(QgsProcessingAlgorithm):
         loads = pipeline_for.cache_info().misses
         pipeline = load_pipeline(weights, self.device(parameters, context))
         reused = pipeline_for.cache_info().misses == loads
-        feedback.pushInfo(f"Weights: {weights}{' (already loaded)' if reused else ''}")
+        digest = pipeline.provenance["weights_sha256"]
+        feedback.pushInfo(f"Weights: {weights} (sha256 {digest}){' (already loaded)' if reused else ''}")
         feedback.pushInfo(f"Device: {describe_device(pipeline.device)}")
         return pipeline
 

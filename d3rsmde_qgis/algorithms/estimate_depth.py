@@ -18,9 +18,12 @@ class EstimateDepth(D3Algorithm):
     HELP = (
         "Estimates a height map from a single remote-sensing image with D3-RSMDE: a ViT/DPT coarse model "
         "followed by a few latent refinement steps (PLBR).<br>"
-        "<b>Bands</b>: the three bands fed to the model as RGB (default: the first three).<br>"
-        "<b>Refinement steps</b>: -1 or empty uses the number stored with the weights; 0 keeps the coarse map "
-        "(fastest).<br>"
+        "<b>Bands</b>: the bands fed to the model as RGB, three or one (a single band is used as grey). Left "
+        "empty they are chosen from the layer: red, green and blue by colour interpretation or band "
+        "descriptions (Sentinel-2 and Landsat 8/9 B4, B3, B2); otherwise band 1 of a one- or two-band layer, "
+        "the first three of any other. The log names the bands used.<br>"
+        "<b>Refinement steps</b>: the model's default is shown; 0 keeps the coarse map (fastest); empty uses "
+        "the number stored with the weights.<br>"
         "<b>Reference DEM</b>: optional; when given, the relative heights are fitted to it and the output is "
         "in metres. Without it the output is relative height in 0..1 (higher = higher).<br>"
         "The output has the input's grid, CRS and transform (float32 GeoTIFF), with nodata where the input is "
@@ -38,24 +41,25 @@ class EstimateDepth(D3Algorithm):
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input image")))
         self.addParameter(QgsProcessingParameterBand(
-            self.BANDS, self.tr("Bands used as RGB"), defaultValue=[1, 2, 3], parentLayerParameterName=self.INPUT,
+            self.BANDS, self.tr("Bands used as RGB (empty = automatic)"), parentLayerParameterName=self.INPUT,
             optional=True, allowMultiple=True))
         self.add_model_parameters()
         self.addParameter(QgsProcessingParameterRasterLayer(
             self.REFERENCE_DEM, self.tr("Reference DEM (output in metres)"), optional=True))
         self.add_advanced(QgsProcessingParameterBoolean(
             self.HILLSHADE, self.tr("Also add a hillshade layer"), defaultValue=False))
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Depth")))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Height")))
 
     def process(self, parameters, context, feedback) -> dict:
         from d3rsmde.raster import predict_raster
 
         source = self.raster_path(parameters, self.INPUT, context)
+        self.layer_name = self.tr("{} height").format(self.parameterAsRasterLayer(parameters, self.INPUT, context).name())
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         pipeline = self.load_pipeline(parameters, context, feedback)
         summary = predict_raster(
             source, output, pipeline,
-            bands=self.parameterAsInts(parameters, self.BANDS, context) or None,
+            bands=self.band_list(parameters, self.BANDS, context),
             reference_dem=self.raster_path(parameters, self.REFERENCE_DEM, context),
             progress=progress_callback(feedback), cancel=feedback.isCanceled,
             **self.model_options(parameters, context))
@@ -65,8 +69,10 @@ class EstimateDepth(D3Algorithm):
         return {self.OUTPUT: output}
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802 - QGIS API
-        # Main thread, before QGIS loads the result: attach the styler that runs once the layer is added.
+        # Main thread, before QGIS loads the result: name it after the input (QGIS keeps the file's name instead
+        # for a file the user named, if "prefer filename as layer name" is on), attach the styler.
         if context.willLoadLayerOnCompletion(self.output):
             details = context.layerToLoadOnCompletionDetails(self.output)
+            details.name = self.layer_name
             details.setPostProcessor(DepthLayerStyler(self.hillshade))
         return {self.OUTPUT: self.output}

@@ -1,0 +1,80 @@
+"""Which bands of a raster the model sees as RGB: one band-list syntax and one default, for the CLI, the QGIS
+plugin and dataset building alike. No torch here: the plugin reads band lists before the backend is checked.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from .errors import InputError
+
+RGB = ("red", "green", "blue")
+# Band names in which B2, B3, B4 are blue, green, red: Sentinel-2 (B1..B12, B8A) and Landsat 8/9 (B1..B11).
+# Landsat 4-7 also name bands B1..B7 but with B3 = red, so the layout is trusted only when a band beyond B8
+# (B8A, B9..B12) is present, which Landsat 4-7 never have.
+SENTINEL2_LANDSAT8_RGB = ("4", "3", "2")
+SENTINEL2_LANDSAT8_ONLY = {"8a", "9", "10", "11", "12"}
+# Words that disqualify a colour word in a description: "red edge", "near infrared", "coastal blue".
+NOT_VISIBLE = {"edge", "rededge", "nir", "infrared", "coastal", "aerosol"}
+
+
+def parse_bands(value) -> list[int] | None:
+    """1-based band numbers from "4,3,2", "4;3;2", "4 3 2", 4 or [4, 3, 2]; None, "" or [] -> None (automatic)."""
+    if value is None:
+        return None
+    parts = re.split(r"[,;\s]+", value.strip()) if isinstance(value, str) else (
+        [value] if isinstance(value, int) else list(value))
+    parts = [part for part in parts if part != ""]
+    try:
+        bands = [part if isinstance(part, int) else int(str(part).strip()) for part in parts]
+    except ValueError:
+        raise InputError(
+            f"bands must be 1-based band numbers separated by commas or semicolons, e.g. 4,3,2; got {value!r}"
+        ) from None
+    return bands or None
+
+
+def default_bands(count: int, colors: Sequence[str] = (), descriptions: Sequence[str | None] = ()) -> list[int]:
+    """The bands to use as RGB when none were chosen, from what the raster says about its bands, in this order:
+    GDAL colour interpretation (red, green, blue); band descriptions naming the colours; Sentinel-2 or
+    Landsat 8/9 band names (B4, B3, B2). Without such hints: one or two bands -> band 1 (replicated to grey; a
+    second band is usually alpha or another polarisation), three or more -> the first three."""
+    by_color = _indexes([(color or "").lower() for color in colors])
+    if by_color:
+        return by_color
+    words = [set(re.findall(r"[a-z]+", (text or "").lower())) for text in descriptions]
+    by_words = _indexes([next((c for c in RGB if c in w), "") if not w & NOT_VISIBLE else "" for w in words])
+    if by_words:
+        return by_words
+    names = [_band_name(text) for text in descriptions]
+    if SENTINEL2_LANDSAT8_ONLY & set(names):
+        by_name = _indexes(["red" if n == "4" else "green" if n == "3" else "blue" if n == "2" else "" for n in names])
+        if by_name:
+            return by_name
+    return [1] if count < 3 else [1, 2, 3]
+
+
+def select_bands(src, bands=None) -> list[int]:
+    """Three 1-based band indexes of ``src`` (an open rasterio dataset) for the model's RGB: ``bands`` (any form
+    parse_bands takes; one band is replicated) or, when None/empty, :func:`default_bands`."""
+    chosen = parse_bands(bands)
+    if chosen is None:
+        chosen = default_bands(src.count, [c.name for c in src.colorinterp], src.descriptions)
+    if len(chosen) not in (1, 3):
+        raise InputError(f"bands must name 1 or 3 bands, got {chosen}")
+    bad = [b for b in chosen if not 1 <= b <= src.count]
+    if bad:
+        raise InputError(f"band(s) {bad} do not exist in {src.name}, which has {src.count} band(s)")
+    return chosen * 3 if len(chosen) == 1 else chosen
+
+
+def _indexes(labels: list[str]) -> list[int] | None:
+    """1-based indexes of the first red, green and blue labels, or None unless all three are there."""
+    found = [labels.index(color) + 1 for color in RGB if color in labels]
+    return found if len(found) == 3 else None
+
+
+def _band_name(description: str | None) -> str:
+    """"4" for "B4", "B04", "SR_B4" or "B4, central wavelength 665 nm"; "8a" for "B8A"; "" otherwise."""
+    match = re.search(r"(?:^|[^a-z0-9])b0?(\d{1,2}a?)(?![a-z0-9])", (description or "").lower())
+    return match.group(1) if match else ""
