@@ -77,3 +77,14 @@ def test_select_bands_reads_descriptions_and_colour_interpretation_from_the_file
             select_bands(src, "4,3,14")
         with pytest.raises(InputError, match="1 or 3 bands"):
             select_bands(src, "4,3")
+
+
+def test_cli_takes_the_same_band_syntax():
+    from d3rsmde.cli import build_parser
+
+    parser = build_parser()
+    for text in ("4,3,2", "4;3;2"):
+        assert parser.parse_args(["predict", "in.tif", "out.tif", "--bands", text]).bands == [4, 3, 2]
+    assert parser.parse_args(["predict", "in.tif", "out.tif"]).bands is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["predict", "in.tif", "out.tif", "--bands", "4,x"])

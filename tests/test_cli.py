@@ -69,7 +69,8 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, tiny_weights):
                        crs="EPSG:32633", transform=from_origin(500_000, 4_650_000, 1, 1)) as ds:
         ds.write(np.zeros((2, 32, 32), np.uint8))
     cases = [
-        (["predict", str(two_bands), str(tmp_path / "o.tif"), "--weights", str(tiny_weights)], "2 bands"),
+        (["predict", str(two_bands), str(tmp_path / "o.tif"), "--weights", str(tiny_weights), "--bands", "3,2,1"],
+         "has 2 band(s)"),
         (["predict", str(two_bands), str(tmp_path / "o.tif"), "--weights", str(tmp_path / "none.safetensors")],
          "none.safetensors"),
         (["evaluate", str(tmp_path / "missing.tif"), str(two_bands)], "missing.tif"),
@@ -86,4 +87,4 @@ def test_bad_band_list_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["predict", "a.tif", "b.tif", "--bands", "red,green"])
     assert exit_.value.code == 2
-    assert "bands must be 1-based numbers" in capsys.readouterr().err
+    assert "bands must be 1-based band numbers" in capsys.readouterr().err
