@@ -279,3 +279,19 @@ def test_missing_georeferencing_is_said_once(tmp_path, tiny_weights, capsys):
                  "--refine-steps", "0"]) == 0
     err = capsys.readouterr().err
     assert err.count("warning: plain.tif has no georeferencing") == 1 and "NotGeoreferenced" not in err
+
+
+# Peak memory: GDAL's default block cache (5% of RAM) was most of the ~2 GB a 20000 x 20000 run held.
+def test_gdal_block_cache_is_bounded_during_a_run(tmp_path, monkeypatch):
+    gdal = pytest.importorskip("osgeo.gdal")
+    from d3rsmde.raster import GDAL_CACHE_BYTES
+
+    with rasterio.Env(GDAL_CACHEMAX=12_345_678):
+        if gdal.GetCacheMax() != 12_345_678:
+            pytest.skip("rasterio and osgeo.gdal load different GDAL libraries")
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    before, during = gdal.GetCacheMax(), []
+    predict_raster(write(tmp_path / "in.tif", NOISE[:, :64, :64]), tmp_path / "out.tif", Oracle(),
+                   progress=lambda fraction, message: during.append((message, gdal.GetCacheMax())))
+    assert during[:-1] and max(size for message, size in during[:-1]) <= GDAL_CACHE_BYTES  # the last is "done"
+    assert gdal.GetCacheMax() == before
