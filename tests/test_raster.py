@@ -396,7 +396,7 @@ def test_bad_inputs_are_input_errors(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     cases = [
-        (two, tmp_path / "o.tif", {}, "2 bands"),
+        (two, tmp_path / "o.tif", {"bands": "3"}, r"has 2 band\(s\)"),
         (tmp_path / "empty.tif", tmp_path / "o.tif", {}, "empty"),
         (tmp_path / "text.tif", tmp_path / "o.tif", {}, "not a raster"),
         (tmp_path / "missing.tif", tmp_path / "o.tif", {}, "does not exist"),

@@ -538,7 +538,7 @@ def _finish(out, pipeline, steps, units, tile, overlap, src_path, ref_path) -> N
         overlap=overlap,
         source=src_path.name,
         reference_dem=ref_path.name if ref_path else "",
-        **pipeline.provenance,
+        **getattr(pipeline, "provenance", {}),  # weights file + sha256; stand-in pipelines have none
     )
     out.update_tags(1, units=units)
     factors, f = [], 2
