@@ -37,6 +37,7 @@ class Oracle:
 
     size_multiple = 16
     device = torch.device("cpu")
+    provenance: dict = {}  # no weights file
 
     def __init__(self, gsd_m=None):
         self.config = types.SimpleNamespace(name="oracle", tile_size=TILE, num_steps=0, gsd_m=gsd_m)
@@ -225,6 +226,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     class Fast:
         size_multiple = 16
         device = torch.device("cpu")
+        provenance = {}
         config = types.SimpleNamespace(name="fast", tile_size=256, num_steps=0, gsd_m=None)
         def __call__(self, x, refine_steps=None):
             h = x.mean(1, keepdim=True)
