@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Build the zip that QGIS's "Install from ZIP" accepts: one top folder d3rsmde_qgis/ holding the plugin code,
-metadata.txt, icon, styles, the default weights (if trained), the d3rsmde backend under libs/ (the plugin adds
-it to sys.path when no installed d3rsmde is found), LICENSE and README. torch/timm/diffusers are not bundled:
+metadata.txt, icons, styles, the default weights (if trained), the d3rsmde backend under libs/ without its
+training-data builders (the plugin adds it to sys.path when no installed d3rsmde is found), LICENSE and README.
+tests/test_packaging.py checks the zip against the QGIS plugin repository's upload rules. torch/timm/diffusers are not bundled:
 too big, and platform-specific; the plugin says how to install them.
 
     python scripts/package_plugin.py --out dist/d3rsmde_qgis.zip
@@ -19,6 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "d3rsmde_qgis"
 RESOURCES = {"icons": "d3rsmde.*", "styles": "*.qml", "weights": "*.safetensors"}
 DOCS = ("LICENSE", "README.md")
+# Training-data builders (downloads of DEMs and imagery, DEM rendering): the plugin never runs them, and the
+# plugin repository asks that a plugin not fetch code or data it does not need.
+TRAINING_DATA_MODULES = ("sources.py", "dems.py", "render*.py")
 
 
 def tree_files(folder: Path) -> list[Path]:
@@ -41,6 +45,8 @@ def plugin_files(root: Path = ROOT) -> dict[str, Path]:
             files[f"{PLUGIN}/resources/{kind}/{path.name}"] = path
     backend = root / "backend" / "d3rsmde"
     for path in tree_files(backend):
+        if path.parent == backend and any(path.match(pattern) for pattern in TRAINING_DATA_MODULES):
+            continue
         files[f"{PLUGIN}/libs/d3rsmde/{path.relative_to(backend).as_posix()}"] = path
     for name in DOCS:
         if (root / name).is_file():
