@@ -1,5 +1,6 @@
-"""Issue 14 through the QGIS algorithms (real QGIS, headless): the folder algorithm never overwrites a file or takes
-its own outputs as images; a raster without georeferencing is said once; evaluate names a missing CRS."""
+"""Issue 14 through the QGIS algorithms (real QGIS, headless): a full disk keeps the previous output; the folder
+algorithm never overwrites a file or takes its own outputs as images; a raster without georeferencing is said once;
+evaluate names a missing CRS."""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +13,7 @@ import rasterio
 from conftest import crop_raster
 from qgis.core import QgsProcessingException
 
+from test_file_safety import leave_free, small_disk  # noqa: F401 - small_disk is a fixture
 from test_qgis_plugin import CPU, RecordingFeedback, run
 
 pytestmark = pytest.mark.qgis
@@ -19,6 +21,18 @@ pytestmark = pytest.mark.qgis
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("free_tiles", [0, 4], ids=["full-in-scratch-pass", "full-while-writing-output"])
+def test_disk_full_keeps_the_previous_output(d3_provider, tiny_weights, small_rgb, small_disk, free_tiles):
+    output = small_disk / "depth.tif"
+    output.write_bytes(b"the previous, good output")
+    leave_free(small_disk, free_tiles * 64 * 64 * 4 + (4 << 10))  # room for the tiny model's 4 scratch tiles, or not
+    with pytest.raises(QgsProcessingException, match="depth.tif was not written"):
+        run("d3rsmde:estimatedepth", {"INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
+                                      "REFINE_STEPS": 0, "TILE": 64, "OUTPUT": str(output)})
+    assert output.read_bytes() == b"the previous, good output"
+    assert sorted(p.name for p in small_disk.iterdir()) == ["depth.tif", "filler"]
 
 
 def test_folder_never_overwrites_and_skips_its_own_outputs(d3_provider, tiny_weights, small_rgb, tmp_path):
