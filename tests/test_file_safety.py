@@ -106,6 +106,18 @@ def test_output_that_an_input_reads_is_refused(tmp_path):
     assert scratch_folders(tmp_path) == []
 
 
+def test_evaluate_report_that_is_an_input_is_refused(tmp_path, capsys):
+    pred = write(tmp_path / "pred.tif", np.random.default_rng(4).random((32, 32)).astype(np.float32))
+    dem = write(tmp_path / "dem.tif", np.random.default_rng(5).random((32, 32)).astype(np.float32))
+    inner = vrt(tmp_path / "dem.vrt", dem, 32, 32, count=1)
+    before = sha256(pred), sha256(dem)
+    for report, message in [(pred, "is the prediction raster"), (dem, "dem.tif, a file the reference raster")]:
+        assert main(["evaluate", str(pred), str(inner), "--json", str(report)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert (sha256(pred), sha256(dem)) == before
+
+
 # 3 -- folder outputs never collide and never replace an existing file.
 def test_folder_outputs_are_unique_and_never_existing(tmp_path):
     (tmp_path / "a_depth.tif").write_text("the user's own file")

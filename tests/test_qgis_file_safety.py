@@ -95,3 +95,7 @@ def test_evaluate_names_a_missing_crs(d3_provider, small_rgb, tmp_path):
         run("d3rsmde:evaluate", {"PREDICTION": str(bare), "REFERENCE": str(small_rgb),
                                  "OUTPUT_HTML": str(tmp_path / "m.html")})
     assert not (tmp_path / "m.html").exists()
+    before = sha256(bare)
+    with pytest.raises(QgsProcessingException, match="is the prediction raster"):
+        run("d3rsmde:evaluate", {"PREDICTION": str(bare), "REFERENCE": str(small_rgb), "OUTPUT_HTML": str(bare)})
+    assert sha256(bare) == before

@@ -169,8 +169,11 @@ def _predict(args) -> int:
 
 def _evaluate(args) -> int:
     from .metrics import format_metrics_table
-    from .raster import evaluate_rasters
+    from .raster import evaluate_rasters, spare_inputs
 
+    if args.json_path:
+        spare_inputs(args.json_path, [("prediction", args.prediction), ("reference", args.reference),
+                                      ("mask", args.mask)])
     result = evaluate_rasters(args.prediction, args.reference, mask=args.mask, tile=args.tile)
     print(f"per tile: mean over {result['tiles']} tiles of {result['tile']} px, each min-max stretched to 0..255")
     print(format_metrics_table({Path(args.prediction).name: result["per_tile"]}, label="prediction"))

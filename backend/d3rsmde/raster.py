@@ -598,9 +598,7 @@ def _check_paths(src, dst, reference_dem) -> tuple[Path, Path, Path | None]:
     src_path = Path(src).expanduser()
     dst_path = Path(dst).expanduser()
     ref_path = None if reference_dem is None else Path(reference_dem).expanduser()
-    for what, path in (("input", src_path), ("reference DEM", ref_path)):
-        if path is not None:
-            check_not_an_input(dst_path, what, path, raster_files(path))
+    spare_inputs(dst_path, [("input", src_path), ("reference DEM", ref_path)])
     if dst_path.suffix.lower() not in OUTPUT_EXTENSIONS:
         raise InputError(f"the output {dst_path.name} must end in .tif or .tiff: it is always a float32 GeoTIFF")
     if dst_path.is_dir():
@@ -610,6 +608,13 @@ def _check_paths(src, dst, reference_dem) -> tuple[Path, Path, Path | None]:
     if not os.access(dst_path.parent, os.W_OK):
         raise InputError(f"the output folder {dst_path.parent} is not writable")
     return src_path, dst_path, ref_path
+
+
+def spare_inputs(dst, inputs: Sequence[tuple[str, object]]) -> None:
+    """Refuse an output path that is any file the input rasters read; ``inputs``: (what, path or None) pairs."""
+    for what, path in inputs:
+        if path is not None:
+            check_not_an_input(Path(dst).expanduser(), what, Path(path).expanduser(), raster_files(path))
 
 
 def raster_files(path: Path) -> set[str]:

@@ -69,12 +69,13 @@ class EvaluateDepth(D3Algorithm):
 
     def process(self, parameters, context, feedback) -> dict:
         from d3rsmde.files import atomic_write_text
-        from d3rsmde.raster import evaluate_rasters
+        from d3rsmde.raster import evaluate_rasters, spare_inputs
 
         prediction = self.raster_path(parameters, self.PREDICTION, context)
         reference = self.raster_path(parameters, self.REFERENCE, context)
-        metrics = evaluate_rasters(prediction, reference)
         html_path = Path(self.parameterAsFileOutput(parameters, self.OUTPUT_HTML, context))
+        spare_inputs(html_path, [("prediction", prediction), ("reference", reference)])
+        metrics = evaluate_rasters(prediction, reference)
         html_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(html_path, metrics_html(metrics, prediction, reference))
         log_summary(feedback, metrics)
