@@ -27,7 +27,8 @@ except ImportError:  # Windows: stale folders are recognised by age alone
 
 SCRATCH_SUFFIX = ".d3rsmde"
 LOCK = "lock"
-STALE_AFTER_S = 24 * 3600  # a scratch folder without a lock (Windows, or just being created) is stale after this
+STALE_AFTER_S = 24 * 3600  # Windows, where locks are not checked: a scratch folder is stale after a day
+UNLOCKED_AFTER_S = 60  # POSIX, a scratch folder without a lock file
 
 
 @contextmanager
@@ -64,13 +65,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def describe_write_error(path: Path, exc: OSError) -> str:
-    """One line for a failed write, with the free space left on that disk (GDAL does not always say it was full)."""
+    """One line for a failed write that says what the user can do and that nothing of theirs was lost."""
     path = Path(path)
-    free = f"{shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free there"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        reason = f"no space left on the disk holding {path.parent} ({free}); free some space or choose another folder"
+        reason = f"no space left on the disk holding {path.parent}; free some space or choose another folder"
     else:
-        reason = f"{exc.strerror or exc} ({free})"
+        reason = exc.strerror or str(exc)
     return f"{path.name} was not written: {reason}. A previous file of that name, if any, is unchanged"
 
 
@@ -127,13 +127,14 @@ def _publish(staged: Path, dst: Path, overwrite: bool) -> None:
     if overwrite:
         os.replace(staged, dst)
         return
+    appeared = OutputError(f"{dst} appeared while this run was writing it; it was left as it is")
     try:
         os.link(staged, dst)  # fails if dst exists, with no window between the check and the rename
-    except FileExistsError as exc:
-        raise OutputError(f"{dst} appeared while this run was writing it; it was left as it is") from exc
+    except FileExistsError:
+        raise appeared from None
     except OSError:  # a file system without hard links: check, then rename
         if os.path.lexists(dst):
-            raise OutputError(f"{dst} appeared while this run was writing it; it was left as it is") from None
+            raise appeared from None
         os.replace(staged, dst)
 
 
@@ -149,20 +150,21 @@ def _held_lock(path: Path) -> Iterator[None]:
 
 
 def _is_stale(folder: Path) -> bool:
+    """No live run holds the folder's lock. Without fcntl (Windows), or without a lock file (an older version's
+    folder, or one created this instant), its age decides."""
+    if fcntl is None:
+        return _age_s(folder) > STALE_AFTER_S
     try:
         fd = os.open(folder / LOCK, os.O_RDWR)
     except FileNotFoundError:
-        return _age_s(folder) > (STALE_AFTER_S if fcntl is None else 60)
+        return _age_s(folder) > UNLOCKED_AFTER_S
     except OSError:
         return False
     try:
-        if fcntl is None:
-            return _age_s(folder) > STALE_AFTER_S
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # a live run holds it
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
+    except BlockingIOError:
+        return False  # a live run holds it
     finally:
         os.close(fd)
 

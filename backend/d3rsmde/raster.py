@@ -518,9 +518,10 @@ class _Output:
                             bad.append(f"overview {level}")
                         ov.read(1, window=window)  # decodes: raises on a truncated block
         except RasterioIOError as exc:
-            raise OSError(errno.EIO, f"the new file could not be read back ({exc})") from exc
+            raise OSError(errno.EIO, f"the new file could not be read back; is the disk full? ({exc})") from exc
         if bad:
-            raise OSError(errno.EIO, f"the new file does not hold what was written ({len(bad)} blocks differ)")
+            raise OSError(errno.EIO, f"the new file does not hold what was written ({len(bad)} blocks differ); "
+                          "is the disk full?")
 
 
 def _finish(out, pipeline, steps, units, tile, overlap, src_path, ref_path) -> None:
