@@ -68,16 +68,16 @@ def predict_raster(
 ) -> dict:
     """Predict a height map for the raster at ``src`` and write it to ``dst`` (.tif/.tiff) as a float32 GeoTIFF.
 
-    The output has the input's size and georeferencing (CRS and transform, or GCPs, or RPCs), nodata where the input is nodata or transparent, and is
-    relative height 0..1 over the whole raster, or metres (the reference's units) when ``reference_dem`` (any
-    raster, any CRS and resolution) is given. ``bands``: 1-based band numbers (one band is replicated to three).
+    The output has the input's size and georeferencing (CRS and transform, or GCPs, or RPCs), nodata where the
+    input is nodata or transparent, and is relative height 0..1 over the whole raster, or metres (the reference's
+    units) when ``reference_dem`` (any raster, any CRS and resolution, at least 2 pixels over the input) is
+    given. ``bands``: 1-based band numbers (one band is replicated to three).
     ``tile``/``overlap``/``batch_size`` default to the model's tile size, a quarter of it, and a size suited to
     the device. ``resample_to_gsd`` runs the model at its training ground resolution and resamples back.
     ``progress(fraction, message)`` is called and ``cancel()`` polled once per batch. The output is read back and
     checked before it replaces a previous ``dst``; on cancel or failure no output or scratch file is left behind,
     and ``dst`` may be no file any input reads (a VRT's sources included); ``overwrite=False`` refuses an existing
-    ``dst``. Returns run statistics, with
-    ``warnings``: what the user should know about the result (no georeferencing).
+    ``dst``. Returns run statistics, with ``warnings``: what the user should know about the result.
     """
     start = time.perf_counter()
     progress = progress or (lambda fraction, message: None)
@@ -397,8 +397,9 @@ def _calibrate(grid, store, has_data, pairs, scale, shift, ref_path, spec):
     """Per-tile robust fits to the reference DEM, solved jointly with the overlaps, so metres vary smoothly.
 
     A reference pixel is one measurement however many output pixels it is warped onto, so the fits are weighted
-    down by that number, and fewer than ``MIN_REFERENCE_PIXELS`` over the raster cannot scale it at all: a coarse DEM sets the level and the large-scale shape, the overlaps keep the tiles
-    together. Tiles the reference misses start from the aligned surface under one global fit.
+    down by that number: a coarse DEM sets the level and the large-scale shape, the overlaps keep the tiles
+    together, and fewer than ``MIN_REFERENCE_PIXELS`` over the raster cannot scale the heights at all. Tiles the
+    reference misses start from the aligned surface under one global fit.
     """
     fits = []
     with rasterio.open(ref_path) as ref, WarpedVRT(
@@ -640,7 +641,8 @@ def raster_files(path: Path) -> set[str]:
 
 def _whole_number(what: str, value, minimum: int) -> int:
     """An integer option as given: 2.5, True or 0 tiles are refused, not silently rounded or replaced."""
-    integral = isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating)) and float(value).is_integer())
+    integral = isinstance(value, (int, np.integer)) or (
+        isinstance(value, (float, np.floating)) and float(value).is_integer())
     if isinstance(value, bool) or not integral:
         raise InputError(f"{what} must be a whole number, got {value!r}")
     if value < minimum:
