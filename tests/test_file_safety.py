@@ -223,8 +223,8 @@ def start_predict(src, dst, weights):
 
 
 # 8 -- SIGTERM removes the scratch folder; the scratch folder of a killed run is swept by the next run.
-def test_sigterm_and_kill_leave_no_scratch_behind(tmp_path, tiny_weights):
-    src = write(tmp_path / "in.tif", np.random.default_rng(2).integers(0, 255, (3, 1200, 1200)).astype(np.uint8))
+def test_sigterm_leaves_no_scratch_behind(tmp_path, tiny_weights):
+    src = write(tmp_path / "in.tif", np.random.default_rng(2).integers(0, 255, (3, 800, 800)).astype(np.uint8))
     out = tmp_path / "out"
     out.mkdir()
     proc = start_predict(src, out / "height.tif", tiny_weights)
@@ -233,12 +233,20 @@ def test_sigterm_and_kill_leave_no_scratch_behind(tmp_path, tiny_weights):
     assert proc.returncode == 143 and err.strip().splitlines()[-1] == "error: terminated", err
     assert "Traceback" not in err and list(out.iterdir()) == []
 
-    proc = start_predict(src, out / "height.tif", tiny_weights)
-    proc.kill()
-    proc.wait(timeout=30)
-    assert len(scratch_folders(out)) == 1  # SIGKILL cannot be caught: the folder stays until the next run
-    predict_raster(write(tmp_path / "small.tif", NOISE[:, :64, :64]), out / "other.tif", Oracle())
-    assert sorted(p.name for p in out.iterdir()) == ["other.tif"]
+
+def test_scratch_of_a_killed_run_is_swept_by_the_next(tmp_path):
+    holder = subprocess.Popen(  # a run inside its scratch folder, then SIGKILL: nothing of it can clean up
+        [sys.executable, "-c", "import sys, time; from d3rsmde.files import staged_output\n"
+         "with staged_output(sys.argv[1]):\n    print('in', flush=True); time.sleep(60)", str(tmp_path / "a.tif")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "in\n"
+    assert len(scratch_folders(tmp_path)) == 1
+    assert sweep_stale_scratch(tmp_path) == []  # its run is alive: kept
+    holder.kill()
+    holder.wait(timeout=30)
+    assert len(scratch_folders(tmp_path)) == 1
+    predict_raster(write(tmp_path / "small.tif", NOISE[:, :64, :64]), tmp_path / "other.tif", Oracle())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.tif", "small.tif"]
 
 
 def test_only_unlocked_scratch_folders_are_swept(tmp_path):
