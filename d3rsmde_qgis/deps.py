@@ -11,13 +11,15 @@ import sys
 
 from .paths import BUNDLED_LIBS
 
-# import name -> what pip installs (numpy 2 breaks the GDAL bindings QGIS ships)
+# import name -> what pip installs, pinned as in requirements.txt (tests/test_installer.py keeps them equal);
+# numpy 2 breaks the GDAL bindings QGIS ships; timm needs torchvision of torch's own release.
 BACKEND_PACKAGES = {
     "numpy": "numpy<2",
-    "torch": "torch",
-    "timm": "timm",
-    "diffusers": "diffusers",
-    "safetensors": "safetensors",
+    "torch": "torch==2.14.1",
+    "torchvision": "torchvision==0.29.1",
+    "timm": "timm==1.0.31",
+    "diffusers": "diffusers==0.42.1",
+    "safetensors": "safetensors>=0.4",
     "rasterio": "rasterio",
 }
 
@@ -63,6 +65,8 @@ def install_message(missing: dict[str, str]) -> str:
         "cannot import:",
         *(f"  - {name} ({error})" for name, error in missing.items()),
         "Install into the Python that QGIS uses, then restart QGIS:",
+        "  Any system: Raster > D3-RSMDE > Install Python packages… installs them into your QGIS profile "
+        "(no administrator rights needed).",
     ]
     if pip_names:
         lines += [

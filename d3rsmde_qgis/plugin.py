@@ -1,10 +1,13 @@
 """Plugin entry points: the Processing provider (all qgis_process calls) and, in the desktop, Raster menu entries."""
 from __future__ import annotations
 
-from qgis.core import QgsApplication
-from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
+import importlib.util
 
+from qgis.core import Qgis, QgsApplication
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction, QPushButton
+
+from .deps import BACKEND_PACKAGES
 from .paths import ICON
 from .provider import D3RsmdeProvider
 
@@ -25,7 +28,8 @@ class D3RsmdePlugin:
             QgsApplication.processingRegistry().addProvider(self.provider)
 
     def initGui(self) -> None:  # noqa: N802 - QGIS API
-        """Raster > D3-RSMDE > one entry per algorithm, opening its usual Processing dialog."""
+        """Raster > D3-RSMDE: one entry per algorithm (its usual Processing dialog) and the package installer,
+        offered at start when backend packages are missing."""
         self.initProcessing()
         for algorithm in self.provider.algorithms():
             action = QAction(QIcon(str(ICON)), f"{algorithm.displayName()}…", self.iface.mainWindow())
@@ -33,6 +37,13 @@ class D3RsmdePlugin:
             action.triggered.connect(lambda _checked=False, alg_id=algorithm.id(): self.open_dialog(alg_id))
             self.iface.addPluginToRasterMenu(MENU, action)
             self.actions.append(action)
+        install = QAction("Install Python packages…", self.iface.mainWindow())
+        install.setObjectName("d3rsmde:install")
+        install.triggered.connect(self.open_installer)
+        self.iface.addPluginToRasterMenu(MENU, install)
+        self.actions.append(install)
+        if packages_not_found():
+            self.offer_installer()
 
     def unload(self) -> None:
         for action in self.actions:
@@ -42,9 +53,29 @@ class D3RsmdePlugin:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
 
+    def offer_installer(self) -> None:
+        """A message bar note with a button, not a modal dialog: QGIS's start is not blocked."""
+        bar = self.iface.messageBar()
+        note = bar.createMessage("D3-RSMDE", f"needs Python packages this QGIS lacks: {', '.join(packages_not_found())}")
+        button = QPushButton("Install…")
+        button.clicked.connect(self.open_installer)
+        note.layout().addWidget(button)
+        bar.pushWidget(note, Qgis.Warning)
+
+    def open_installer(self) -> None:
+        from .installer_dialog import InstallerDialog
+
+        self.dialog = InstallerDialog(self.iface.mainWindow())
+        self.dialog.show()
+
     def open_dialog(self, algorithm_id: str) -> None:
         """The algorithm's dialog, non-modal as from the Toolbox (kept referenced, else Python deletes it)."""
         import processing
 
         self.dialog = processing.createAlgorithmDialog(algorithm_id)
         self.dialog.show()
+
+
+def packages_not_found() -> list[str]:
+    """Backend packages not even present (found without importing them: importing torch at start-up is slow)."""
+    return [name for name in BACKEND_PACKAGES if importlib.util.find_spec(name) is None]

@@ -96,7 +96,8 @@ def test_estimate_depth_in_desktop_qgis_with_mesa_gl(tiny_weights, small_rgb, tm
     assert result["raster_menu"] == {"d3rsmde:estimatedepth": "Estimate depth…",
                                      "d3rsmde:estimatedepthfolder": "Estimate depth for folder…",
                                      "d3rsmde:finetune": "Fine-tune model on region…",
-                                     "d3rsmde:evaluate": "Evaluate depth against reference…"}
+                                     "d3rsmde:evaluate": "Evaluate depth against reference…",
+                                     "d3rsmde:install": "Install Python packages…"}
     assert result["menu_opens"] == "d3rsmde:estimatedepth"
 
 

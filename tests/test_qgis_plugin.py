@@ -318,7 +318,8 @@ def test_missing_torch_is_explained(profile, small_rgb, tmp_path):
     message = result.stdout + result.stderr
     assert result.returncode != 0 and not output.exists()
     assert "cannot import:\n  - torch (No module named 'torch')" in message
-    assert 'pip install "torch"' in message and "make setup" in message and "OSGeo4W Shell" in message
+    assert 'pip install "torch==2.14.1"' in message and "make setup" in message
+    assert "OSGeo4W Shell" in message and "Install Python packages" in message
     assert "- timm" not in message  # timm is installed; it only failed because of torch
 
 
