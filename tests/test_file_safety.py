@@ -276,8 +276,12 @@ def test_evaluate_names_the_real_problem(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         bare = write(tmp_path / "bare.tif", heights, crs=None, transform=rasterio.Affine.identity())
+        twin = write(tmp_path / "twin.tif", 3000 + heights, crs=None, transform=rasterio.Affine.identity())
     with pytest.raises(InputError, match="bare.tif has no CRS"):
         evaluate_rasters(bare, dem)
+    assert main(["evaluate", str(bare), str(twin)]) == 0  # neither has a CRS: pixel for pixel, said once
+    err = capsys.readouterr().err
+    assert err.count("have no CRS: compared pixel for pixel") == 1 and "NotGeoreferenced" not in err, err
     far = write(tmp_path / "far.tif", 3000 + heights, transform=from_origin(600_000, 4_650_000, 1.0, 1.0))
     with pytest.raises(InputError, match="do not overlap"):
         evaluate_rasters(pred, far)

@@ -183,6 +183,8 @@ def _evaluate(args) -> int:
     for key in ("mae", "rmse", "bias", "rmse_after_affine"):
         value = "n/a (relative prediction vs heights)" if whole[key] is None else f"{whole[key]:.4g}{units}"
         print(f"  {key:<18} {value}")
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json_path:
         atomic_write_text(Path(args.json_path), json.dumps(result, indent=2))
     return 0

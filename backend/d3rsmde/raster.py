@@ -15,7 +15,7 @@ import threading
 import time
 import warnings
 import zlib
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -554,19 +554,10 @@ def _finish(out, pipeline, steps, units, tile, overlap, src_path, ref_path) -> N
 def is_height_output(path: Path) -> bool:
     """Whether ``path`` is a height raster d3rsmde wrote (tagged by :func:`_finish`): not an image to predict from."""
     try:
-        with _quiet_open(path) as ds:
+        with _open(path) as ds:
             return ds.tags().get("software", "").startswith("d3rsmde ")
-    except (RasterioIOError, OSError):
+    except InputError:
         return False
-
-
-@contextmanager
-def _quiet_open(path):
-    """A raster opened for its metadata alone: a missing georeferencing is no news here."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as ds:
-            yield ds
 
 
 def _gsd_factor(ds, gsd_m: float | None) -> float:
@@ -581,9 +572,12 @@ def _gsd_factor(ds, gsd_m: float | None) -> float:
 
 
 def _open(path: Path):
-    """Open a raster (a file or any GDAL dataset name), turning GDAL's complaints into an InputError."""
+    """Open a raster (a file or any GDAL dataset name), turning GDAL's complaints into an InputError. A missing
+    georeferencing is no error, and is said once by the caller that needs one, not warned about at every open."""
     try:
-        ds = rasterio.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            ds = rasterio.open(path)
     except RasterioIOError as exc:
         if not os.path.exists(path):
             raise InputError(f"{path} does not exist") from exc
@@ -627,9 +621,9 @@ def raster_files(path: Path) -> set[str]:
     while todo:
         name = todo.pop()
         try:
-            with _quiet_open(name) as ds:
+            with _open(name) as ds:
                 files = ds.files
-        except (RasterioIOError, OSError):
+        except InputError:
             continue  # a sidecar, or a raster that is not there: nothing further to follow
         for f in files:
             if f not in seen:
@@ -697,7 +691,7 @@ def evaluate_rasters(pred, reference, *, mask=None, tile: int | None = None) -> 
                 for key, value in depth_metrics(p, g, ok).items():
                     if isinstance(value, (int, float)):
                         per_tile.setdefault(key, []).append(float(value))
-        p_units, g_units = _units(p_ds), _units(g_ds)
+        p_units, g_units, crs = _units(p_ds), _units(g_ds), p_ds.crs
     if sums[0] == 0:
         raise InputError(f"{pred_path.name} and {ref_path.name} overlap but share no valid pixel "
                          "(one is nodata wherever the other has data)")
@@ -718,6 +712,7 @@ def evaluate_rasters(pred, reference, *, mask=None, tile: int | None = None) -> 
             "pixels": int(n),
             "units": g_units or (p_units if comparable else ""),
         },
+        "warnings": [] if crs else [f"{pred_path.name} and {ref_path.name} have no CRS: compared pixel for pixel"],
     }
 
 
