@@ -56,7 +56,8 @@ class D3RsmdePlugin:
     def offer_installer(self) -> None:
         """A message bar note with a button, not a modal dialog: QGIS's start is not blocked."""
         bar = self.iface.messageBar()
-        note = bar.createMessage("D3-RSMDE", f"needs Python packages this QGIS lacks: {', '.join(packages_not_found())}")
+        missing = ", ".join(packages_not_found())
+        note = bar.createMessage("D3-RSMDE", f"needs Python packages this QGIS lacks: {missing}")
         button = QPushButton("Install…")
         button.clicked.connect(self.open_installer)
         note.layout().addWidget(button)

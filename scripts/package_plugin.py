@@ -2,8 +2,8 @@
 """Build the zip that QGIS's "Install from ZIP" accepts: one top folder d3rsmde_qgis/ holding the plugin code,
 metadata.txt, icons, styles, the default weights (if trained), the d3rsmde backend under libs/ without its
 training-data builders (the plugin adds it to sys.path when no installed d3rsmde is found), LICENSE and README.
-tests/test_packaging.py checks the zip against the QGIS plugin repository's upload rules. torch/timm/diffusers are not bundled:
-too big, and platform-specific; the plugin says how to install them.
+torch/timm/diffusers are not bundled: too big, and platform-specific; the plugin installs them or says how.
+tests/test_packaging.py checks the zip against the QGIS plugin repository's upload rules.
 
     python scripts/package_plugin.py --out dist/d3rsmde_qgis.zip
 """

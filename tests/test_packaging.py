@@ -90,7 +90,8 @@ LEAN_WEIGHTS_BYTES = 18_000_000  # the default model being retrained to fit the 
 REQUIRED_METADATA = ("name", "description", "about", "version", "qgisMinimumVersion", "qgisMaximumVersion",
                      "author", "email", "tracker", "repository", "homepage", "changelog", "icon", "experimental")
 EXECUTABLE_SUFFIXES = (".pyc", ".pyo", ".pyd", ".so", ".dll", ".dylib", ".exe", ".bat", ".cmd", ".jar")
-EXECUTABLE_MAGIC = (b"\x7fELF", b"MZ", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")
+EXECUTABLE_MAGIC = (b"\x7fELF", b"MZ", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xcf\xfa\xed\xfe",
+                    b"\xca\xfe\xba\xbe")
 TRAINING_DATA_MODULES = ("sources.py", "dems.py", "render.py", "render_tiles.py")
 
 

@@ -54,7 +54,8 @@ class EstimateDepth(D3Algorithm):
         from d3rsmde.raster import predict_raster
 
         source = self.raster_path(parameters, self.INPUT, context)
-        self.layer_name = self.tr("{} height").format(self.parameterAsRasterLayer(parameters, self.INPUT, context).name())
+        input_name = self.parameterAsRasterLayer(parameters, self.INPUT, context).name()
+        self.layer_name = self.tr("{} height").format(input_name)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         pipeline = self.load_pipeline(parameters, context, feedback)
         summary = predict_raster(
