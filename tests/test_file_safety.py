@@ -17,6 +17,7 @@ import pytest
 import rasterio
 from rasterio.control import GroundControlPoint
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.rpc import RPC
 from rasterio.transform import from_origin
 
 from d3rsmde.cli import main
@@ -147,8 +148,8 @@ def test_reference_dem_of_one_pixel_is_refused(tmp_path):
     assert np.ptp(out) > 0.2 * np.ptp(truth) and np.corrcoef(out.ravel(), truth.ravel())[0, 1] > 0.99
 
 
-# 5 -- ground control points (and RPCs) are carried to the output.
-def test_gcps_are_carried_to_the_output(tmp_path):
+# 5 -- ground control points and RPCs are carried to the output.
+def test_gcps_and_rpcs_are_carried_to_the_output(tmp_path):
     gcps = [GroundControlPoint(r, c, 500_000 + 2 * c, 4_650_000 - 2 * r, id=f"p{r}{c}")
             for r, c in ((0, 0), (0, 90), (70, 0), (70, 90))]
     src = tmp_path / "gcp.tif"
@@ -160,6 +161,19 @@ def test_gcps_are_carried_to_the_output(tmp_path):
         points, crs = out.gcps
     assert crs == UTM and [(p.row, p.col, p.x, p.y) for p in points] == [(p.row, p.col, p.x, p.y) for p in gcps]
     assert stats["warnings"] == []
+
+    identity = [1.0] + [0.0] * 19
+    rpcs = RPC(height_off=1000, height_scale=500, lat_off=40.0, lat_scale=0.01, line_off=35, line_scale=35,
+               long_off=-105.0, long_scale=0.01, samp_off=45, samp_scale=45, line_den_coeff=identity,
+               line_num_coeff=[0.0, 0.0, -1.0] + [0.0] * 17, samp_den_coeff=identity,
+               samp_num_coeff=[0.0, 1.0] + [0.0] * 18)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(src, "w", driver="GTiff", width=90, height=70, count=3, dtype="uint8", rpcs=rpcs) as ds:
+            ds.write(NOISE[:, :70, :90])
+    predict_raster(src, tmp_path / "out.tif", Oracle())
+    with rasterio.open(src) as ds, rasterio.open(tmp_path / "out.tif") as out:
+        assert out.rpcs.to_dict() == ds.rpcs.to_dict() and out.rpcs.lat_off == 40.0
 
 
 # 6 -- an output name that promises another format is refused, not filled with GeoTIFF bytes.
