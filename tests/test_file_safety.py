@@ -208,11 +208,17 @@ def test_cli_refuses_zero_and_giant_tiles_in_one_line(tmp_path, tiny_weights, ca
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
-# 9 -- running out of memory is an error that says what to change.
-def test_out_of_memory_is_an_input_error(tmp_path):
+# 9 -- running out of memory (numpy's MemoryError, torch's CPU and CUDA allocators) says what to change.
+@pytest.mark.parametrize("error", [
+    MemoryError("Unable to allocate 224. GiB for an array with shape (3, 100000, 100000)"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 240000000000 bytes"),
+    RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+], ids=["numpy", "torch-cpu", "torch-cuda"])
+def test_out_of_memory_is_an_input_error(tmp_path, error):
     class Hungry(Oracle):
         def __call__(self, images, refine_steps=None):
-            raise MemoryError("Unable to allocate 224. GiB")
+            raise error
 
     src = write(tmp_path / "in.tif", NOISE[:, :64, :64])
     with pytest.raises(InputError, match="not enough memory .* smaller tile size or batch size"):

@@ -299,7 +299,7 @@ def test_failure_leaves_no_file(tmp_path):
     class Broken(Oracle):
         def __call__(self, images, refine_steps=None):
             if self.calls == 2:
-                raise RuntimeError("out of memory (simulated)")
+                raise RuntimeError("device lost (simulated)")
             return super().__call__(images, refine_steps)
 
     with pytest.raises(RuntimeError, match="simulated"):

@@ -142,7 +142,9 @@ def predict_raster(
                     out.verify()
         except OSError as exc:  # a full disk, an I/O error: the previous output, if any, is untouched
             raise OutputError(describe_write_error(dst_path, exc)) from exc
-        except MemoryError as exc:
+        except (MemoryError, RuntimeError) as exc:  # numpy's MemoryError; torch's is a RuntimeError
+            if isinstance(exc, RuntimeError) and not _out_of_memory(exc):
+                raise
             raise InputError(f"not enough memory for batches of {batch_size} tiles of {tile} px; "
                              "give a smaller tile size or batch size") from exc
     progress(1.0, "done")
@@ -173,6 +175,12 @@ def _gdal_cache() -> dict:
     """GDAL's block cache bound for the run (then restored), unless the user set GDAL_CACHEMAX: blocks are read by
     tile and written in whole bands of blocks, so a cache holding a band of input rows is all that is reused."""
     return {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": GDAL_CACHE_BYTES}
+
+
+def _out_of_memory(exc: RuntimeError) -> bool:
+    """torch's allocation failures: CUDA's OutOfMemoryError and the CPU allocator's RuntimeError."""
+    text = str(exc)
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 def default_batch_size(device, tile: int) -> int:
