@@ -137,6 +137,7 @@ def predict_raster(
                         else:
                             with _Output(scratch / "model-grid.tmp", source.grid, final=False) as tmp:
                                 _write_blended(grid, store, scale, shift, tmp, progress, cancel, bounds)
+                            tmp.verify()
                             _resample_back(tmp.path, src_path, indexes, out, cancel)
                         _finish(out.ds, pipeline, steps, units, tile, overlap, src_path, ref_path)
                     out.verify()
