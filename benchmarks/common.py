@@ -140,6 +140,15 @@ def fmt(value: float | None, digits: int = 3) -> str | None:
     return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
 
 
+def figure_class():
+    """matplotlib's Figure, or None where matplotlib is missing (a bare GPU image): the tables are still written."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    return Figure
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call write(temp_path) in the target folder, then rename over `path`: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-shot GPU proof (issue 13): the CUDA tests, per-tile speed against the Marigold peers and whole-raster speed,
-# each stage bounded by its own timeout (540 s together; about 5 minutes expected on an H100/H200), results as
+# each stage bounded by its own timeout (520 s together at most; about 5 minutes expected on an H100/H200), results as
 # JSON + markdown in $OUT. A failed stage is recorded and the next one still runs; the exit status is 1 if any
 # stage failed.
 #
@@ -9,8 +9,8 @@
 #
 # The GPU image has torch, timm, safetensors, numpy, scipy, pillow, tqdm, click and attrs; the rest comes from
 # wheels in .whl/, fetched beforehand on a machine with an index (and carried along, .whl/ is git-ignored):
-#   ../shared/tools/fetch-gpu-wheels.sh .whl pytest iniconfig pluggy packaging matplotlib contourpy cycler \
-#       fonttools kiwisolver pyparsing python-dateutil six
+#   ../shared/tools/fetch-gpu-wheels.sh .whl pytest iniconfig pluggy packaging pygments
+# (matplotlib is left out to keep .whl under the 64 MiB a device run carries: no PNG plots there, tables only.)
 # PYTHON: the interpreter (default python3).
 set -uo pipefail
 
@@ -38,7 +38,7 @@ stage() {
   timeout --kill-after=10 "$limit" "$@" > "$OUT/logs/$name.log" 2>&1
   rc=$?
   ms=$(( ($(date +%s%N) - start) / 1000000 ))
-  printf '%s\t%s\t%d.%03d\t%s\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000)) "$*" >> "$stages"
+  printf '%s\t%s\t%d.%03d\t%s\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000)) "${*//$'\n'/ }" >> "$stages"
   tail -n 3 "$OUT/logs/$name.log"
   return 0
 }
@@ -47,11 +47,11 @@ if [ "$smoke" = 1 ]; then
   speed_args=(--device cpu --scale tiny --config tiny --quick --tiles 64 --marigold-tiles 64 --repeats 1
               --warmup 0 --batch-sizes 1 --rows "T=6,v1.0,LCM")
   raster_args=(--device cpu --config tiny --sizes 0.01)
-  pytest_limit=240 speed_limit=240 raster_limit=240  # generous: CI machines can be busy
+  imports_limit=120 pytest_limit=240 speed_limit=240 raster_limit=240  # generous: CI machines can be busy
 else
   site=${TMPDIR:-/tmp}/d3rsmde-gpu-site
   if compgen -G ".whl/*.whl" > /dev/null; then
-    stage install-wheels 45 "$PY" -m pip install -q --no-index --no-deps --target "$site" .whl/*.whl
+    stage install-wheels 40 "$PY" -m pip install -q --no-index --no-deps --target "$site" .whl/*.whl
   else
     printf 'install-wheels\t1\t0\tno .whl/*.whl: fetch them first (see the head of this script)\n' >> "$stages"
   fi
@@ -59,11 +59,14 @@ else
   speed_args=(--tiles 512,768 --marigold-tiles 768,512 --rows "D3-RSMDE,v1.0,LCM,DPT" --repeats 3
               --batch-sizes 1,2,4,8,16 --max-call-s 5)
   raster_args=(--sizes 16,100)
-  pytest_limit=105 speed_limit=170 raster_limit=220
+  imports_limit=30 pytest_limit=90 speed_limit=160 raster_limit=200
 fi
 export PYTHONPATH="$PWD/backend:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 { nvidia-smi 2>&1 || echo "no nvidia-smi"; lscpu 2>&1; uptime; } > "$OUT/logs/machine.txt"
+stage imports "$imports_limit" "$PY" -c "import torch, diffusers, rasterio, pytest, d3rsmde as d; print(d.__file__, \
+  'torch', torch.__version__, torch.version.cuda, torch.cuda.is_available(), *(f'{m.__name__} {m.__version__}' \
+  for m in (diffusers, rasterio, pytest)))"
 stage pytest-cuda "$pytest_limit" "$PY" -m pytest -q -p no:cacheprovider -p no:pytest_qgis -m cuda tests/test_cuda.py -rs \
   --junitxml="$OUT/pytest-cuda.xml"
 stage speed "$speed_limit" "$PY" -m benchmarks.speed "${speed_args[@]}" --out "$OUT/speed"

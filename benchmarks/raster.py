@@ -130,10 +130,11 @@ def run_size(megapixels: float, workdir: Path, warm_src: Path, args: argparse.Na
             "seconds_per_megapixel": stats["seconds"] / mp}
 
 
-def plot(result: dict, path: Path) -> None:
-    """Seconds per megapixel against raster size: flat means the engine scales linearly."""
-    from matplotlib.figure import Figure
-
+def plot(result: dict, path: Path) -> bool:
+    """Seconds per megapixel against raster size: flat means the engine scales linearly. False: no matplotlib."""
+    Figure = common.figure_class()
+    if Figure is None:
+        return False
     rows = result["rows"]
     sizes, per_mp = [r["megapixels"] for r in rows], [r["seconds_per_megapixel"] for r in rows]
     fig = Figure(figsize=(6, 4), dpi=120)
@@ -153,9 +154,10 @@ def plot(result: dict, path: Path) -> None:
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     common.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return True
 
 
-def to_markdown(result: dict) -> str:
+def to_markdown(result: dict, plotted: bool) -> str:
     on_gpu = any(r["peak_gpu_memory_bytes"] for r in result["rows"])
     headers = ["Raster", "Megapixels", "Tiles", "Batch", "Wall s", "MP/s", "s/MP", "Peak RSS GiB"]
     headers += ["Peak GPU mem GiB"] if on_gpu else []
@@ -176,7 +178,7 @@ def to_markdown(result: dict) -> str:
         "solve, blending and writing; it excludes model loading and a warm-up run on a small raster. Peak RSS is "
         "the child process's, model included.", "",
         common.markdown_table(headers, table),
-        "![seconds per megapixel vs raster size](raster.png)", "",
+        "![seconds per megapixel vs raster size](raster.png)" if plotted else "", "",
     ])
 
 
@@ -216,8 +218,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      "argv": list(argv if argv is not None else sys.argv[1:])},
         "rows": rows,
     }
-    plot(result, out / "raster.png")
-    _, md_path = common.write_results(out, "raster", result, to_markdown(result))
+    plotted = plot(result, out / "raster.png")
+    _, md_path = common.write_results(out, "raster", result, to_markdown(result, plotted))
     print(md_path.read_text())
     return result
 

@@ -394,11 +394,11 @@ def add_ratios(rows: list[dict]) -> None:
 
 
 def plot(result: dict, path: Path) -> bool:
-    """Speed-up over Marigold v1.0 per row (log scale), one bar each; False when no row has a ratio."""
-    from matplotlib.figure import Figure
-
+    """Speed-up over Marigold v1.0 per row (log scale), one bar each; False when no row has a ratio or there is no
+    matplotlib."""
+    Figure = common.figure_class()
     rows = [r for r in result["rows"] if r["speedup_vs_marigold_v1"]]
-    if not rows:
+    if not rows or Figure is None:
         return False
     fig = Figure(figsize=(7, 0.35 * len(rows) + 1.2), dpi=120)
     ax = fig.add_subplot()
@@ -421,7 +421,7 @@ def plot(result: dict, path: Path) -> bool:
     return True
 
 
-def to_markdown(result: dict) -> str:
+def to_markdown(result: dict, plotted: bool) -> str:
     s, peak = result["settings"], result["peak_tflops"]
     on_gpu = any(r["peak_memory_bytes"] for r in result["rows"])
     headers = ["Model", "Setting", "Tile", "Latency ms/tile (batch 1)", "Throughput tiles/s (batch)"]
@@ -473,7 +473,7 @@ def to_markdown(result: dict) -> str:
                      "one U-Net step + ensemble x decode, from the part times measured below; FLOP/s and ratios "
                      "derived from them (~) are estimates too.")
     lines += [f"- {note}" for note in result["notes"]]
-    if any(r["speedup_vs_marigold_v1"] for r in result["rows"]):
+    if plotted:
         lines += ["", "![speed-up over Marigold v1.0](speed.png)"]
     return "\n".join(lines) + "\n"
 
@@ -505,8 +505,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "rows": rows,
         "notes": runner.notes,
     }
-    json_path, md_path = common.write_results(args.out, "speed", result, to_markdown(result))
-    plot(result, Path(args.out) / "speed.png")
+    plotted = plot(result, Path(args.out) / "speed.png")
+    json_path, md_path = common.write_results(args.out, "speed", result, to_markdown(result, plotted))
     print(md_path.read_text())
     return result
 

@@ -105,3 +105,13 @@ def test_raster_main_tiny(tmp_path, monkeypatch):
     assert "| 100 x 100 | 0.01 |" in md and "raster.png" in md
     assert (out / "raster.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob(".*tmp*"))  # atomic writes left no temp files
+
+
+def test_tables_are_written_without_matplotlib(tmp_path, monkeypatch):
+    """A bare GPU image may lack matplotlib: the JSON and markdown still come, without a dangling image link."""
+    monkeypatch.setattr(common, "figure_class", lambda: None)
+    result = {"machine": {"cpu": "x"}, "rows": [{"megapixels": 1.0, "seconds_per_megapixel": 2.0}]}
+    assert raster.plot(result, tmp_path / "raster.png") is False and not (tmp_path / "raster.png").exists()
+    rows = [{"speedup_vs_marigold_v1": 2.0}]
+    assert speed.plot({"rows": rows, "machine": {}}, tmp_path / "speed.png") is False
+    assert not (tmp_path / "speed.png").exists()

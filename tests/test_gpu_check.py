@@ -17,7 +17,7 @@ def test_cpu_smoke_runs_every_stage_and_writes_results(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     summary = json.loads((out / "gpu_check.json").read_text())
     assert summary["mode"] == "cpu-smoke" and summary["ok"]
-    assert [s["stage"] for s in summary["stages"]] == ["pytest-cuda", "speed", "raster"]
+    assert [s["stage"] for s in summary["stages"]] == ["imports", "pytest-cuda", "speed", "raster"]
     assert "skipped" in (out / "logs" / "pytest-cuda.log").read_text()  # collected under the marker, no CUDA here
     speed = {r["name"] for r in json.loads((out / "speed" / "speed.json").read_text())["rows"]}
     assert speed == {"D3-RSMDE tiny T=6 @64", "Marigold v1.0: 50 steps x 10 @64", "Marigold LCM: 1 step x 1 @64"}
