@@ -46,6 +46,10 @@ next(action for action in menu.actions() if action.objectName() == "d3rsmde:esti
 dialog = plugins["d3rsmde_qgis"].dialog
 report["menu_opens"] = dialog.isVisible() and dialog.algorithm().id()
 dialog.close()
+next(action for action in menu.actions() if action.objectName() == "d3rsmde:install").trigger()
+installer = plugins["d3rsmde_qgis"].dialog
+report["installer_says"] = installer.isVisible() and installer.status.text()
+installer.close()
 with open(REPORT, "w") as out:
     json.dump(report, out)
 QgsProject.instance().setDirty(False)
@@ -99,6 +103,7 @@ def test_estimate_depth_in_desktop_qgis_with_mesa_gl(tiny_weights, small_rgb, tm
                                      "d3rsmde:evaluate": "Evaluate depth against reference…",
                                      "d3rsmde:install": "Install Python packages…"}
     assert result["menu_opens"] == "d3rsmde:estimatedepth"
+    assert result["installer_says"].startswith("Every package D3-RSMDE needs is importable")
 
 
 BLOCK_PROBE = """

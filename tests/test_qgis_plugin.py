@@ -217,6 +217,7 @@ def test_folder_loads_once_and_skips_bad_files(d3_provider, tiny_weights, small_
     feedback = RecordingFeedback()
     result = run("d3rsmde:estimatedepthfolder", {
         "INPUT_FOLDER": str(images), "WEIGHTS": str(tiny_weights), "DEVICE": CPU, "REFINE_STEPS": 1,
+        "BANDS": "3;2;1",  # the separator Estimate depth's band list uses; commas work too
         "OUTPUT_FOLDER": str(tmp_path / "depth")}, feedback)
     assert (result["PROCESSED"], result["FAILED"]) == (2, 1)
     assert [Path(p).name for p in result["OUTPUTS"]] == ["a_depth.tif", "b_depth.tif"]
