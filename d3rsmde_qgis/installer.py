@@ -72,10 +72,12 @@ def pip_command(missing: list[str], profile: str | Path, cuda: bool) -> list[str
 def failure_hint(log: str) -> str:
     """One line on the likely cause of a failed pip run, from its output."""
     text = log.lower()
+    if "no module named pip" in text:
+        return "QGIS's Python has no pip: install it (Debian/Ubuntu: sudo apt install python3-pip) and try again."
     if "no space left" in text or "errno 28" in text:
         return "The disk is full: free space in the QGIS profile folder and try again."
     if "proxy" in text or "407" in text:
-        return ("A proxy refused the connection: set HTTPS_PROXY for QGIS (or pip's proxy setting) and try again.")
+        return "A proxy refused the connection: set HTTPS_PROXY for QGIS (or pip's proxy setting) and try again."
     if any(word in text for word in ("connection", "network", "name resolution", "timed out")):
         return ("pip could not download the packages: check the network connection (and a proxy, if you use "
                 "one), then try again.")

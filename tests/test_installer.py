@@ -106,3 +106,18 @@ def test_installer_then_estimate_depth_in_a_clean_profile(tiny_weights, small_rg
     after = qgis_process(run, profile, env, capture_output=True, text=True)
     assert after.returncode == 0, after.stdout + after.stderr
     assert output.is_file()
+
+
+def test_failed_pip_runs_name_their_cause(tmp_path):
+    """Real pip failures: an unreachable index (pip then only says "no matching distribution") and a missing pip."""
+    from d3rsmde_qgis.installer import failure_hint
+
+    offline = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--target", str(tmp_path / "t"), "--no-cache-dir", "--isolated",
+         "--index-url", "http://127.0.0.1:9/simple", "--retries", "0", "--timeout", "2", "d3rsmde-not-a-package"],
+        capture_output=True, text=True, env={**os.environ, "PIP_FIND_LINKS": "", "PIP_EXTRA_INDEX_URL": ""})
+    assert offline.returncode != 0
+    assert "could not reach the package index" in failure_hint(offline.stdout + offline.stderr)
+    no_pip = subprocess.run([sys.executable, "-I", "-S", "-m", "pip"], capture_output=True, text=True)
+    assert no_pip.returncode != 0 and "has no pip" in failure_hint(no_pip.stderr)
+    assert "disk is full" in failure_hint("OSError: [Errno 28] No space left on device")
