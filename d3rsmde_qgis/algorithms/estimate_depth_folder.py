@@ -88,8 +88,9 @@ class EstimateDepthFolder(D3Algorithm):
             steps.setCurrentStep(step)
             feedback.pushInfo(f"[{step + 1}/{len(images)}] {image.name} -> {output.name}")
             try:
-                predict_raster(str(image), str(output), pipeline, bands=bands, progress=progress_callback(steps),
-                               cancel=feedback.isCanceled, overwrite=False, **options)
+                summary = predict_raster(str(image), str(output), pipeline, bands=bands,
+                                         progress=progress_callback(steps), cancel=feedback.isCanceled,
+                                         overwrite=False, **options)
             except Cancelled:  # keep what is done; predict_raster leaves nothing of the current file
                 feedback.reportError(f"Cancelled: {image.name} and the files after it were not processed.")
                 break
@@ -97,6 +98,8 @@ class EstimateDepthFolder(D3Algorithm):
                 failed += 1
                 feedback.reportError(f"{image.name}: {exc}", fatalError=False)
                 continue
+            for warning in summary["warnings"]:
+                feedback.pushWarning(warning)  # it names the file
             outputs.append(str(output))
         feedback.pushInfo(f"{len(outputs)} processed, {failed} failed.")
         return {self.OUTPUT_FOLDER: str(out_folder), self.PROCESSED: len(outputs), self.FAILED: failed,
