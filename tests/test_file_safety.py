@@ -270,13 +270,22 @@ def test_scratch_of_a_killed_run_is_swept_by_the_next(tmp_path):
 
 
 def test_only_unlocked_scratch_folders_are_swept(tmp_path):
+    an_hour_ago = time.time() - 3600
     with staged_output(tmp_path / "live.tif") as live:
-        stale = tmp_path / ".old.tif.abc.d3rsmde"
-        stale.mkdir()
+        stale = tmp_path / ".old.tif.abc12_yz.d3rsmde"  # a killed run's
+        legacy = tmp_path / ".older.k3j4h5g6.d3rsmde"  # an earlier version's, without a lock file
+        users = [tmp_path / ".notes.d3rsmde", tmp_path / ".mine.tif.abcd1234.d3rsmde"]  # not ours: kept
+        for folder in [stale, legacy, *users]:
+            folder.mkdir()
         (stale / "lock").touch()
-        assert sweep_stale_scratch(tmp_path) == [stale]
+        (legacy / "tiles.f32").touch()
+        (users[0] / "lock").touch()
+        (users[1] / "sub").mkdir()
+        for folder in [legacy, *users]:
+            os.utime(folder, (an_hour_ago, an_hour_ago))
+        assert sorted(sweep_stale_scratch(tmp_path)) == sorted([legacy, stale])
         assert live.is_dir()  # its run holds the lock
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(tmp_path.iterdir()) == sorted(users)
 
 
 # 11 -- evaluate names a missing CRS, and does not give metre errors of a relative prediction as "relative".

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -26,6 +27,7 @@ except ImportError:  # Windows: stale folders are recognised by age alone
     fcntl = None
 
 SCRATCH_SUFFIX = ".d3rsmde"
+SCRATCH_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.d3rsmde")  # what mkdtemp makes of our prefix and suffix
 LOCK = "lock"
 STALE_AFTER_S = 24 * 3600  # Windows, where locks are not checked: a scratch folder is stale after a day
 UNLOCKED_AFTER_S = 60  # POSIX, a scratch folder without a lock file
@@ -78,7 +80,7 @@ def sweep_stale_scratch(folder: Path) -> list[Path]:
     """Remove the scratch folders in ``folder`` left by runs that were killed; returns what was removed."""
     removed = []
     for path in Path(folder).glob(f".*{SCRATCH_SUFFIX}"):
-        if path.is_dir() and not path.is_symlink() and _is_stale(path):
+        if _is_scratch(path) and _is_stale(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -147,6 +149,15 @@ def _held_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _is_scratch(path: Path) -> bool:
+    """Named and filled as a scratch folder is (files only), so that no folder of the user's is ever taken for one."""
+    try:
+        return (SCRATCH_NAME.fullmatch(path.name) is not None and path.is_dir() and not path.is_symlink()
+                and all(entry.is_file(follow_symlinks=False) for entry in os.scandir(path)))
+    except OSError:
+        return False
 
 
 def _is_stale(folder: Path) -> bool:
