@@ -79,4 +79,11 @@ class D3RsmdePlugin:
 
 def packages_not_found() -> list[str]:
     """Backend packages not even present (found without importing them: importing torch at start-up is slow)."""
-    return [name for name in BACKEND_PACKAGES if importlib.util.find_spec(name) is None]
+    return [name for name in BACKEND_PACKAGES if not is_present(name)]
+
+
+def is_present(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a finder that refuses it, or a half-installed package without a spec
+        return False

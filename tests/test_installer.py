@@ -2,6 +2,7 @@
 install into a clean QGIS profile after which *Estimate depth* runs."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -121,3 +122,37 @@ def test_failed_pip_runs_name_their_cause(tmp_path):
     no_pip = subprocess.run([sys.executable, "-I", "-S", "-m", "pip"], capture_output=True, text=True)
     assert no_pip.returncode != 0 and "has no pip" in failure_hint(no_pip.stderr)
     assert "disk is full" in failure_hint("OSError: [Errno 28] No space left on device")
+
+
+OFFER_PROBE = """
+import json
+from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import QTimer
+from qgis.PyQt.QtWidgets import QPushButton
+from qgis.utils import iface
+items = iface.messageBar().items()
+with open(REPORT, "w") as out:
+    json.dump([[item.title(), item.text(), [b.text() for b in item.findChildren(QPushButton)]] for item in items], out)
+QTimer.singleShot(0, QgsApplication.instance().quit)
+"""
+
+
+def test_desktop_start_offers_the_installer_when_packages_are_missing(tmp_path):
+    """Desktop QGIS whose Python lacks safetensors: a message bar note names it, with an Install… button."""
+    from test_qgis_desktop import run_in_own_session
+
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(HIDE_SAFETENSORS)
+    profile, report, script = tmp_path / "profile", tmp_path / "report.json", tmp_path / "probe.py"
+    ini = profile / "profiles" / "default" / "QGIS" / "QGIS3.ini"
+    ini.parent.mkdir(parents=True)
+    ini.write_text("[PythonPlugins]\nd3rsmde_qgis=true\n")
+    script.write_text(f"REPORT = {str(report)!r}\n{OFFER_PROBE}")
+    env = {**os.environ, "QT_QPA_PLATFORM": "xcb", "XDG_RUNTIME_DIR": str(tmp_path), "PYTHONPATH": str(blocker),
+           "QGIS_CUSTOM_CONFIG_PATH": str(profile), "QGIS_PLUGINPATH": str(REPO)}
+    qgis = run_in_own_session(["xvfb-run", "-a", str(REPO / "scripts" / "run_qgis.sh"), "--nologo",
+                               "--noversioncheck", "--code", str(script)], env, timeout=120)
+    assert qgis.returncode == 0, qgis.stdout[-2000:]
+    notes = json.loads(report.read_text())
+    assert ["D3-RSMDE", "needs Python packages this QGIS lacks: safetensors", ["Install…"]] in notes, notes
