@@ -96,7 +96,7 @@ def check_not_an_input(dst: Path, what: str, path: Path, files: Iterable[str]) -
         raise InputError(f"the output {dst} is the {what} raster; choose another output path")
     for name in files:
         if _identity(Path(name)) == target:
-            raise InputError(f"the output {dst} is {name}, a file the {what} raster {Path(path).name} reads; "
+            raise InputError(f"the output {dst} is read by the {what} raster {Path(path).name} (as {name}); "
                              "choose another output path")
 
 
