@@ -15,6 +15,15 @@ SAMPLE_DEM = REPO / "resources" / "sample" / "rmnp-dem.tif"
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]  # the plugin package and scripts/demo.py, as in QGIS
 
 
+@pytest.fixture(autouse=True)
+def float32_on_cpu(monkeypatch):
+    """CPU results are compared tightly: pin float32 so they do not depend on whether this CPU has native bf16
+    (tests/test_precision.py checks that policy itself)."""
+    import d3rsmde.device
+
+    monkeypatch.setattr(d3rsmde.device, "cpu_has_native_bf16", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def d3_provider(qgis_processing, qgis_iface):
     """The D3-RSMDE provider, registered the way QGIS does it (classFactory + initProcessing)."""
