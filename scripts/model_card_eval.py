@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Measure the figures of resources/weights/MODEL_CARD.md: a weights file on held-out tiles and on a raster pair.
+"""Measure the figures of resources/weights/MODEL_CARD.md: whole scenes as a user sees them, and held-out tiles.
 
-Rows: the full model at several refinement steps T, coarse only (T = 0), and two trivial baselines (a constant
-plane; image luminance as height). Held-out tiles are scored with the same per-tile metrics as training
-(`evaluate_tiles`); the raster pair goes through `predict_raster` + `evaluate_rasters`, i.e. what a user runs.
+Rows: the model at several refinement steps T (T = 0 is the coarse model alone) and three trivial baselines
+(a constant plane; image luminance as height; inverted luminance).
+- Whole scenes (Rocky Mountain National Park, never trained on; the flat Meuse floodplain): ``predict_raster``
+  with default settings, then ``evaluate_scene`` (prediction averaged onto the DEM grid, both stretched to 0..255
+  as one image, the paper's metrics plus the gradient correlation).
+- Held-out tiles of each tile dataset's test split (per-tile metrics, as the paper's tables).
 
-    python scripts/model_card_eval.py --weights W --tiles TILES/ --out build/model-card \
-        [--image resources/sample/rmnp-rgb.tif --dem resources/sample/rmnp-dem.tif] [--steps 1,3,6,10]
+    python scripts/model_card_eval.py --weights W --tiles build/default-weights/render,build/default-weights/world \
+        --out build/model-card [--steps 0,1,3,6,10]
 
-Writes results.json, results.md and examples.png (image | reference | coarse | refined) into --out.
+Writes results.json, results.md and examples.png (image | reference | coarse | refined, hillshaded) into --out.
 """
 from __future__ import annotations
 
@@ -19,83 +22,95 @@ import time
 from pathlib import Path
 
 import numpy as np
+import rasterio
 import torch
 
+from d3rsmde import sources
 from d3rsmde.data import TileDataset
 from d3rsmde.device import describe_device
+from d3rsmde.evaluation import evaluate_scene, scene_on_reference_grid
 from d3rsmde.metrics import format_metrics_table
 from d3rsmde.pipeline import D3Pipeline
-from d3rsmde.raster import evaluate_rasters, predict_raster
+from d3rsmde.raster import predict_raster
 from d3rsmde.train.finetune import evaluate_tiles
 
+BASELINES = {
+    "constant plane": lambda rgb: np.zeros_like(rgb[0]),
+    "luminance": lambda rgb: rgb.mean(axis=0),
+    "inverted luminance": lambda rgb: -rgb.mean(axis=0),
+}
 
-class ConstantPlane:
-    """Baseline: the same height everywhere."""
+
+class _PerPixel:
+    """A baseline as a pipeline-like callable for the tile evaluation."""
+
+    def __init__(self, fn):
+        self.fn = fn
 
     def __call__(self, images: torch.Tensor, refine_steps=None) -> torch.Tensor:
-        return torch.zeros_like(images[:, :1])
+        return torch.stack([torch.from_numpy(np.asarray(self.fn(x.numpy()), np.float32))[None] for x in images])
 
 
-class Luminance:
-    """Baseline: brighter is higher (the image's mean over bands)."""
-
-    def __call__(self, images: torch.Tensor, refine_steps=None) -> torch.Tensor:
-        return images.mean(dim=1, keepdim=True)
+def _row_name(steps: int) -> str:
+    return f"D3-RSMDE T={steps}" if steps else "coarse only (T=0)"
 
 
-def tile_rows(pipe: D3Pipeline, tiles: Path, split: str, steps: list[int]) -> dict[str, dict]:
-    dataset = TileDataset(tiles, split)
-    rows = {f"D3-RSMDE T={t}" if t else "coarse only (T=0)": evaluate_tiles(pipe, dataset, refine_steps=t)
-            for t in steps}
-    rows["baseline: constant plane"] = evaluate_tiles(ConstantPlane(), dataset)
-    rows["baseline: luminance"] = evaluate_tiles(Luminance(), dataset)
-    return rows
-
-
-def raster_rows(pipe: D3Pipeline, image: Path, dem: Path, steps: list[int], work: Path) -> dict[str, dict]:
+def scene_rows(pipe: D3Pipeline, image: Path, dem: Path, steps: list[int], work: Path) -> dict[str, dict]:
     rows = {}
     for t in steps:
-        out = work / f"pred-T{t}.tif"
+        out = work / f"{image.stem}-T{t}.tif"
+        began = time.perf_counter()
         predict_raster(image, out, pipe, refine_steps=t)
-        rows[f"D3-RSMDE T={t}" if t else "coarse only (T=0)"] = evaluate_rasters(out, dem)["per_tile"]
-    for name, baseline in (("constant plane", ConstantPlane()), ("luminance", Luminance())):
-        out = _baseline_raster(baseline, image, work / f"{name.replace(' ', '-')}.tif", pipe.config.tile_size)
-        rows[f"baseline: {name}"] = evaluate_rasters(out, dem)["per_tile"]
+        rows[_row_name(t)] = {**evaluate_scene(out, dem), "seconds": time.perf_counter() - began}
+    with rasterio.open(image) as src:
+        rgb = src.read([1, 2, 3], masked=True).astype(np.float32).filled(np.nan)
+        profile = src.profile | {"count": 1, "dtype": "float32", "nodata": np.nan}
+    for name, fn in BASELINES.items():
+        out = work / f"{image.stem}-{name.replace(' ', '-')}.tif"
+        with rasterio.open(out, "w", **profile) as dst:
+            dst.write(fn(rgb).astype(np.float32), 1)
+        rows[f"baseline: {name}"] = evaluate_scene(out, dem)
     return rows
 
 
-def _baseline_raster(baseline, image: Path, out: Path, tile_size: int) -> Path:
-    """The baseline applied to the whole image at once (both are per-pixel, so tiling changes nothing)."""
-    import rasterio
-
-    with rasterio.open(image) as src:
-        profile = src.profile | {"count": 1, "dtype": "float32"}
-        rgb = torch.from_numpy(src.read([1, 2, 3]).astype(np.float32))[None]
-        with rasterio.open(out, "w", **profile) as dst:
-            dst.write(baseline(rgb)[0, 0].numpy(), 1)
-            dst.update_tags(tile_size=str(tile_size))  # evaluate_rasters scores per tile of this size
-    return out
+def tile_rows(pipe: D3Pipeline, root: Path, steps: list[int]) -> dict[str, dict]:
+    dataset = TileDataset(root, "test")
+    rows = {_row_name(t): evaluate_tiles(pipe, dataset, refine_steps=t) for t in steps}
+    for name, fn in BASELINES.items():
+        rows[f"baseline: {name}"] = evaluate_tiles(_PerPixel(fn), dataset)
+    return rows
 
 
-def examples_png(pipe: D3Pipeline, tiles: Path, split: str, out: Path, count: int = 4) -> None:
+def _hillshade(height: np.ndarray) -> np.ndarray:
+    """Relief shading (sun from the north-west) of a map stretched to 0..1, so slopes show in the picture."""
+    h = (height - np.nanmin(height)) / max(np.nanmax(height) - np.nanmin(height), 1e-9)
+    dy, dx = np.gradient(np.nan_to_num(h, nan=float(np.nanmean(h))) * 40.0)
+    shade = (dx - dy) / np.sqrt(1 + dx**2 + dy**2) / np.sqrt(2)
+    return np.clip(0.5 + shade, 0, 1)
+
+
+def examples_png(scenes: dict[str, tuple[Path, Path]], work: Path, steps: int, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dataset = TileDataset(tiles, split)
-    picks = np.linspace(0, len(dataset) - 1, count).round().astype(int)
-    fig, axes = plt.subplots(count, 4, figsize=(10, 2.6 * count))
-    for row, i in zip(axes, picks):
-        item = dataset[int(i)]
-        images = item["image"][None]
-        coarse = pipe(images, refine_steps=0)[0, 0].numpy()
-        refined = pipe(images)[0, 0].numpy()
-        depth = np.where(item["mask"][0].numpy(), item["depth"][0].numpy(), np.nan)
-        for ax, data, title in zip(row, [item["image"].permute(1, 2, 0).numpy(), depth, coarse, refined],
-                                   ["image", "reference (m)", "coarse", f"refined T={pipe.config.num_steps}"]):
-            ax.imshow(data, cmap=None if data.ndim == 3 else "terrain")
-            ax.set_title(title, fontsize=9)
+    fig, axes = plt.subplots(len(scenes), 4, figsize=(14, 3.6 * len(scenes)), squeeze=False)
+    for row, (name, (image, dem)) in zip(axes, scenes.items()):
+        with rasterio.open(image) as src:
+            rgb = np.moveaxis(src.read([1, 2, 3]), 0, -1)
+        panels = [(rgb, f"{name}: image", None)]
+        for label, t in (("coarse only", 0), (f"refined T={steps}", steps)):
+            pred, reference = scene_on_reference_grid(work / f"{image.stem}-T{t}.tif", dem)
+            panels.append((np.where(np.isfinite(reference), pred, np.nan), label, "terrain"))
+        panels.insert(1, (reference, "reference DEM", "terrain"))
+        for ax, (data, title, cmap) in zip(row, panels):
+            if cmap:
+                ax.imshow(data, cmap=cmap)
+                ax.imshow(_hillshade(data), cmap="gray", alpha=0.35)
+            else:
+                ax.imshow(data)
+            ax.set_title(title, fontsize=10)
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(out, dpi=80)
@@ -104,10 +119,10 @@ def examples_png(pipe: D3Pipeline, tiles: Path, split: str, out: Path, count: in
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True)
-    parser.add_argument("--tiles", required=True, help="tile dataset (d3rsmde data build/world)")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--image", default="resources/sample/rmnp-rgb.tif")
-    parser.add_argument("--dem", default="resources/sample/rmnp-dem.tif")
+    parser.add_argument("--tiles", default="", help="comma-separated tile datasets whose test split is scored")
+    parser.add_argument("--scene", action="append", metavar="NAME=IMAGE,DEM",
+                        help="a whole scene to score (repeatable; default: the Rocky Mountain and Meuse pairs, "
+                             "fetched through pip)")
     parser.add_argument("--steps", default="0,1,3,6,10")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="build/model-card")
@@ -118,17 +133,23 @@ def main(argv: list[str] | None = None) -> int:
     steps = [int(s) for s in args.steps.split(",")]
     pipe = D3Pipeline.from_pretrained(args.weights, device=args.device)
     start = time.perf_counter()
-    tiles = tile_rows(pipe, Path(args.tiles), args.split, steps)
-    raster = raster_rows(pipe, Path(args.image), Path(args.dem), steps, out)
-    examples_png(pipe, Path(args.tiles), args.split, out / "examples.png")
+    scenes = {name: tuple(map(Path, paths.split(","))) for name, paths in
+              (scene.split("=", 1) for scene in args.scene)} if args.scene else \
+        {"Rocky Mountain NP": sources.rmnp(), "Meuse floodplain": sources.meuse()}
+    results = {name: scene_rows(pipe, image, dem, steps, out) for name, (image, dem) in scenes.items()}
+    for root in filter(None, args.tiles.split(",")):
+        results[f"held-out tiles: {Path(root).name}"] = tile_rows(pipe, Path(root), steps)
+    default = pipe.config.num_steps if pipe.config.num_steps in steps else steps[-1]
+    examples_png(scenes, out, default, out / "examples.png")
     machine = f"{describe_device(pipe.device)}; {platform.platform()}; torch {torch.__version__}"
-    results = {"weights": str(args.weights), "machine": machine, "seconds": time.perf_counter() - start,
-               "held_out_tiles": tiles, "raster_pair": raster}
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    n = next(iter(tiles.values()))["tiles"]
-    md = (f"Measured on: {machine}\n\n**Held-out {args.split} blocks ({n} tiles)**\n\n"
-          + format_metrics_table(tiles) + f"\n**Raster pair {Path(args.image).name} vs {Path(args.dem).name}**"
-          " (predict_raster, per-tile metrics over the DEM's footprint)\n\n" + format_metrics_table(raster))
+    (out / "results.json").write_text(json.dumps({"weights": str(args.weights), "machine": machine,
+                                                  "seconds": time.perf_counter() - start, **results},
+                                                 indent=1, default=str))
+    md = f"Measured on: {machine}\n"
+    for name, rows in results.items():
+        n = next(iter(rows.values())).get("tiles") or next(iter(rows.values())).get("pixels")
+        unit = "tiles, per-tile metrics" if name.startswith("held-out") else "DEM pixels, whole scene"
+        md += f"\n**{name}** ({n} {unit})\n\n" + format_metrics_table(rows)
     (out / "results.md").write_text(md)
     print(md)
     return 0

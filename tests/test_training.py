@@ -131,8 +131,8 @@ def test_resumed_training_matches_unbroken_run(tiles, tmp_path):
 def test_train_pipeline_end_to_end_cancel_and_resume(tmp_path):
     train, val = SyntheticTiles(n=6, size=64, seed=2), SyntheticTiles(n=2, size=64, seed=3)
     out, work = tmp_path / "model.safetensors", tmp_path / "work"
-    options = dict(work_dir=work, epochs={"vae": 2, "coarse": 1, "refiner": 2}, k=2, device="cpu", batch_size=3,
-                   data="synthetic hills", gsd_m=30.0)
+    options = dict(work_dir=work, epochs={"vae": 2, "coarse": 2, "refiner": 2}, k=2, fold_epochs=1, device="cpu",
+                   batch_size=3, data="synthetic hills", gsd_m=30.0)
 
     calls = iter(range(1000))
     with pytest.raises(Cancelled):  # vae done (4 steps), k-fold under way
@@ -144,6 +144,9 @@ def test_train_pipeline_end_to_end_cancel_and_resume(tmp_path):
     assert train_pipeline("tiny", train, val, out, progress=lambda f, m: fractions.append(f), **options) == out
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert len((work / "vae" / "log.csv").read_text().splitlines()) == 3  # the VAE was not trained twice
+    epochs_run = {d: len((work / "coarse" / d / "log.csv").read_text().splitlines()) - 1
+                  for d in ("fold0", "fold1", "final")}
+    assert epochs_run == {"fold0": 1, "fold1": 1, "final": 2}  # folds train shorter than the final model
 
     info = describe_checkpoint(out)
     assert info["data"] == "synthetic hills" and info["gsd_m"] == 30.0 and info["config"] == "tiny"

@@ -64,9 +64,22 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], config:
         **{k: v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    for name, group in zip(shard_names, groups[1:]):
-        _write_atomically(path.parent / name, group, {"format": SHARD_FORMAT, "shard_of": path.name})
-    _write_atomically(path, groups[0], meta)
+    parts = [(path.parent / name, group, {"format": SHARD_FORMAT, "shard_of": path.name})
+             for name, group in zip(shard_names, groups[1:])] + [(path, groups[0], meta)]
+    temps: list[str] = []
+    try:  # every file is complete before any is renamed into place, so a failure leaves no stray shard
+        for target, group, group_meta in parts:
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            temps.append(tmp)
+            save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, tmp, metadata=group_meta)
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide shared weights from other users
+        for tmp, (target, _, _) in zip(temps, parts):  # shards first, the main file last
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp in temps:
+            Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -82,17 +95,6 @@ def _split(tensors: dict[str, Tensor], max_bytes: int) -> list[dict[str, Tensor]
         groups[-1][key] = tensor
         size += nbytes
     return groups
-
-
-def _write_atomically(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _read_metadata(path: Path) -> dict[str, str]:

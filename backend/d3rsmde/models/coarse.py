@@ -6,6 +6,8 @@ intermediate token maps into a 1/4..1/32 pyramid and fuses it back up so the map
 
 from __future__ import annotations
 
+import functools
+
 import timm
 import torch
 from timm.layers import HybridEmbed
@@ -15,6 +17,13 @@ from torch import Tensor, nn
 from ..config import CoarseConfig
 from ..errors import InputError
 from .stem import build_stem, load_stem_weights
+
+
+def _hybrid_embed(stem: nn.Module, **kwargs) -> HybridEmbed:
+    """timm's ViT builds its patch embedding through this: the stem, then a 1x1 projection of its 1/16 map."""
+    kwargs.update(patch_size=1, feature_ratio=16)
+    kwargs.pop("dynamic_img_pad", None)
+    return HybridEmbed(backbone=stem, **kwargs)
 
 
 class ResidualConvUnit(nn.Module):
@@ -69,14 +78,14 @@ class CoarseDepthModel(nn.Module):
         self.cfg = cfg
         sizes = {k: v for k, v in (("embed_dim", cfg.embed_dim), ("depth", cfg.depth), ("num_heads", cfg.num_heads))
                  if v is not None}
-        self.stem, self._skips = None, []
+        self._skips: list[Tensor] = []
         if cfg.stem:
-            self.stem = build_stem(cfg.stem)
+            stem = build_stem(cfg.stem)
             if cfg.stem_weights:
-                load_stem_weights(self.stem, cfg.stem_weights)
+                load_stem_weights(stem, cfg.stem_weights)
             # The ViT embeds the stem's 1/16 map with a 1x1 projection; a hook keeps the 1/4 and 1/8 maps.
-            self.stem.register_forward_hook(lambda _m, _i, feats: self._skips.__setitem__(slice(None), feats[:2]))
-            sizes["embed_layer"] = self._hybrid_embed
+            stem.register_forward_hook(lambda _m, _i, feats: self._skips.__setitem__(slice(None), feats[:2]))
+            sizes["embed_layer"] = functools.partial(_hybrid_embed, stem)
         try:
             self.backbone = timm.create_model(
                 cfg.backbone,
@@ -124,11 +133,10 @@ class CoarseDepthModel(nn.Module):
         # gradient and never learns (seen for several seeds, 42 among them).
         nn.init.constant_(self.head[-1].bias, 1.0)
 
-    def _hybrid_embed(self, **kwargs) -> HybridEmbed:
-        """timm's ViT builds its patch embedding through this: the stem, then a 1x1 projection of its 1/16 map."""
-        kwargs.update(patch_size=1, feature_ratio=16)
-        kwargs.pop("dynamic_img_pad", None)
-        return HybridEmbed(backbone=self.stem, **kwargs)
+    @property
+    def stem(self) -> nn.Module | None:
+        """The CNN stem of a hybrid model; it lives (and is saved) inside the ViT's patch embedding."""
+        return self.backbone.patch_embed.backbone if self.cfg.stem else None
 
     @property
     def patch_size(self) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..config import config_names
+import dataclasses
+
+from ..config import config_names, get_config
 from ..metrics import format_metrics_table
 
 
@@ -27,17 +29,21 @@ def _floats(text: str) -> list[float]:
 
 
 def _cli_train(args) -> int:
-    from ..data import TileDataset
+    from ..data import TileDatasets
     from .recipe import train_pipeline
 
     epochs = {k: v for k, v in (("vae", args.vae_epochs), ("coarse", args.coarse_epochs),
                                 ("refiner", args.refiner_epochs)) if v is not None}
     lr = {k: v for k, v in (("vae", args.vae_lr), ("coarse", args.coarse_lr), ("refiner", args.refiner_lr))
           if v is not None}
-    val = TileDataset(args.data, "val")
+    roots = args.data.split(",")
+    config = get_config(args.config)
+    if args.stem_weights:
+        config = dataclasses.replace(config, coarse=dataclasses.replace(config.coarse, stem_weights=args.stem_weights))
     out = train_pipeline(
-        args.config, TileDataset(args.data, "train"), val, args.out,
+        config, TileDatasets(roots, "train"), TileDatasets(roots, "val"), args.out,
         work_dir=args.work_dir or Path(args.out).with_suffix(".work"), epochs=epochs, lr=lr, k=args.k,
+        fold_epochs=args.fold_epochs,
         device=args.device, resume=not args.restart, batch_size=args.batch_size, num_workers=args.workers,
         steps_per_epoch=args.steps_per_epoch, progress=_printer(),
         max_shard_bytes=int(args.max_shard_mb * 2**20) if args.max_shard_mb else None,
@@ -67,7 +73,8 @@ def add_cli(subparsers) -> None:
     train = subparsers.add_parser("train", help="train a model from scratch on a tile dataset (VAE, k-fold "
                                                 "coarse, refiner)")
     train.add_argument("config", choices=config_names(), help="model size")
-    train.add_argument("data", help="tile dataset folder (from `d3rsmde data build`), its train and val splits")
+    train.add_argument("data", help="tile dataset folder(s), comma-separated (from `d3rsmde data build/world/render`): "
+                                    "their train and val splits")
     train.add_argument("out", help="output weights file (.safetensors)")
     train.add_argument("--vae-epochs", type=int, help="default 30")
     train.add_argument("--coarse-epochs", type=int, help="per fold and for the final model; default 100")
@@ -75,7 +82,10 @@ def add_cli(subparsers) -> None:
     for stage, default in (("vae", "1e-4"), ("coarse", "5e-5, the paper's, for a pretrained backbone"),
                            ("refiner", "1e-4")):
         train.add_argument(f"--{stage}-lr", type=float, help=f"{stage} learning rate (default {default})")
+    train.add_argument("--stem-weights", help="ImageNet weights of the config's CNN stem (.pth), e.g. from "
+                                              "`d3rsmde data stem-weights`")
     train.add_argument("--k", type=int, default=5, help="coarse folds (default %(default)s)")
+    train.add_argument("--fold-epochs", type=int, help="epochs of each fold's coarse model (default: --coarse-epochs)")
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--workers", type=int, default=0, help="data loader processes")
     train.add_argument("--steps-per-epoch", type=int, help="cap on batches per epoch (quick trial runs)")

@@ -58,12 +58,16 @@ def kfold_coarse_predictions(
     *,
     val_ds: Dataset | None = None,
     settings: TrainSettings | None = None,
+    fold_epochs: int | None = None,
     work_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     **overrides,
 ) -> tuple[np.ndarray, CoarseDepthModel]:
     """Train ``k`` coarse models, each predicting the fold it did not see, then the final model on all tiles.
+
+    ``fold_epochs`` (default: the settings' epochs) lets the fold models train shorter than the final one when
+    compute is scarce: their maps then carry somewhat larger errors than the final model makes.
 
     Returns ``(maps, final_model)``: ``maps[i]`` is tile ``i``'s held-out coarse map in [0, 1] (float16,
     ``N x H x W``; memory-mapped from ``work_dir/coarse_maps.npy`` when a work folder is given). ``val_ds`` drives
@@ -84,13 +88,15 @@ def kfold_coarse_predictions(
         return CoarseDepthModel(config.coarse, img_size=config.tile_size)
 
     maps = _open_maps(maps_path, shape)
-    share = 1.0 / (k + 1)
+    fold_share = (fold_epochs or settings.epochs) / settings.epochs
+    share = fold_share / (k * fold_share + 1)
     if maps is None:
         maps = np.empty(shape, np.float16) if work is None else _new_maps(maps_path, shape, rank)
         for i, held_out in enumerate(folds):
             train_idx = np.setdiff1d(np.arange(len(dataset)), held_out)
             model = new_model()
-            train_coarse(model, Subset(dataset, train_idx.tolist()), val_ds, settings=settings,
+            train_coarse(model, Subset(dataset, train_idx.tolist()), val_ds,
+                         settings=settings.replace(epochs=fold_epochs or settings.epochs),
                          work_dir=work / f"fold{i}" if work is not None else None,
                          progress=scaled_progress(progress, i * share, (i + 1) * share), cancel=cancel)
             if rank == 0:

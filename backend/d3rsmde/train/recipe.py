@@ -50,6 +50,7 @@ def train_pipeline(
     epochs: int | dict[str, int] | None = None,
     lr: dict[str, float] | None = None,
     k: int = 5,
+    fold_epochs: int | None = None,
     device: str | torch.device = "auto",
     resume: bool = True,
     data: str | None = None,
@@ -66,6 +67,7 @@ def train_pipeline(
     come from a TileDataset's index. ``resume=False`` discards earlier stage folders in ``work_dir``.
     ``lr={"coarse": 3e-4}`` overrides a stage's learning rate (the paper's 5e-5 assumes a pretrained backbone).
     ``epochs={"vae": 0}`` keeps the VAE as built (e.g. a pretrained one named by ``config.vae.pretrained_path``).
+    ``fold_epochs`` trains the k fold models shorter than the final coarse model (see ``kfold``).
     ``max_shard_bytes`` splits the weights file into shards of at most that size (see ``checkpoint``).
     """
     config = get_config(config) if isinstance(config, str) else config
@@ -88,7 +90,8 @@ def train_pipeline(
     if val_ds is not None and len(val_ds) == 0:
         val_ds = None
     shared = dict(device=device, **overrides)
-    cost = {"vae": epochs["vae"], "coarse": epochs["coarse"] * (k + 1), "refiner": epochs["refiner"]}
+    cost = {"vae": epochs["vae"], "coarse": (fold_epochs or epochs["coarse"]) * k + epochs["coarse"],
+            "refiner": epochs["refiner"]}
     bounds = np.cumsum([0] + [cost[s] for s in STAGES]) / max(sum(cost.values()), 1)
     part = {s: scaled_progress(progress, bounds[i], bounds[i + 1]) for i, s in enumerate(STAGES)}
 
@@ -96,7 +99,8 @@ def train_pipeline(
     pipe = D3Pipeline.from_config(config)
     train_vae(pipe.codec.vae, train_ds, val_ds, work_dir=work / "vae", epochs=epochs["vae"],
               progress=part["vae"], cancel=cancel, **shared, **stage_lr["vae"])
-    maps, final = kfold_coarse_predictions(config, train_ds, k, val_ds=val_ds, work_dir=work / "coarse",
+    maps, final = kfold_coarse_predictions(config, train_ds, k, val_ds=val_ds, fold_epochs=fold_epochs,
+                                           work_dir=work / "coarse",
                                            epochs=epochs["coarse"], progress=part["coarse"], cancel=cancel, **shared,
                                            **stage_lr["coarse"])
     pipe.coarse.load_state_dict(final.state_dict())
@@ -110,12 +114,15 @@ def train_pipeline(
                   cancel=cancel, **shared, **stage_lr["refiner"])
     check_cancel(cancel, "training")
 
+    # The stem's ImageNet file only initialises training; the checkpoint carries the trained stem itself.
     pipe.config = dataclasses.replace(config, data=data if data is not None else _describe_sources(index),
-                                      gsd_m=gsd_m if gsd_m is not None else index.get("gsd_m"))
+                                      gsd_m=gsd_m if gsd_m is not None else index.get("gsd_m"),
+                                      coarse=dataclasses.replace(config.coarse, stem_weights=None))
     out = Path(out_path)
     if rank == 0:
         pipe.save_pretrained(out, max_shard_bytes=max_shard_bytes, training={
-            "epochs": epochs, "k": k, "tiles": {"train": len(train_ds), "val": len(val_ds) if val_ds else 0},
+            "epochs": epochs, "k": k, "fold_epochs": fold_epochs or epochs["coarse"],
+            "tiles": {"train": len(train_ds), "val": len(val_ds) if val_ds else 0},
         })
     if world > 1:
         torch.distributed.barrier()

@@ -1,0 +1,62 @@
+"""Whole-scene evaluation and the gradient correlation: what the model card's scene figures rest on."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from d3rsmde.errors import InputError
+from d3rsmde.evaluation import evaluate_scene
+from d3rsmde.metrics import gradient_correlation
+
+
+def hills(size: int) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size] / size
+    return 1000 + 300 * np.sin(6 * x) * np.cos(4 * y) + 200 * x
+
+
+def write(path, array, transform, crs="EPSG:32613"):
+    with rasterio.open(path, "w", driver="GTiff", width=array.shape[1], height=array.shape[0], count=1,
+                       dtype="float32", crs=crs, transform=transform, nodata=np.nan) as dst:
+        dst.write(array.astype(np.float32), 1)
+    return path
+
+
+def test_gradient_correlation_sees_slopes_not_scale():
+    g = hills(64)
+    assert gradient_correlation(g, g) == pytest.approx(1.0)
+    assert gradient_correlation(3 * g - 7, g) == pytest.approx(1.0)  # scale and shift invariant
+    assert gradient_correlation(np.zeros_like(g), g) == 0.0  # a flat map has no relief to agree with
+    rng = np.random.default_rng(0)
+    assert abs(gradient_correlation(rng.random(g.shape), g)) < 0.1
+    holes = np.ones(g.shape, bool)
+    holes[20:30, 20:30] = False
+    noisy = g.copy()
+    noisy[20:30, 20:30] = 1e6  # masked garbage must not count
+    assert gradient_correlation(noisy, g, holes) == pytest.approx(1.0)
+
+
+def test_scene_is_averaged_onto_the_reference_grid(tmp_path):
+    """A prediction at 4x the DEM's resolution that is a scaled copy of the terrain scores perfectly once
+    averaged onto the DEM grid; the per-pixel MAE is in 0..255 units of the whole scene."""
+    fine = np.kron(hills(32), np.ones((4, 4)))
+    dem = write(tmp_path / "dem.tif", hills(32), from_origin(400000, 4500000, 100, 100))
+    pred = write(tmp_path / "pred.tif", 0.01 * fine + 5, from_origin(400000, 4500000, 25, 25))
+    result = evaluate_scene(pred, dem)
+    assert result["pixels"] == 32 * 32
+    assert result["mae"] < 0.6 and result["ssim"] > 0.99 and result["grad_r"] > 0.99
+    flipped = write(tmp_path / "flipped.tif", -fine, from_origin(400000, 4500000, 25, 25))
+    assert evaluate_scene(flipped, dem)["mae"] > 50
+
+
+def test_scene_without_crs_or_overlap_is_refused(tmp_path):
+    dem = write(tmp_path / "dem.tif", hills(16), from_origin(400000, 4500000, 100, 100))
+    elsewhere = write(tmp_path / "far.tif", hills(16), from_origin(900000, 4500000, 100, 100))
+    with pytest.raises(InputError, match="fewer than 2 valid pixels"):
+        evaluate_scene(elsewhere, dem)
+    with rasterio.open(tmp_path / "bare.tif", "w", driver="GTiff", width=16, height=16, count=1,
+                       dtype="float32") as dst:
+        dst.write(hills(16).astype(np.float32), 1)
+    with pytest.raises(InputError, match="georeferenced"):
+        evaluate_scene(tmp_path / "bare.tif", dem)

@@ -1,0 +1,65 @@
+"""The DEM renderer: deterministic and physically sane, and the tiles it writes train like real ones."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from d3rsmde.errors import InputError
+from d3rsmde.render import CLASSES, Sun, cast_shadows, hillshade, land_cover, render_dem
+
+
+def ridge(size: int = 64, height: float = 400.0) -> np.ndarray:
+    """A north-south ridge: the east flank faces east, the west flank west."""
+    x = np.linspace(-1, 1, size)
+    return np.tile(height * np.clip(1 - np.abs(x), 0, None), (size, 1))
+
+
+def test_same_seed_same_image_other_seed_other_image():
+    dem = ridge()
+    a, info = render_dem(dem, 30.0, seed=3)
+    b, _ = render_dem(dem, 30.0, seed=3)
+    c, _ = render_dem(dem, 30.0, seed=4)
+    assert a.dtype == np.uint8 and a.shape == (3, 64, 64)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert 0 < info["sun_elevation"] < 90
+
+
+def test_slope_facing_the_sun_is_brighter():
+    dem = ridge()
+    east_sun = Sun(azimuth=90.0, elevation=35.0)
+    shade = hillshade(dem, 30.0, east_sun)
+    assert shade[:, 40:60].mean() > shade[:, 4:24].mean() + 0.2
+    image, _ = render_dem(dem, 30.0, seed=0, sun=east_sun, clouds=False)
+    luminance = image.astype(float).mean(axis=0)
+    assert luminance[:, 40:60].mean() > luminance[:, 4:24].mean()
+    west, _ = render_dem(dem, 30.0, seed=0, sun=Sun(azimuth=270.0, elevation=35.0), clouds=False)
+    assert west.astype(float).mean(axis=0)[:, 4:24].mean() > west.astype(float).mean(axis=0)[:, 40:60].mean()
+
+
+def test_cast_shadows_fall_away_from_the_sun():
+    dem = np.zeros((64, 64))
+    dem[:, 40:44] = 50.0  # a wall running north-south
+    shadow = cast_shadows(dem, 10.0, Sun(azimuth=90.0, elevation=20.0))  # sun in the east: 14 px shadow
+    assert shadow[5:-5, 30:40].all() and not shadow[:, 44:].any() and not shadow[:, :20].any()
+    low_sun = cast_shadows(dem, 10.0, Sun(azimuth=90.0, elevation=10.0))
+    assert low_sun.sum() > shadow.sum()  # a lower sun casts longer shadows
+
+
+def test_land_cover_respects_its_classes():
+    rng = np.random.default_rng(0)
+    y = np.linspace(0, 1, 96)[:, None] * np.ones((1, 96))
+    dem = 4000.0 * y  # a gentle ramp from sea level to high mountains
+    cls = land_cover(dem, 1000.0, rng, Sun(135.0, 45.0), water_level=100.0)
+    assert (cls[dem <= 100.0] == CLASSES.index("water")).all()
+    top = cls[-5:]
+    assert not np.isin(top, [CLASSES.index(c) for c in ("water", "fields")]).any()
+    image, _ = render_dem(dem, 1000.0, seed=1, water_level=100.0, clouds=False)
+    lum = image.astype(float).mean(axis=0)
+    assert lum[dem <= 100.0].mean() < lum[dem > 500.0].mean()  # water is darker than land
+
+
+@pytest.mark.parametrize("dem, gsd", [(np.zeros((2, 2)), 1.0), (np.full((8, 8), np.nan), 1.0),
+                                      (np.zeros((8, 8)), 0.0)])
+def test_bad_input_is_refused(dem, gsd):
+    with pytest.raises(InputError):
+        render_dem(dem, gsd, seed=0)
