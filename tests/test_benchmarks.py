@@ -9,6 +9,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from benchmarks import common, peers, raster, speed  # the repo root is on pytest's pythonpath (pyproject.toml)
+from d3rsmde.flops import count_flops
 
 SPEED_ROWS = {
     *(f"D3-RSMDE tiny {s} @64" for s in ("coarse only", "T=3", "T=6", "T=10")),
@@ -40,7 +41,7 @@ def test_marigold_peer_output_and_flops_composition():
     fp32 = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
     family = speed.Family("marigold", lambda: peer, (), lambda p, x, c: p(x), fp32)
     cost = speed.MarigoldCost(runner, family, peer, 64)
-    whole = common.count_flops(lambda: peer(images[:1], steps=2, ensemble=3))
+    whole = count_flops(lambda: peer(images[:1], steps=2, ensemble=3))
     assert cost.flops(2, 3) == whole > 0
     assert cost.seconds(50, 10) > cost.seconds(1, 1) > 0
 
