@@ -134,3 +134,14 @@ def test_engine_ab_variants_and_tiny_run(tmp_path):
     assert b["inferred_pixels_per_output_pixel"] < a["inferred_pixels_per_output_pixel"]
     assert a["rmse_after_affine_vs_dem"] > 0 and a["seconds"] > 0
     assert "| b | overlap=8 |" in (tmp_path / "engine_ab.md").read_text()
+
+
+def test_stages_profile_tiny(tmp_path):
+    from benchmarks import stages
+
+    result = stages.main(["--config", "tiny", "--megapixels", "0.02", "--out", str(tmp_path)])
+    s = result["stages"]
+    model = [s[k] for k in ("  coarse model", "  VAE encode (image + coarse map)", "  refiner steps", "  VAE decode")]
+    assert all(v > 0 for v in model) and sum(model) <= s["pass 1: tiles through the model"] <= result["wall_seconds"]
+    assert s["pass 2: blend and write"] > 0 and s["seam solve (LSQR)"] > 0
+    assert "| pass 1: tiles through the model |" in (tmp_path / "stages.md").read_text()
