@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> dict:
         stats = profiler.runcall(predict_raster, src, Path(tmp) / "out.tif", pipe)
         wall = time.perf_counter() - start
     seconds = stage_seconds(pstats.Stats(profiler))
-    return {"machine": common.describe_machine(pipe.device, None), "model": source,
+    machine = {**common.describe_machine(pipe.device, None), "dtype": common.pipeline_precision(pipe, pipe.device)}
+    return {"machine": machine, "model": source,
             "settings": {"megapixels": args.megapixels, "argv": list(sys.argv[1:])}, "run": stats,
             "wall_seconds": wall, "stages": seconds}
 
