@@ -18,6 +18,7 @@ PRED = np.array([[0, 120, 150], [190, 50, 255]], float)
 @pytest.fixture(autouse=True)
 def no_alexnet(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("D3RSMDE_SOURCES", str(tmp_path / "sources"))  # no converted LPIPS file either
 
 
 def test_hand_computed_values():
