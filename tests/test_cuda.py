@@ -25,15 +25,21 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def tiles():
-    """Six 128-pixel tiles of rendered smooth terrain (the bundled model's tile size)."""
-    image = render(terrain_m(512, 512))
-    return torch.from_numpy(np.stack([image[:, r : r + 128, c : c + 128] for r in (0, 200, 384) for c in (0, 300)]))
+def cpu_pipe():
+    return D3Pipeline.from_pretrained(default_weights_path(), device="cpu")
 
 
 @pytest.fixture(scope="module")
-def cpu_result(tiles):
-    return D3Pipeline.from_pretrained(default_weights_path(), device="cpu")(tiles)
+def tiles(cpu_pipe):
+    """Six tiles of rendered smooth terrain at the bundled model's tile size."""
+    t = cpu_pipe.config.tile_size
+    image = render(terrain_m(3 * t, 3 * t))
+    return torch.from_numpy(np.stack([image[:, r : r + t, c : c + t] for r in (0, t, 2 * t) for c in (0, t)]))
+
+
+@pytest.fixture(scope="module")
+def cpu_result(cpu_pipe, tiles):
+    return cpu_pipe(tiles)
 
 
 def assert_close_to(result: torch.Tensor, reference: torch.Tensor, mean_tol: float = 1e-2) -> None:

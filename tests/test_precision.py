@@ -35,9 +35,10 @@ def test_cpu_bf16_only_where_native(monkeypatch):
 
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16")
 def test_bf16_on_this_cpu_agrees_with_float32(monkeypatch):
-    image = render(terrain_m(256, 256))
-    tiles = torch.from_numpy(np.stack([image[:, r : r + 128, c : c + 128] for r in (0, 128) for c in (0, 128)]))
     pipe = D3Pipeline.from_pretrained(default_weights_path(), device="cpu")
+    t = pipe.config.tile_size
+    image = render(terrain_m(2 * t, 2 * t))
+    tiles = torch.from_numpy(np.stack([image[:, r : r + t, c : c + t] for r in (0, t) for c in (0, t)]))
     float32 = pipe(tiles)
     monkeypatch.setattr(d3rsmde.device, "cpu_has_native_bf16", lambda: True)
     assert pipeline_module.autocast_dtype(pipe.device) == torch.bfloat16
