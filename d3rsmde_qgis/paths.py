@@ -10,7 +10,9 @@ RESOURCES = PLUGIN_DIR / "resources"
 ICON = RESOURCES / "icons" / "d3rsmde.png"  # rendered from the SVG; the plugin site asks for PNG
 SVG_ICON = RESOURCES / "icons" / "d3rsmde.svg"
 DEPTH_STYLE = RESOURCES / "styles" / "depth-terrain.qml"
-BUNDLED_WEIGHTS = RESOURCES / "weights" / "d3rsmde-small.safetensors"
+# The plugin must load without the backend (to offer the installer), so the name is repeated here;
+# tests/test_packaging.py checks it equals d3rsmde.weights.DEFAULT_NAME.
+BUNDLED_WEIGHTS = RESOURCES / "weights" / "d3rsmde-lean.safetensors"
 
 
 def metadata(key: str) -> str:

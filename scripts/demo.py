@@ -15,10 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from d3rsmde.weights import DEFAULT_NAME
+
 ROOT = Path(__file__).resolve().parents[1]
 QGIS_ENV = ROOT / "scripts" / "qgis_env.sh"
 SAMPLE = ROOT / "resources" / "sample" / "rmnp-rgb.tif"
-DEFAULT_WEIGHTS = ROOT / "resources" / "weights" / "d3rsmde-small.safetensors"
+DEFAULT_WEIGHTS = ROOT / "resources" / "weights" / DEFAULT_NAME
 DEPTH_STYLE = ROOT / "resources" / "styles" / "depth-terrain.qml"
 RELIEF_SHARE_OF_WIDTH = 0.05  # hillshade exaggeration, as the plugin's hillshade layer uses
 

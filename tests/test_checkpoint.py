@@ -12,7 +12,7 @@ from d3rsmde.checkpoint import FORMAT, describe_checkpoint, load_checkpoint, sav
 from d3rsmde.config import get_config
 from d3rsmde.errors import CheckpointError, InputError
 from d3rsmde.pipeline import D3Pipeline
-from d3rsmde.weights import default_weights_path
+from d3rsmde.weights import DEFAULT_NAME, default_weights_path
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_default_weights_path(saved, monkeypatch, tmp_path):
     with pytest.raises(CheckpointError, match="D3RSMDE_WEIGHTS"):
         default_weights_path()
     monkeypatch.delenv("D3RSMDE_WEIGHTS")
-    expected = os.path.join("resources", "weights", "d3rsmde-small.safetensors")
+    expected = os.path.join("resources", "weights", DEFAULT_NAME)
     try:
         assert str(default_weights_path()).endswith(expected)
     except CheckpointError as e:

@@ -164,7 +164,12 @@ def test_zip_fits_the_repository_upload_limit(plugin_zip):
     size = plugin_zip.stat().st_size
     weights = sum(info.file_size for info in zipfile.ZipFile(plugin_zip).infolist()
                   if info.filename.endswith(".safetensors"))
-    if size >= UPLOAD_LIMIT_BYTES and weights > LEAN_WEIGHTS_BYTES:
-        pytest.xfail(f"zip is {size:,} bytes, over the repository's {UPLOAD_LIMIT_BYTES:,}: the bundled default "
-                     f"weights are {weights:,} bytes; the lean default model (<= {LEAN_WEIGHTS_BYTES:,}) fixes it")
+    assert 0 < weights <= LEAN_WEIGHTS_BYTES, f"bundled weights are {weights:,} bytes"
     assert size < UPLOAD_LIMIT_BYTES, f"{size:,} bytes with {weights:,} bytes of weights"
+
+
+def test_plugin_bundles_the_backends_default_weights():
+    from d3rsmde.weights import DEFAULT_NAME
+    from d3rsmde_qgis.paths import BUNDLED_WEIGHTS
+
+    assert BUNDLED_WEIGHTS.name == DEFAULT_NAME and BUNDLED_WEIGHTS.is_file()

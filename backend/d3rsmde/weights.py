@@ -10,11 +10,11 @@ import d3rsmde
 from .errors import CheckpointError
 
 ENV_VAR = "D3RSMDE_WEIGHTS"
-DEFAULT_NAME = "d3rsmde-small.safetensors"
+DEFAULT_NAME = "d3rsmde-lean.safetensors"  # the one place the shipped file is named
 
 
 def default_weights_path() -> Path:
-    """``$D3RSMDE_WEIGHTS`` if set, else ``resources/weights/d3rsmde-small.safetensors`` two levels above the
+    """``$D3RSMDE_WEIGHTS`` if set, else ``resources/weights/<DEFAULT_NAME>`` two levels above the
     package (``backend/d3rsmde`` in the repository, ``d3rsmde_qgis/libs/d3rsmde`` in the plugin)."""
     env = os.environ.get(ENV_VAR)
     if env:
