@@ -60,3 +60,14 @@ def test_scene_without_crs_or_overlap_is_refused(tmp_path):
         dst.write(hills(16).astype(np.float32), 1)
     with pytest.raises(InputError, match="georeferenced"):
         evaluate_scene(tmp_path / "bare.tif", dem)
+
+
+def test_cli_whole_scene_mode(tmp_path, capsys):
+    from d3rsmde.cli import main
+
+    dem = write(tmp_path / "dem.tif", hills(32), from_origin(400000, 4500000, 100, 100))
+    pred = write(tmp_path / "pred.tif", np.kron(hills(32), np.ones((2, 2))), from_origin(400000, 4500000, 50, 50))
+    assert main(["evaluate", str(pred), str(dem), "--whole-scene", "--json", str(tmp_path / "m.json")]) == 0
+    assert "whole scene (1024 reference pixels" in capsys.readouterr().out
+    scene = __import__("json").loads((tmp_path / "m.json").read_text())["scene"]
+    assert scene["grad_r"] > 0.99 and scene["mae"] < 1

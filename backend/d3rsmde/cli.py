@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("reference", help="reference elevation raster (any CRS/resolution)")
     evaluate.add_argument("--tile", type=int, help="tile size for the per-tile metrics (default: the prediction's)")
     evaluate.add_argument("--mask", help="raster, nonzero where to evaluate")
+    evaluate.add_argument("--whole-scene", action="store_true",
+                          help="also score the scene as one image: the prediction averaged onto the reference grid, "
+                               "both stretched to 0..255 together (as the model card does)")
     evaluate.add_argument("--json", dest="json_path", help="also write the metrics to this JSON file")
     evaluate.set_defaults(func=_evaluate)
 
@@ -183,6 +186,12 @@ def _evaluate(args) -> int:
     for key in ("mae", "rmse", "bias", "rmse_after_affine"):
         value = "n/a (relative prediction vs heights)" if whole[key] is None else f"{whole[key]:.4g}{units}"
         print(f"  {key:<18} {value}")
+    if args.whole_scene:
+        from .evaluation import evaluate_scene
+
+        result["scene"] = evaluate_scene(args.prediction, args.reference)
+        print(f"whole scene ({result['scene']['pixels']} reference pixels, stretched to 0..255 as one image):")
+        print(format_metrics_table({Path(args.prediction).name: result["scene"]}, label="prediction"))
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json_path:
