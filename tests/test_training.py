@@ -19,9 +19,9 @@ from d3rsmde.plbr import PLBRSchedule
 from d3rsmde.train import finetune_region, fit, train_coarse, train_pipeline, train_refiner, train_vae
 from d3rsmde.train.cli import add_cli
 from d3rsmde.train.coarse import COARSE_SETTINGS, coarse_loss
-from d3rsmde.train.common import evaluate_loss, flip_rotate
+from d3rsmde.train.common import evaluate_loss, flip_rotate, random_crop
 from d3rsmde.train.refiner import REFINER_SETTINGS, RefinerLoss, WithCoarse
-from d3rsmde.train.vae import VAE_SETTINGS, Autoencoding, vae_loss
+from d3rsmde.train.vae import VAE_SETTINGS, Autoencoding, _gradient_l1, vae_loss
 
 from conftest import SAMPLE_DEM, SAMPLE_RGB
 
@@ -57,6 +57,31 @@ def test_flip_rotate_moves_all_maps_together():
         assert out["name"] == "x"
         seen.add(out["image"].numpy().tobytes())
     assert len(seen) == 8  # the dihedral group: 4 turns x flip
+
+
+def test_random_crop_cuts_one_window_from_all_maps():
+    image = torch.arange(3 * 16 * 16, dtype=torch.float32).reshape(3, 16, 16)
+    item = {"image": image, "depth": image[:1].clone(), "mask": image[:1] > 100, "name": "x"}
+    gen = torch.Generator().manual_seed(0)
+    corners = set()
+    for _ in range(32):
+        out = random_crop(item, 8, gen)
+        assert out["image"].shape == (3, 8, 8) and out["name"] == "x"
+        assert torch.equal(out["depth"], out["image"][:1]) and torch.equal(out["mask"], out["image"][:1] > 100)
+        corners.add(int(out["image"][0, 0, 0]))
+    assert len(corners) > 10  # the window moves
+    assert random_crop(item, 16, gen)["image"] is image and random_crop(item, 32, gen)["image"] is image
+
+
+def test_vae_gradient_term_sees_lost_slopes_not_offsets():
+    x = torch.linspace(-1, 1, 32).expand(1, 3, 32, 32)
+    weight = torch.ones(1, 1, 32, 32)
+    assert float(_gradient_l1(torch.full_like(x, 0.3), weight)) == 0.0  # a constant offset keeps every slope
+    flat = torch.zeros_like(x)  # the same mean, slopes gone: what a blurry autoencoder returns
+    assert float(_gradient_l1(flat - x, weight)) == pytest.approx(2 / 31, rel=1e-4)
+    holes = weight.clone()
+    holes[..., :, 16:] = 0  # pairs that touch nodata do not count
+    assert float(_gradient_l1(torch.where(holes.bool(), 0.0, torch.randn_like(x)), holes)) == 0.0
 
 
 def test_coarse_training_lowers_hdn_loss(tiles):
@@ -154,6 +179,27 @@ def test_train_pipeline_end_to_end_cancel_and_resume(tmp_path):
     pred = pipe(torch.stack([val[0]["image"], val[1]["image"]]))
     assert pred.shape == (2, 1, 64, 64) and pred.dtype == torch.float32
     assert torch.isfinite(pred).all() and pred.min() >= 0 and pred.max() <= 1
+
+
+def test_train_pipeline_continues_from_weights(tmp_path, tiny_weights):
+    """``init_weights``: with no epochs to train, the VAE, final coarse model and refiner come out as they went in."""
+    train, val = SyntheticTiles(n=4, size=64, seed=2), SyntheticTiles(n=2, size=64, seed=3)
+    out = tmp_path / "more.safetensors"
+    train_pipeline("tiny", train, val, out, work_dir=tmp_path / "work", epochs=0, k=2, device="cpu",
+                   init_weights=tiny_weights, data="synthetic hills", gsd_m=30.0)
+    before = D3Pipeline.from_pretrained(tiny_weights, device="cpu").state_dict()
+    after = D3Pipeline.from_pretrained(out, device="cpu").state_dict()
+    assert before.keys() == after.keys()
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], msg=key)
+    scratch = tmp_path / "scratch.safetensors"
+    train_pipeline("tiny", train, val, scratch, work_dir=tmp_path / "work2", epochs=0, k=2, device="cpu",
+                   data="synthetic hills", gsd_m=30.0)
+    assert not torch.equal(D3Pipeline.from_pretrained(scratch, device="cpu").state_dict()["refiner.unet.conv_out.weight"],
+                           before["refiner.unet.conv_out.weight"])
+    with pytest.raises(InputError, match="tiny"):
+        train_pipeline("lean", train, val, tmp_path / "x.safetensors", work_dir=tmp_path / "w3", epochs=0, k=2,
+                       device="cpu", init_weights=tiny_weights)
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,7 @@ def _cli_train(args) -> int:
         device=args.device, resume=not args.restart, batch_size=args.batch_size, num_workers=args.workers,
         steps_per_epoch=args.steps_per_epoch, progress=_printer(),
         max_shard_bytes=int(args.max_shard_mb * 2**20) if args.max_shard_mb else None,
+        init_weights=args.init_weights,
     )
     print(f"weights: {out}")
     return 0
@@ -84,6 +85,8 @@ def add_cli(subparsers) -> None:
         train.add_argument(f"--{stage}-lr", type=float, help=f"{stage} learning rate (default {default})")
     train.add_argument("--stem-weights", help="ImageNet weights of the config's CNN stem (.pth), e.g. from "
                                               "`d3rsmde data stem-weights`")
+    train.add_argument("--init-weights", help="start the VAE, final coarse model and refiner from these weights "
+                                              "(same config) instead of from scratch")
     train.add_argument("--k", type=int, default=5, help="coarse folds (default %(default)s)")
     train.add_argument("--fold-epochs", type=int, help="epochs of each fold's coarse model (default: --coarse-epochs)")
     train.add_argument("--batch-size", type=int, default=8)

@@ -59,6 +59,7 @@ def kfold_coarse_predictions(
     val_ds: Dataset | None = None,
     settings: TrainSettings | None = None,
     fold_epochs: int | None = None,
+    final_init: dict | None = None,
     work_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
@@ -67,7 +68,8 @@ def kfold_coarse_predictions(
     """Train ``k`` coarse models, each predicting the fold it did not see, then the final model on all tiles.
 
     ``fold_epochs`` (default: the settings' epochs) lets the fold models train shorter than the final one when
-    compute is scarce: their maps then carry somewhat larger errors than the final model makes.
+    compute is scarce: their maps then carry somewhat larger errors than the final model makes. ``final_init``
+    (a state dict) starts the final model from trained weights instead of the folds' common start.
 
     Returns ``(maps, final_model)``: ``maps[i]`` is tile ``i``'s held-out coarse map in [0, 1] (float16,
     ``N x H x W``; memory-mapped from ``work_dir/coarse_maps.npy`` when a work folder is given). ``val_ds`` drives
@@ -88,7 +90,7 @@ def kfold_coarse_predictions(
         return CoarseDepthModel(config.coarse, img_size=config.tile_size)
 
     maps = _open_maps(maps_path, shape)
-    fold_share = (fold_epochs or settings.epochs) / settings.epochs
+    fold_share = (fold_epochs or settings.epochs) / max(settings.epochs, 1)
     share = fold_share / (k * fold_share + 1)
     if maps is None:
         maps = np.empty(shape, np.float16) if work is None else _new_maps(maps_path, shape, rank)
@@ -111,6 +113,8 @@ def kfold_coarse_predictions(
                 torch.distributed.barrier()
             maps = _open_maps(maps_path, shape)
     final = new_model()
+    if final_init is not None:
+        final.load_state_dict(final_init)
     train_coarse(final, dataset, val_ds, settings=settings, work_dir=work / "final" if work is not None else None,
                  progress=scaled_progress(progress, k * share, 1.0), cancel=cancel)
     return maps, final.to(device)

@@ -56,6 +56,7 @@ def train_pipeline(
     data: str | None = None,
     gsd_m: float | None = None,
     max_shard_bytes: int | None = None,
+    init_weights: str | os.PathLike | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     **overrides,
@@ -69,6 +70,9 @@ def train_pipeline(
     ``epochs={"vae": 0}`` keeps the VAE as built (e.g. a pretrained one named by ``config.vae.pretrained_path``).
     ``fold_epochs`` trains the k fold models shorter than the final coarse model (see ``kfold``).
     ``max_shard_bytes`` splits the weights file into shards of at most that size (see ``checkpoint``).
+    ``init_weights`` (a weights file of the same config) starts the VAE, the final coarse model and the refiner
+    from its networks instead of from scratch: more training for shipped weights. The fold models still start
+    from scratch, since each must never have seen the tiles it predicts.
     """
     config = get_config(config) if isinstance(config, str) else config
     index = getattr(train_ds, "index", {})
@@ -97,10 +101,17 @@ def train_pipeline(
 
     seed_everything(overrides.get("seed", 42))
     pipe = D3Pipeline.from_config(config)
+    if init_weights is not None:
+        start = D3Pipeline.from_pretrained(init_weights, device="cpu")
+        if start.config.name != config.name:
+            raise InputError(f"{init_weights} holds a {start.config.name!r} model, not {config.name!r}")
+        for name, module in pipe.components.items():
+            module.load_state_dict(start.components[name].state_dict())
     train_vae(pipe.codec.vae, train_ds, val_ds, work_dir=work / "vae", epochs=epochs["vae"],
               progress=part["vae"], cancel=cancel, **shared, **stage_lr["vae"])
     maps, final = kfold_coarse_predictions(config, train_ds, k, val_ds=val_ds, fold_epochs=fold_epochs,
                                            work_dir=work / "coarse",
+                                           final_init=pipe.coarse.state_dict() if init_weights else None,
                                            epochs=epochs["coarse"], progress=part["coarse"], cancel=cancel, **shared,
                                            **stage_lr["coarse"])
     pipe.coarse.load_state_dict(final.state_dict())
@@ -123,6 +134,7 @@ def train_pipeline(
         pipe.save_pretrained(out, max_shard_bytes=max_shard_bytes, training={
             "epochs": epochs, "k": k, "fold_epochs": fold_epochs or epochs["coarse"],
             "tiles": {"train": len(train_ds), "val": len(val_ds) if val_ds else 0},
+            **({"init_weights": Path(init_weights).name} if init_weights else {}),
         })
     if world > 1:
         torch.distributed.barrier()
