@@ -1,0 +1,43 @@
+"""Behaviour pinned across refactors: ``predict_raster`` on the sample gives the maps stored before the engine and
+preprocessing were restructured (issue 11), for a relative map, a map calibrated to a reference DEM, and one band
+with 2 refinement steps.
+
+The weights are a seeded, randomly initialised "tiny" model stored in tests/data (its random init would change
+with torch/timm/diffusers versions). The maps were computed with one torch thread in float32 on a 2-core AMD EPYC
+(Zen 4); the test runs with one thread too, since the summation order of several threads moves results by ~1e-5.
+"""
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from d3rsmde.pipeline import D3Pipeline
+from d3rsmde.raster import predict_raster
+
+from conftest import REPO, SAMPLE_DEM, SAMPLE_RGB
+
+DATA = REPO / "tests" / "data"
+RUNS = {"relative": {}, "calibrated": {"reference_dem": SAMPLE_DEM}, "band1-T2": {"bands": [1], "refine_steps": 2}}
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_predict_raster_matches_the_stored_maps(run, tmp_path, one_thread):
+    pipe = D3Pipeline.from_pretrained(DATA / "golden-tiny.safetensors", device="cpu")
+    out = tmp_path / f"{run}.tif"
+    predict_raster(SAMPLE_RGB, out, pipe, **RUNS[run])
+    with rasterio.open(out) as ds:
+        got = ds.read(1)[::2, ::2]
+    expected = np.load(DATA / "golden-tiny-rmnp.npz")[run]
+    valid = expected != -9999.0
+    assert np.array_equal(got != -9999.0, valid)
+    relief = float(np.ptp(expected[valid]))  # 1 for relative maps, metres for the calibrated one
+    np.testing.assert_allclose(got[valid], expected[valid], rtol=0, atol=1e-6 * relief)
