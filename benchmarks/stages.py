@@ -24,12 +24,12 @@ def stages() -> tuple[tuple[str, object], ...]:
     """(label, function) in table order; indented labels are parts of the stage above them."""
     import queue
 
-    from d3rsmde import data, raster, tiling
+    from d3rsmde import imagery, raster, tiling
     from d3rsmde.models import CoarseDepthModel, Refiner
     from d3rsmde.vae import LatentCodec
 
     return (
-        ("percentile stretch limits (decimated read)", data.stretch_limits),
+        ("percentile stretch limits (decimated read)", imagery.stretch_limits),
         ("pass 1: tiles through the model", raster._infer_tiles),
         ("  waiting for tiles (read + stretch not hidden)", queue.Queue.get),
         ("  coarse model", CoarseDepthModel.forward),

@@ -13,7 +13,8 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_points
 
-from d3rsmde.data import SPLITS, TileDataset, add_cli, build_dataset, metres_per_degree, pixel_size_m
+from d3rsmde.data import SPLITS, TileDataset, add_cli, build_dataset
+from d3rsmde.geodesy import metres_per_degree, pixel_size_m
 from d3rsmde.errors import Cancelled, InputError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "sample"

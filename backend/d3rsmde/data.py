@@ -28,60 +28,13 @@ from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 
 from d3rsmde import __version__
-from d3rsmde.bands import select_bands  # also imported from here by raster.py
+from d3rsmde.bands import select_bands
+from d3rsmde.geodesy import pixel_size_m
+from d3rsmde.imagery import STRETCH_PERCENTILES, stretch, stretch_limits
 from d3rsmde.errors import Cancelled, InputError
 
 SPLITS = ("train", "val", "test")
 INDEX_NAME = "index.json"
-STRETCH_PERCENTILES = (1.0, 99.0)
-STATS_MAX_SIDE = 1024  # percentiles come from a decimated read: exact enough, flat memory
-
-# WGS84, for metres per degree at a latitude.
-_WGS84_A = 6378137.0
-_WGS84_E2 = 6.69437999014e-3
-
-
-def metres_per_degree(lat: float) -> tuple[float, float]:
-    """Metres per degree of longitude and of latitude at ``lat`` on the WGS84 ellipsoid."""
-    phi = math.radians(lat)
-    w = 1.0 - _WGS84_E2 * math.sin(phi) ** 2
-    prime_vertical = _WGS84_A / math.sqrt(w)
-    meridional = _WGS84_A * (1.0 - _WGS84_E2) / w**1.5
-    rad = math.pi / 180.0
-    return prime_vertical * math.cos(phi) * rad, meridional * rad
-
-
-def pixel_size_m(transform, crs, row: float, col: float) -> tuple[float, float]:
-    """Ground size (x, y) in metres of the pixel at (row, col): geographic CRSs use that pixel's latitude."""
-    size_x = math.hypot(transform.a, transform.d)
-    size_y = math.hypot(transform.b, transform.e)
-    if crs.is_geographic:
-        _, lat = transform * (col, row)
-        per_lon, per_lat = metres_per_degree(lat)
-        return size_x * per_lon, size_y * per_lat
-    factor = crs.linear_units_factor[1]
-    return size_x * factor, size_y * factor
-
-
-def stretch_limits(src, bands: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band 1st and 99th percentiles over the valid pixels of ``window``, from a decimated read."""
-    scale = min(1.0, STATS_MAX_SIDE / max(window.width, window.height))
-    shape = (max(1, round(window.height * scale)), max(1, round(window.width * scale)))
-    data = src.read(bands, window=window, out_shape=(len(bands), *shape), resampling=Resampling.nearest)
-    valid = src.dataset_mask(window=window, out_shape=shape, resampling=Resampling.nearest) > 0
-    valid &= np.isfinite(data).all(axis=0)  # float rasters may carry NaN/inf without declaring nodata
-    if not valid.any():
-        raise InputError(f"{src.name} has no valid pixels in the chosen extent (all nodata or masked)")
-    low, high = np.percentile(data[:, valid].astype(np.float32), STRETCH_PERCENTILES, axis=1)
-    return low, high
-
-
-def stretch(data: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """Map each band linearly from [low, high] to [0, 1] and clip; a constant band becomes 0."""
-    span = np.where(high > low, high - low, 1.0)
-    out = (data.astype(np.float32) - low[:, None, None]) / span[:, None, None]
-    return np.clip(out, 0.0, 1.0, out=out)
-
 
 def _origins(length: int, tile: int, stride: int) -> range:
     return range(0, length - tile + 1, stride)

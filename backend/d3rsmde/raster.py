@@ -31,7 +31,9 @@ from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
 from . import __version__
-from .data import pixel_size_m, select_bands, stretch, stretch_limits
+from .bands import select_bands
+from .geodesy import pixel_size_m
+from .imagery import stretch, stretch_limits
 from .errors import Cancelled, InputError, OutputError
 from .files import check_not_an_input, describe_write_error, staged_output
 from .metrics import depth_metrics

@@ -20,7 +20,8 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .data import INDEX_NAME, SPLITS, STRETCH_PERCENTILES, stretch
+from .data import INDEX_NAME, SPLITS
+from .imagery import STRETCH_PERCENTILES, stretch
 from .dems import DEM, load_dem
 from .errors import Cancelled, InputError
 from .render import render_dem

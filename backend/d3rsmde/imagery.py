@@ -1,0 +1,37 @@
+"""Imagery preprocessing shared by inference and training-data building (the role of diffusers' image processor):
+bands chosen by :mod:`d3rsmde.bands`, then each band stretched linearly from its robust 1-99 percentiles over the
+whole raster to [0, 1]. Tiles cut for training are stretched exactly as the raster engine stretches at inference.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from .errors import InputError
+
+STRETCH_PERCENTILES = (1.0, 99.0)
+STATS_MAX_SIDE = 1024  # percentiles come from a decimated read: exact enough, flat memory
+
+
+def stretch_limits(src, bands: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band 1st and 99th percentiles over the valid pixels of ``window``, from a decimated read."""
+    scale = min(1.0, STATS_MAX_SIDE / max(window.width, window.height))
+    shape = (max(1, round(window.height * scale)), max(1, round(window.width * scale)))
+    data = src.read(bands, window=window, out_shape=(len(bands), *shape), resampling=Resampling.nearest)
+    valid = src.dataset_mask(window=window, out_shape=shape, resampling=Resampling.nearest) > 0
+    valid &= np.isfinite(data).all(axis=0)  # float rasters may carry NaN/inf without declaring nodata
+    if not valid.any():
+        raise InputError(f"{src.name} has no valid pixels in the chosen extent (all nodata or masked)")
+    low, high = np.percentile(data[:, valid].astype(np.float32), STRETCH_PERCENTILES, axis=1)
+    return low, high
+
+
+def stretch(data: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Map each band linearly from [low, high] to [0, 1] and clip; a constant band becomes 0."""
+    span = np.where(high > low, high - low, 1.0)
+    out = (data.astype(np.float32) - low[:, None, None]) / span[:, None, None]
+    return np.clip(out, 0.0, 1.0, out=out)
