@@ -116,9 +116,22 @@ assert "triton" in sys.modules and sys.modules["triton"] is None  # blocked, not
 """
 
 
+def mesa_llvm() -> str:
+    """The libLLVM that Mesa's GL drivers link (libgl1-mesa-dri in the Makefile): Debian 12's swrast_dri.so links
+    libLLVM-15.so.1; Debian 13's drivers load libgallium-25.*.so, which links libLLVM.so.19.1 (scripts/test_ltr.sh)."""
+    drivers = [*Path("/usr/lib").glob("*/dri/swrast_dri.so"), *Path("/usr/lib").glob("*/libgallium*.so")]
+    for driver in sorted(drivers):
+        linked = subprocess.run(["ldd", str(driver)], capture_output=True, text=True).stdout
+        found = [line.split("=>")[1].split()[0] for line in linked.splitlines()
+                 if "libLLVM" in line and "=>" in line]
+        if found:
+            return found[0]
+    pytest.fail("no Mesa GL driver linking libLLVM (install libgl1-mesa-dri)")
+
+
 def test_plugin_keeps_triton_out_of_a_process_with_mesa_llvm():
     """The same clash without QGIS: Mesa's libLLVM loaded first, then the plugin, then the model libraries."""
-    llvm = "/usr/lib/x86_64-linux-gnu/libLLVM-15.so.1"  # Debian 12's Mesa (libgl1-mesa-dri in the Makefile)
+    llvm = mesa_llvm()
     probe = subprocess.run([sys.executable, "-c", BLOCK_PROBE, llvm], env={**os.environ, "PYTHONPATH": str(REPO)},
                            capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0, f"exit {probe.returncode} (-11 = SIGSEGV): {probe.stderr[-2000:]}"
