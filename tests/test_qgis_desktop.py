@@ -52,7 +52,9 @@ report["installer_says"] = installer.isVisible() and installer.status.text()
 installer.close()
 with open(REPORT, "w") as out:
     json.dump(report, out)
-QgsProject.instance().setDirty(False)
+# Close the project first, as Project > Exit QGIS does: QGIS 3.40 dies (signal 11 in QgsLayerTreeView) when it
+# quits with layers still loaded, with or without this plugin.
+QgsProject.instance().clear()
 QTimer.singleShot(0, QgsApplication.instance().quit)  # --code runs before QGIS's event loop starts
 """
 
