@@ -18,6 +18,7 @@ from .deps import BACKEND_PACKAGES
 FOLDER = "d3rsmde-packages"
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 TORCH_BUILDS = ("torch", "torchvision")
+NEED_NUMPY = ("torchvision", "diffusers", "rasterio")  # install numpy as a dependency
 
 
 def target_dir(profile: str | Path) -> Path:
@@ -58,15 +59,32 @@ def has_nvidia_driver() -> bool:
         return False
 
 
+def running_numpy() -> str | None:
+    """The version of the numpy this Python imports (None without one)."""
+    try:
+        return importlib.import_module("numpy").__version__
+    except Exception:  # noqa: BLE001 - absent or broken: nothing to hold
+        return None
+
+
 def pip_command(missing: list[str], profile: str | Path, cuda: bool) -> list[str]:
     """`python -m pip install` of the pinned packages for these missing import names into the plugin's folder.
-    timm needs torchvision, so torch brings torchvision along (same build)."""
+    timm needs torchvision, so torch brings torchvision along (same build).
+
+    pip ignores what is installed when it installs into a --target folder, so a package that depends on numpy
+    would bring the newest numpy there, ahead of QGIS's own on sys.path, and QGIS's GDAL and rasterio are built
+    for that one (a numpy 2 beside QGIS 3.22's numpy 1.24 breaks them). So the numpy QGIS has is held: the same
+    version is pinned whenever such a package is installed (numpy 1 on QGIS 3.22, numpy 2 on 3.40)."""
     names = [name for name in BACKEND_PACKAGES if name in missing or (name == "torchvision" and "torch" in missing)]
     command = [python_executable(), "-m", "pip", "install", "--target", str(target_dir(profile)), "--upgrade",
                "--no-warn-script-location", "--disable-pip-version-check", "--progress-bar", "off"]
     if not cuda and any(name in TORCH_BUILDS for name in names):
         command += ["--extra-index-url", CPU_TORCH_INDEX]
-    return command + [BACKEND_PACKAGES[name] for name in names]
+    specs = [BACKEND_PACKAGES[name] for name in names]
+    numpy_now = running_numpy()
+    if "numpy" not in names and numpy_now and any(name in NEED_NUMPY for name in names):
+        specs.append(f"numpy=={numpy_now}")
+    return command + specs
 
 
 def failure_hint(log: str) -> str:

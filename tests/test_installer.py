@@ -31,13 +31,24 @@ def test_torch_build_follows_nvidia_smi(driver_exit, cpu_index, tmp_path):
         (bin_dir / "nvidia-smi").chmod(0o755)
     probe = ("import sys; from d3rsmde_qgis import installer; cuda = installer.has_nvidia_driver(); "
              "print(cuda, ' '.join(installer.pip_command(['torch', 'timm'], sys.argv[1], cuda)))")
+    numpy = __import__("numpy").__version__  # the probe's Python is this one
     out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "profile")], check=True, text=True,
                          capture_output=True, env={**os.environ, "PATH": str(bin_dir), "PYTHONPATH": str(REPO)}).stdout
     cuda, command = out.split(" ", 1)
     assert cuda == str(not cpu_index)
     assert ("https://download.pytorch.org/whl/cpu" in command) == cpu_index
     assert "torch==2.14.1 torchvision==0.29.1 timm==1.0.31" in command
+    assert command.rstrip().endswith(f" numpy=={numpy}")  # held: QGIS's GDAL is built for it (numpy 1 on 3.22, 2 on 3.40)
     assert f"--target {tmp_path / 'profile' / 'python' / 'd3rsmde-packages'}" in command
+
+
+def test_only_packages_that_need_numpy_hold_it(tmp_path):
+    from d3rsmde_qgis.installer import pip_command
+
+    assert not any("numpy" in part for part in pip_command(["safetensors"], tmp_path, cuda=False))
+    assert pip_command(["diffusers"], tmp_path, cuda=False)[-2:] == ["diffusers==0.42.1",
+                                                                      f"numpy=={__import__('numpy').__version__}"]
+    assert pip_command(["numpy"], tmp_path, cuda=False)[-1:] == ["numpy<2"]  # QGIS without numpy: the pin
 
 
 # A Python whose environment lacks safetensors: it is importable only from the plugin's install folder.
