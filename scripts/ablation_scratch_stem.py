@@ -6,7 +6,7 @@ initialised stem instead of the ImageNet one, scored coarse-only on the whole Ro
 """
 import dataclasses, sys, json, torch
 from d3rsmde.config import get_config
-from d3rsmde.data import TileDatasets
+from d3rsmde.datasets import TileDatasets
 from d3rsmde.models import CoarseDepthModel
 from d3rsmde.train.coarse import train_coarse
 from d3rsmde.pipeline import D3Pipeline

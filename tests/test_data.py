@@ -13,7 +13,9 @@ from rasterio.crs import CRS
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_points
 
-from d3rsmde.data import SPLITS, TileDataset, add_cli, build_dataset
+from d3rsmde.cli.data import add_cli
+from d3rsmde.data import BuildOptions, build_dataset
+from d3rsmde.datasets import SPLITS, TileDataset
 from d3rsmde.geodesy import metres_per_degree, pixel_size_m
 from d3rsmde.errors import Cancelled, InputError
 
@@ -64,8 +66,7 @@ def test_dem_in_another_crs_lands_on_the_image_grid(tmp_path):
     truth = 1000 + 800 * np.exp(-((img_rows - peak_row) ** 2 + (img_cols - peak_col) ** 2) * 900 / (2 * 300.0**2))
     write_raster(tmp_path / "img.tif", hillshade_rgb(truth * 0.2), UTM13, image_transform)
 
-    result = build_dataset(tmp_path / "img.tif", tmp_path / "dem.tif", tmp_path / "ds", tile_size=size,
-                           val_fraction=0, test_fraction=0, min_relief_m=1)
+    result = build_dataset(tmp_path / "img.tif", tmp_path / "dem.tif", tmp_path / "ds", BuildOptions(tile_size=size, val_fraction=0, test_fraction=0, min_relief_m=1))
     assert result["counts"] == {"train": 1, "val": 0, "test": 0}
     item = TileDataset(tmp_path / "ds")[0]
     depth = item["depth"][0].numpy()
@@ -92,8 +93,7 @@ def filter_scene(tmp_path, tile=32):
 
 def test_tile_filters_drop_nodata_sea_and_flat_tiles(tmp_path):
     image, dem = filter_scene(tmp_path)
-    result = build_dataset(image, dem, tmp_path / "ds", tile_size=32, block_size=512,
-                           val_fraction=0, test_fraction=0, min_relief_m=10, max_sea_fraction=0.5)
+    result = build_dataset(image, dem, tmp_path / "ds", BuildOptions(tile_size=32, block_size=512, val_fraction=0, test_fraction=0, min_relief_m=10, max_sea_fraction=0.5))
     assert result["dropped"] == {"nodata": 2, "sea": 2, "flat": 2, "straddling": 0}
     tiles = TileDataset(tmp_path / "ds").tiles
     assert sorted(t["col"] for t in tiles) == [96, 96, 128, 128]
@@ -102,8 +102,7 @@ def test_tile_filters_drop_nodata_sea_and_flat_tiles(tmp_path):
     item = TileDataset(tmp_path / "ds")[[t["col"] for t in tiles].index(128)]
     assert item["depth"].min() == 0.0  # the sea floor under the water is clamped to the sea surface
 
-    strict = build_dataset(image, dem, tmp_path / "ds2", tile_size=32, val_fraction=0, test_fraction=0,
-                           max_sea_fraction=0.1)
+    strict = build_dataset(image, dem, tmp_path / "ds2", BuildOptions(tile_size=32, val_fraction=0, test_fraction=0, max_sea_fraction=0.1))
     assert strict["dropped"]["sea"] == 4 and strict["counts"]["train"] == 2
 
 
@@ -114,8 +113,7 @@ def test_split_blocks_are_spatially_disjoint(tmp_path):
     write_raster(tmp_path / "img.tif", hillshade_rgb(height), UTM13, transform)
     write_raster(tmp_path / "dem.tif", height, UTM13, transform)
 
-    result = build_dataset(tmp_path / "img.tif", tmp_path / "dem.tif", tmp_path / "ds", tile_size=tile,
-                           block_size=block, val_fraction=0.2, test_fraction=0.2, seed=3)
+    result = build_dataset(tmp_path / "img.tif", tmp_path / "dem.tif", tmp_path / "ds", BuildOptions(tile_size=tile, block_size=block, val_fraction=0.2, test_fraction=0.2, seed=3))
     counts = result["counts"]
     assert sum(counts.values()) == (size // tile) ** 2
     assert all(counts[s] > 0 for s in SPLITS)
@@ -126,8 +124,7 @@ def test_split_blocks_are_spatially_disjoint(tmp_path):
         assert split_of_block.setdefault(block_id, t["split"]) == t["split"]  # a block never mixes splits
     assert len(split_of_block) == 16
 
-    again = build_dataset(tmp_path / "img.tif", tmp_path / "dem.tif", tmp_path / "ds", tile_size=tile,
-                          block_size=block, val_fraction=0.2, test_fraction=0.2, seed=3)
+    again = build_dataset(tmp_path / "img.tif", tmp_path / "dem.tif", tmp_path / "ds", BuildOptions(tile_size=tile, block_size=block, val_fraction=0.2, test_fraction=0.2, seed=3))
     assert again["counts"] == counts  # rebuilt over the old one, same seed, same split
 
 
@@ -137,8 +134,7 @@ def test_overlapping_tiles_of_different_splits_are_dropped(tmp_path):
     transform = from_origin(500_000, 4_000_000, 10, 10)
     write_raster(tmp_path / "img.tif", hillshade_rgb(height), UTM13, transform)
     write_raster(tmp_path / "dem.tif", height, UTM13, transform)
-    result = build_dataset(tmp_path / "img.tif", tmp_path / "dem.tif", tmp_path / "ds", tile_size=32, stride=16,
-                           block_size=64, val_fraction=0.25, test_fraction=0.25)
+    result = build_dataset(tmp_path / "img.tif", tmp_path / "dem.tif", tmp_path / "ds", BuildOptions(tile_size=32, stride=16, block_size=64, val_fraction=0.25, test_fraction=0.25))
     assert result["dropped"]["straddling"] > 0
     tiles = json.loads(Path(result["index_path"]).read_text())["tiles"]
     assert len(list((tmp_path / "ds" / "tiles").iterdir())) == len(tiles)
@@ -165,8 +161,7 @@ def test_gsd_in_metres_for_geographic_and_projected_crs():
 
 
 def test_geographic_sample_records_tile_gsd_and_metadata(tmp_path):
-    result = build_dataset(SAMPLE / "rmnp-rgb.tif", SAMPLE / "rmnp-dem.tif", tmp_path / "ds", tile_size=64,
-                           block_size=128)
+    result = build_dataset(SAMPLE / "rmnp-rgb.tif", SAMPLE / "rmnp-dem.tif", tmp_path / "ds", BuildOptions(tile_size=64, block_size=128))
     index = json.loads(Path(result["index_path"]).read_text())
     assert CRS.from_wkt(index["crs"]) == CRS.from_epsg(4326)
     assert index["tile_size"] == 64 and index["image_dtype"] == "uint8"
@@ -179,8 +174,7 @@ def test_geographic_sample_records_tile_gsd_and_metadata(tmp_path):
 
 
 def test_tile_dataset_items_follow_the_training_protocol(tmp_path):
-    result = build_dataset(SAMPLE / "rmnp-rgb.tif", SAMPLE / "rmnp-dem.tif", tmp_path / "ds", tile_size=64,
-                           block_size=128)
+    result = build_dataset(SAMPLE / "rmnp-rgb.tif", SAMPLE / "rmnp-dem.tif", tmp_path / "ds", BuildOptions(tile_size=64, block_size=128))
     ds = TileDataset(tmp_path / "ds", "train")
     assert len(ds) == result["counts"]["train"] > 0
     item = ds[0]
@@ -210,18 +204,16 @@ def test_bad_inputs_and_cancel_leave_nothing_behind(tmp_path):
                        dtype="float32") as dst:
         dst.write(height[None])
     with pytest.raises(InputError, match=r"has 2 band\(s\)"):
-        build_dataset(tmp_path / "two.tif", tmp_path / "dem.tif", tmp_path / "ds", tile_size=16, bands=(3, 2, 1))
+        build_dataset(tmp_path / "two.tif", tmp_path / "dem.tif", tmp_path / "ds", BuildOptions(tile_size=16), bands=(3, 2, 1))
     with pytest.raises(InputError, match="smaller than one 64 px tile"):
-        build_dataset(tmp_path / "img.tif", tmp_path / "dem.tif", tmp_path / "ds", tile_size=64)
+        build_dataset(tmp_path / "img.tif", tmp_path / "dem.tif", tmp_path / "ds", BuildOptions(tile_size=64))
     with pytest.raises(InputError, match="no CRS"):
-        build_dataset(tmp_path / "img.tif", tmp_path / "nocrs.tif", tmp_path / "ds", tile_size=16)
+        build_dataset(tmp_path / "img.tif", tmp_path / "nocrs.tif", tmp_path / "ds", BuildOptions(tile_size=16))
     with pytest.raises(InputError, match="does not overlap"):
-        build_dataset(tmp_path / "img.tif", tmp_path / "dem.tif", tmp_path / "ds", tile_size=16,
-                      extent=(0, 0, 10, 10))
+        build_dataset(tmp_path / "img.tif", tmp_path / "dem.tif", tmp_path / "ds", BuildOptions(tile_size=16), extent=(0, 0, 10, 10))
     calls = []
     with pytest.raises(Cancelled):
-        build_dataset(tmp_path / "img.tif", tmp_path / "dem.tif", tmp_path / "ds", tile_size=16,
-                      cancel=lambda: calls.append(1) or len(calls) > 2)
+        build_dataset(tmp_path / "img.tif", tmp_path / "dem.tif", tmp_path / "ds", BuildOptions(tile_size=16), cancel=lambda: calls.append(1) or len(calls) > 2)
     assert list((tmp_path / "ds").iterdir()) == []
 
 

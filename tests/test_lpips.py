@@ -199,7 +199,7 @@ def test_lpips_unavailable_without_the_file(isolated):
 def test_cli_registers_lpips_weights(tmp_path, monkeypatch, capsys):
     import argparse
 
-    from d3rsmde.data import add_cli
+    from d3rsmde.cli.data import add_cli
 
     calls = []
     monkeypatch.setattr(sources, "lpips_weights", lambda cache, progress=None: calls.append(cache) or Path("x"))

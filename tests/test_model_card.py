@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import REPO, SAMPLE_DEM, SAMPLE_RGB
 
-from d3rsmde.data import build_dataset
+from d3rsmde.data import BuildOptions, build_dataset
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +19,7 @@ def model_card_eval():
 
 def test_model_card_rows_and_picture(model_card_eval, tiny_weights, tmp_path):
     image, dem = SAMPLE_RGB, SAMPLE_DEM
-    counts = build_dataset(image, dem, tmp_path / "tiles", tile_size=64, stride=32, block_size=128,
-                           test_fraction=0.3)["counts"]
+    counts = build_dataset(image, dem, tmp_path / "tiles", BuildOptions(tile_size=64, stride=32, block_size=128, test_fraction=0.3))["counts"]
     assert counts["test"] > 0
     out = tmp_path / "card"
     assert model_card_eval.main(["--weights", str(tiny_weights), "--tiles", str(tmp_path / "tiles"),

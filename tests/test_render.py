@@ -68,7 +68,7 @@ def test_bad_input_is_refused(dem, gsd):
 def test_render_dataset_trains_like_real_tiles(tmp_path, monkeypatch):
     """`d3rsmde data render` on a stand-in DEM: tiles in the TileDataset format, stretched as inference does."""
     from d3rsmde import dems
-    from d3rsmde.data import TileDataset
+    from d3rsmde.datasets import TileDataset
     from d3rsmde.render_tiles import build_render_dataset
 
     y, x = np.mgrid[0:96, 0:96] / 96

@@ -15,7 +15,7 @@ from affine import Affine
 from scipy.io import netcdf_file
 
 from d3rsmde import sources
-from d3rsmde.data import TileDataset
+from d3rsmde.datasets import TileDataset
 from d3rsmde.errors import InputError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "sample"
@@ -101,8 +101,7 @@ def test_world_pair_is_georeferenced_and_tiled_over_land(tmp_path):
         assert src.transform == Affine(2.0, 0, -180.0, 0, -2.0, 90.0)
         assert (src.read() == jpeg.read()).all()
 
-    result = sources.build_world_dataset(tmp_path / "ds", cache=tmp_path / "cache", tile_size=8, block_size=8,
-                                         min_relief_m=50)
+    result = sources.build_world_dataset(tmp_path / "ds", sources.WORLD_OPTIONS.replace(tile_size=8, block_size=8, min_relief_m=50), cache=tmp_path / "cache")
     index = json.loads(Path(result["index_path"]).read_text())
     assert "ferret-datasets" in index["sources"]["dem_package"]
     assert sum(result["counts"].values()) >= 3 and result["dropped"]["sea"] > 20

@@ -1,5 +1,5 @@
 """Training tiles rendered from real DEMs (``d3rsmde data render``), in the same format as real image/DEM tiles
-(:class:`d3rsmde.data.TileDataset` reads both).
+(:class:`d3rsmde.datasets.TileDataset` reads both).
 
 Each DEM is used at several ground sampling distances (block-mean down-sampling), crops are drawn at random
 inside split blocks (a crop never spans two blocks, so validation terrain is never seen in training), and every
@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .data import INDEX_NAME, SPLITS
+from .datasets import INDEX_NAME, SPLITS
 from .imagery import STRETCH_PERCENTILES, stretch
 from .dems import DEM, load_dem
 from .errors import Cancelled, InputError

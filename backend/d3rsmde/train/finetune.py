@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data import TileDataset, build_dataset
+from ..data import BuildOptions, build_dataset
+from ..datasets import TileDataset
+from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS
 from ..errors import InputError
 from ..metrics import depth_metrics
 from ..pipeline import D3Pipeline
@@ -62,21 +64,21 @@ def finetune_region(
     weights_out: str | os.PathLike,
     *,
     extent: tuple[float, float, float, float] | None = None,
-    epochs: int = 10,
+    epochs: int = FINETUNE_EPOCHS,
     refiner_epochs: int | None = None,
     tile: int | None = None,
-    batch_size: int = 4,
+    batch_size: int = FINETUNE_BATCH_SIZE,
     device: str | torch.device = "auto",
+    options: BuildOptions = BuildOptions(),
     work_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
-    **build_options,
 ) -> dict:
     """Fine-tune ``weights_in`` (None: the shipped weights) on ``image`` + ``dem`` and save ``weights_out``.
 
     ``extent`` is (xmin, ymin, xmax, ymax) in the image CRS; ``tile`` defaults to the model's tile size;
     ``epochs`` applies to the coarse model and, unless ``refiner_epochs`` is given, to the refiner.
-    ``build_options`` go to :func:`d3rsmde.data.build_dataset` (``min_relief_m=``, ``stride=``...).
+    ``options`` cut the tiles (:class:`d3rsmde.data.BuildOptions`; its tile size is replaced by ``tile``).
     ``work_dir`` keeps tiles and stage checkpoints (a rerun resumes); by default a temporary folder is used.
     Returns ``{"before", "after", "weights", "tiles", "held_out", "work_dir"}``; metrics are tile means on the
     held-out split (test, or val when the region is too small for a test block).
@@ -93,8 +95,8 @@ def finetune_region(
         tile = tile or pipe.config.tile_size
         if tile % pipe.size_multiple:
             raise InputError(f"tile size {tile} must be a multiple of {pipe.size_multiple} for this model")
-        built = build_dataset(image, dem, work / "tiles", tile_size=tile, extent=extent,
-                              progress=scaled_progress(progress, 0.0, 0.1), cancel=cancel, **build_options)
+        built = build_dataset(image, dem, work / "tiles", options.replace(tile_size=tile), extent=extent,
+                              progress=scaled_progress(progress, 0.0, 0.1), cancel=cancel)
         train_ds, val_ds, test_ds = (TileDataset(work / "tiles", s) for s in ("train", "val", "test"))
         held_out, held_name = (test_ds, "test") if len(test_ds) else (val_ds, "val")
         if len(train_ds) == 0 or len(held_out) == 0:

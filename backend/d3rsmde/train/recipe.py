@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import D3Config, get_config
+from ..defaults import SEED, TRAIN_BATCH_SIZE
 from ..errors import InputError
 from ..pipeline import D3Pipeline
 from ..plbr import PLBRSchedule
@@ -99,7 +100,7 @@ def train_pipeline(
     bounds = np.cumsum([0] + [cost[s] for s in STAGES]) / max(sum(cost.values()), 1)
     part = {s: scaled_progress(progress, bounds[i], bounds[i + 1]) for i, s in enumerate(STAGES)}
 
-    seed_everything(overrides.get("seed", 42))
+    seed_everything(overrides.get("seed", SEED))
     pipe = D3Pipeline.from_config(config)
     if init_weights is not None:
         start = D3Pipeline.from_pretrained(init_weights, device="cpu")
@@ -119,7 +120,7 @@ def train_pipeline(
     if val_ds is not None:
         size = tuple(val_ds[0]["image"].shape[-2:])
         val_maps = predict_coarse(final, val_ds, np.empty((len(val_ds), *size), np.float16),
-                                  batch_size=overrides.get("batch_size", 8), cancel=cancel)
+                                  batch_size=overrides.get("batch_size", TRAIN_BATCH_SIZE), cancel=cancel)
     train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val_ds,
                   val_maps, work_dir=work / "refiner", epochs=epochs["refiner"], progress=part["refiner"],
                   cancel=cancel, **shared, **stage_lr["refiner"])

@@ -17,11 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from . import __version__, data
-from .bands import parse_bands
-from .errors import D3Error, InputError
-from .files import atomic_write_text
-from .train import cli as train_cli
+from .. import __version__
+from ..bands import parse_bands
+from ..errors import D3Error, InputError
+from ..files import atomic_write_text
+from . import data as data_cli
+from . import train as train_cli
 
 
 def _bands(text: str) -> list[int] | None:
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
 
     train_cli.add_cli(commands)
-    data.add_cli(commands)
+    data_cli.add_cli(commands)
     return parser
 
 
@@ -130,9 +131,9 @@ def _sigterm_unwinds() -> Iterator[None]:
 def _predict(args) -> int:
     from tqdm import tqdm
 
-    from .pipeline import D3Pipeline
-    from .raster import predict_raster
-    from .weights import default_weights_path
+    from ..pipeline import D3Pipeline
+    from ..raster import predict_raster
+    from ..weights import default_weights_path
 
     pipeline = D3Pipeline.from_pretrained(args.weights or default_weights_path(), device=args.device)
     bar = None  # opened on the first report, so that input errors print nothing but their one line
@@ -171,8 +172,9 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .metrics import format_metrics_table
-    from .raster import evaluate_rasters, spare_inputs
+    from ..evaluation import evaluate_rasters
+    from ..metrics import format_metrics_table
+    from ..raster import spare_inputs
 
     if args.json_path:
         spare_inputs(args.json_path, [("prediction", args.prediction), ("reference", args.reference),
@@ -187,7 +189,7 @@ def _evaluate(args) -> int:
         value = "n/a (relative prediction vs heights)" if whole[key] is None else f"{whole[key]:.4g}{units}"
         print(f"  {key:<18} {value}")
     if args.whole_scene:
-        from .evaluation import evaluate_scene
+        from ..evaluation import evaluate_scene
 
         result["scene"] = evaluate_scene(args.prediction, args.reference)
         print(f"whole scene ({result['scene']['pixels']} reference pixels, stretched to 0..255 as one image):")
@@ -200,7 +202,7 @@ def _evaluate(args) -> int:
 
 
 def _info(args) -> int:
-    from .checkpoint import describe_checkpoint
+    from ..checkpoint import describe_checkpoint
 
     for key, value in describe_checkpoint(args.weights).items():
         if isinstance(value, dict):
@@ -209,7 +211,3 @@ def _info(args) -> int:
             value = ", ".join(value)
         print(f"{key:<16} {value}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,29 +8,17 @@ from pathlib import Path
 import dataclasses
 
 from ..config import config_names, get_config
+from ..data import BuildOptions
+from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, TRAIN_BATCH_SIZE
+from ..files import atomic_write_text
 from ..metrics import format_metrics_table
-
-
-def _printer():
-    """A progress callback printing one line per whole percent (training reports every step)."""
-    last = [-1]
-
-    def report(fraction: float, message: str) -> None:
-        percent = int(fraction * 100)
-        if percent != last[0]:
-            last[0] = percent
-            print(f"[{percent:3d}%] {message}", flush=True)
-
-    return report
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",")]
+from ..progress import terminal_progress
+from .options import floats
 
 
 def _cli_train(args) -> int:
-    from ..data import TileDatasets
-    from .recipe import train_pipeline
+    from ..datasets import TileDatasets
+    from ..train.recipe import train_pipeline
 
     epochs = {k: v for k, v in (("vae", args.vae_epochs), ("coarse", args.coarse_epochs),
                                 ("refiner", args.refiner_epochs)) if v is not None}
@@ -45,7 +33,7 @@ def _cli_train(args) -> int:
         work_dir=args.work_dir or Path(args.out).with_suffix(".work"), epochs=epochs, lr=lr, k=args.k,
         fold_epochs=args.fold_epochs,
         device=args.device, resume=not args.restart, batch_size=args.batch_size, num_workers=args.workers,
-        steps_per_epoch=args.steps_per_epoch, progress=_printer(),
+        steps_per_epoch=args.steps_per_epoch, progress=terminal_progress(),
         max_shard_bytes=int(args.max_shard_mb * 2**20) if args.max_shard_mb else None,
         init_weights=args.init_weights,
     )
@@ -54,17 +42,17 @@ def _cli_train(args) -> int:
 
 
 def _cli_finetune(args) -> int:
-    from .finetune import finetune_region
+    from ..train.finetune import finetune_region
 
     result = finetune_region(
         args.image, args.dem, args.weights, args.out, extent=args.extent, epochs=args.epochs,
         refiner_epochs=args.refiner_epochs, tile=args.tile, batch_size=args.batch_size, device=args.device,
-        work_dir=args.work_dir, min_relief_m=args.min_relief, progress=_printer(),
+        work_dir=args.work_dir, options=BuildOptions(min_relief_m=args.min_relief), progress=terminal_progress(),
     )
     print(f"held-out {result['held_out']} tiles:")
     print(format_metrics_table({"before": result["before"], "after": result["after"]}, label="weights"))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1, default=str))
+        atomic_write_text(args.json, json.dumps(result, indent=1, default=str))
     print(f"weights: {result['weights']}")
     return 0
 
@@ -89,7 +77,7 @@ def add_cli(subparsers) -> None:
                                               "(same config) instead of from scratch")
     train.add_argument("--k", type=int, default=5, help="coarse folds (default %(default)s)")
     train.add_argument("--fold-epochs", type=int, help="epochs of each fold's coarse model (default: --coarse-epochs)")
-    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--batch-size", type=int, default=TRAIN_BATCH_SIZE, help="default %(default)s")
     train.add_argument("--workers", type=int, default=0, help="data loader processes")
     train.add_argument("--steps-per-epoch", type=int, help="cap on batches per epoch (quick trial runs)")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (under torchrun: one GPU per rank)")
@@ -104,12 +92,12 @@ def add_cli(subparsers) -> None:
     tune.add_argument("dem", help="elevation raster of the same area, any CRS and resolution")
     tune.add_argument("out", help="output weights file (.safetensors)")
     tune.add_argument("--weights", help="weights to start from (default: the shipped weights)")
-    tune.add_argument("--extent", type=_floats, help="xmin,ymin,xmax,ymax in the image CRS (write --extent=... when xmin is negative)")
-    tune.add_argument("--epochs", type=int, default=10, help="coarse (and refiner) epochs (default %(default)s)")
+    tune.add_argument("--extent", type=floats, help="xmin,ymin,xmax,ymax in the image CRS (write --extent=... when xmin is negative)")
+    tune.add_argument("--epochs", type=int, default=FINETUNE_EPOCHS, help="coarse (and refiner) epochs (default %(default)s)")
     tune.add_argument("--refiner-epochs", type=int, help="refiner epochs (default: --epochs)")
     tune.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
-    tune.add_argument("--batch-size", type=int, default=4)
-    tune.add_argument("--min-relief", type=float, default=10.0,
+    tune.add_argument("--batch-size", type=int, default=FINETUNE_BATCH_SIZE, help="default %(default)s")
+    tune.add_argument("--min-relief", type=float, default=BuildOptions().min_relief_m,
                       help="least 2-98%% height range of a tile, metres (default %(default)s)")
     tune.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     tune.add_argument("--work-dir", help="keep tiles and checkpoints here (a rerun resumes)")

