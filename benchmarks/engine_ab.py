@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _run(args: argparse.Namespace, variants: list[dict], work: Path) -> dict:
-    from d3rsmde.raster import evaluate_rasters
+    from d3rsmde.evaluation import evaluate_rasters
 
     if args.megapixels:
         from benchmarks.raster import side_for, write_synthetic_geotiff

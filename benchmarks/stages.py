@@ -24,24 +24,25 @@ def stages() -> tuple[tuple[str, object], ...]:
     """(label, function) in table order; indented labels are parts of the stage above them."""
     import queue
 
-    from d3rsmde import imagery, raster, tiling
+    from d3rsmde import imagery, tiling
     from d3rsmde.models import CoarseDepthModel, Refiner
+    from d3rsmde.raster import calibration, output, predict, tiles
     from d3rsmde.vae import LatentCodec
 
     return (
         ("percentile stretch limits (decimated read)", imagery.stretch_limits),
-        ("pass 1: tiles through the model", raster._infer_tiles),
+        ("pass 1: tiles through the model", predict._infer_tiles),
         ("  waiting for tiles (read + stretch not hidden)", queue.Queue.get),
         ("  coarse model", CoarseDepthModel.forward),
         ("  VAE encode (image + coarse map)", LatentCodec._encode),
         ("  refiner steps", Refiner.forward),
         ("  VAE decode", LatentCodec.decode_depth),
-        ("  scratch writes", raster._TileStore.write),
-        ("seam equations from overlaps", raster._overlap_rows),
+        ("  scratch writes", tiles.TileStore.write),
+        ("seam equations from overlaps", calibration._overlap_rows),
         ("seam solve (LSQR)", tiling.solve_affines),
-        ("pass 2: blend and write", raster._write_blended),
-        ("tags and overviews", raster._finish),
-        ("output verification", getattr(getattr(raster, "_Output", None), "verify", None)),
+        ("pass 2: blend and write", predict._write_blended),
+        ("tags and overviews", output.finish),
+        ("output verification", output.VerifiedOutput.verify),
     )
 
 
@@ -49,8 +50,6 @@ def stage_seconds(stats: pstats.Stats) -> dict[str, float]:
     """Cumulative seconds of each stage's function, found by its code object (file, first line, name)."""
     out = {}
     for label, fn in stages():
-        if fn is None:
-            continue
         code = inspect.unwrap(fn).__code__
         entry = stats.stats.get((code.co_filename, code.co_firstlineno, code.co_name))
         out[label] = entry[3] if entry else 0.0

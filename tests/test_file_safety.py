@@ -22,9 +22,10 @@ from rasterio.transform import from_origin
 
 from d3rsmde.cli import main
 from d3rsmde.errors import InputError, OutputError
+from d3rsmde.evaluation import evaluate_rasters
 from d3rsmde.files import folder_outputs, staged_output, sweep_stale_scratch
-from d3rsmde.raster import NODATA, evaluate_rasters, predict_raster
-from test_raster import UTM, Oracle, height_image, sha256, terrain_m, write
+from d3rsmde.raster import predict_raster
+from test_raster import UTM, Oracle, height_image, sha256, terrain_m, write, write_height
 
 NOISE = np.random.default_rng(0).integers(0, 255, (3, 400, 400)).astype(np.uint8)
 
@@ -292,9 +293,7 @@ def test_only_unlocked_scratch_folders_are_swept(tmp_path):
 def test_evaluate_names_the_real_problem(tmp_path, capsys):
     heights = np.random.default_rng(3).random((64, 64)).astype(np.float32)
     dem = write(tmp_path / "dem.tif", 3000 + 100 * heights)
-    pred = write(tmp_path / "pred.tif", heights, nodata=NODATA)
-    with rasterio.open(pred, "r+") as ds:
-        ds.update_tags(units="relative", tile_size=32)
+    pred = write_height(tmp_path / "pred.tif", heights, units="relative", tile_size=32)
     result = evaluate_rasters(pred, dem)
     whole = result["whole"]
     assert whole["mae"] is None and whole["rmse"] is None and whole["bias"] is None

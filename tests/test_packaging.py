@@ -39,7 +39,7 @@ def test_zip_layout(plugin_zip):
     assert {name.split("/")[0] for name in names} == {"d3rsmde_qgis"}
     for required in ("__init__.py", "metadata.txt", "provider.py", "algorithms/estimate_depth.py",
                      "resources/icons/d3rsmde.png", "resources/styles/depth-terrain.qml", "README.md",
-                     "libs/d3rsmde/__init__.py", "libs/d3rsmde/pipeline.py", "libs/d3rsmde/raster.py"):
+                     "libs/d3rsmde/__init__.py", "libs/d3rsmde/pipeline.py", "libs/d3rsmde/raster/__init__.py"):
         assert f"d3rsmde_qgis/{required}" in names, required
     for weights in sorted((REPO / "resources" / "weights").glob("*.safetensors")):
         assert f"d3rsmde_qgis/resources/weights/{weights.name}" in names

@@ -24,11 +24,14 @@ from rasterio.warp import calculate_default_transform, reproject
 from rasterio.windows import Window
 
 from d3rsmde.errors import Cancelled, InputError
-from d3rsmde.raster import NODATA, evaluate_rasters, predict_raster
+from d3rsmde.evaluation import evaluate_rasters
+from d3rsmde.raster import NODATA, height_profile, predict_raster
+from d3rsmde.raster.output import GridSpec
 from d3rsmde.tiling import TileGrid
 from synthetic import render
 
 UTM = "EPSG:32633"
+METRE_PIXELS = from_origin(500_000, 4_650_000, 1.0, 1.0)
 TILE, OVERLAP = 64, 16
 
 
@@ -61,12 +64,21 @@ def tiny():
 def write(path, data, crs=UTM, transform=None, **profile):
     data = np.asarray(data)
     data = data[None] if data.ndim == 2 else data
-    transform = transform or from_origin(500_000, 4_650_000, 1.0, 1.0)
+    transform = transform or METRE_PIXELS
     with rasterio.open(
         path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
         dtype=data.dtype, crs=crs, transform=transform, **profile,
     ) as ds:
         ds.write(data)
+    return path
+
+
+def write_height(path, heights, **tags):
+    """A height map written as predict_raster writes one (its profile), on :func:`write`'s grid, with ``tags``."""
+    grid = GridSpec(UTM, METRE_PIXELS, heights.shape[1], heights.shape[0])
+    with rasterio.open(path, "w", **height_profile(grid)) as ds:
+        ds.write(heights.astype(np.float32), 1)
+        ds.update_tags(**tags)
     return path
 
 
@@ -200,7 +212,7 @@ def test_reference_dem_gives_metres(tmp_path, ref_crs):
         out = ds.read(1)
         assert ds.tags()["units"] == "m" and ds.units == ("m",) and "height (m)" in ds.descriptions[0]
     with rasterio.open(ref) as r, WarpedVRT(
-        r, crs=UTM, transform=from_origin(500_000, 4_650_000, 1.0, 1.0), width=512, height=384,
+        r, crs=UTM, transform=METRE_PIXELS, width=512, height=384,
         resampling=Resampling.bilinear, nodata=np.nan, dtype="float32",
     ) as vrt:
         upsampled = vrt.read(1)
@@ -248,7 +260,7 @@ def test_memory_stays_flat_on_a_large_raster(tmp_path):
     big = tmp_path / "big.tif"
     with rasterio.open(
         big, "w", driver="GTiff", width=n, height=n, count=3, dtype="uint8", crs=UTM,
-        transform=from_origin(500_000, 4_650_000, 1.0, 1.0), tiled=True,
+        transform=METRE_PIXELS, tiled=True,
     ) as ds:
         for row in range(0, n, 500):
             y, x = np.mgrid[row : row + 500, 0:n]
@@ -428,9 +440,7 @@ def test_unwritable_destination_is_an_input_error(tmp_path):
 def test_evaluate_rasters(tmp_path):
     truth = terrain_m(130, 150).astype(np.float32)
     ref = write(tmp_path / "ref.tif", truth)
-    pred = write(tmp_path / "pred.tif", truth + 3.0, nodata=NODATA)
-    with rasterio.open(pred, "r+") as ds:
-        ds.update_tags(tile_size=64, units="m")
+    pred = write_height(tmp_path / "pred.tif", truth + 3.0, tile_size=64, units="m")
     result = evaluate_rasters(pred, ref)
     assert result["tile"] == 64 and result["tiles"] == 9
     whole = result["whole"]

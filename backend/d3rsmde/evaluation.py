@@ -1,9 +1,10 @@
-"""Whole-scene evaluation: how well one height map of a scene matches its reference DEM, as a user sees it.
+"""How well a height map matches its reference DEM: per tile and over the whole raster as the paper and the
+``evaluate`` command score it (:func:`evaluate_rasters`), and as one image of the scene (:func:`evaluate_scene`).
 
-The paper scores 512 x 512 tiles, each stretched on its own. A user looks at one map of the whole scene, so here
-the prediction is averaged onto the reference DEM's grid (its pixels are usually larger), both maps are min-max
-stretched to 0..255 over their common valid pixels as one image, and the paper's metrics are computed once,
-with the gradient correlation that tells whether slopes lie where the terrain has them.
+The paper scores 512 x 512 tiles, each stretched on its own. A user looks at one map of the whole scene, so for
+the scene the prediction is averaged onto the reference DEM's grid (its pixels are usually larger), both maps are
+min-max stretched to 0..255 over their common valid pixels as one image, and the paper's metrics are computed
+once, with the gradient correlation that tells whether slopes lie where the terrain has them.
 """
 
 from __future__ import annotations
@@ -14,10 +15,68 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
 
 from .errors import InputError
-from .metrics import depth_metrics
+from .metrics import PixelSums, depth_metrics
+from .raster.io import height_units, onto_grid, open_raster, warp_onto
+
+
+def evaluate_rasters(pred, reference, *, mask=None, tile: int | None = None) -> dict:
+    """Compare a predicted height raster with a reference (any CRS/resolution, warped onto the prediction grid).
+
+    ``per_tile``: :func:`d3rsmde.metrics.depth_metrics` averaged over ``tile``-sized tiles (default: the tile size
+    recorded in the prediction, else 512), i.e. the paper's per-tile relative figures. ``whole``: MAE, RMSE and
+    bias over all valid pixels when both rasters are in the same units (None for a relative prediction against
+    heights), and the RMSE left after the best global scale and shift, in the reference's units.
+    ``mask``: optional raster, nonzero where to evaluate. Rasters without a CRS are compared pixel for pixel, and
+    only with a raster of the same size and no CRS either.
+    """
+    pred_path, ref_path = Path(pred).expanduser(), Path(reference).expanduser()
+    mask_path = None if mask is None else Path(mask).expanduser()
+    with ExitStack() as stack:
+        p_ds = stack.enter_context(open_raster(pred_path))
+        tile = int(tile or p_ds.tags().get("tile_size", 512))
+        g_ds = stack.enter_context(open_raster(ref_path))
+        g_vrt = onto_grid(stack, g_ds, p_ds, Resampling.bilinear)
+        m_vrt = None if mask_path is None else onto_grid(stack, stack.enter_context(open_raster(mask_path)), p_ds,
+                                                         Resampling.nearest)
+        sums = PixelSums()
+        per_tile: dict[str, list[float]] = {}
+        n_tiles = 0
+        for row0 in range(0, p_ds.height, tile):
+            for col0 in range(0, p_ds.width, tile):
+                window = Window(col0, row0, min(tile, p_ds.width - col0), min(tile, p_ds.height - row0))
+                p = p_ds.read(1, window=window, masked=True).astype(np.float64).filled(np.nan)
+                g = g_vrt.read(1, window=window, masked=True).astype(np.float64).filled(np.nan)
+                ok = np.isfinite(p) & np.isfinite(g)
+                if m_vrt is not None:
+                    ok &= m_vrt.read(1, window=window, masked=True).filled(0) != 0
+                if ok.sum() < 2:
+                    continue
+                sums.add(p[ok], g[ok])
+                n_tiles += 1
+                for key, value in depth_metrics(p, g, ok).items():
+                    if isinstance(value, (int, float)):
+                        per_tile.setdefault(key, []).append(float(value))
+        p_units, g_units, crs = height_units(p_ds), height_units(g_ds), p_ds.crs
+    if sums.count == 0:
+        raise InputError(f"{pred_path.name} and {ref_path.name} overlap but share no valid pixel "
+                         "(one is nodata wherever the other has data)")
+    comparable = (p_units == "relative") == (g_units == "relative")  # an unknown unit is taken as the other's
+    errors = sums.errors()
+    return {
+        "tile": tile,
+        "tiles": n_tiles,
+        "per_tile": {k: float(np.mean(v)) for k, v in per_tile.items()},
+        "whole": {
+            **{key: errors[key] if comparable else None for key in ("mae", "rmse", "bias")},
+            "rmse_after_affine": errors["rmse_after_affine"],
+            "pixels": sums.count,
+            "units": g_units or (p_units if comparable else ""),
+        },
+        "warnings": [] if crs else [f"{pred_path.name} and {ref_path.name} have no CRS: compared pixel for pixel"],
+    }
 
 
 def scene_on_reference_grid(pred, reference) -> tuple[np.ndarray, np.ndarray]:
@@ -36,9 +95,7 @@ def scene_on_reference_grid(pred, reference) -> tuple[np.ndarray, np.ndarray]:
             raise InputError("whole-scene evaluation needs both rasters georeferenced (a CRS): "
                              f"{'reference' if ref.crs is None else 'prediction'} has none")
         g = ref.read(1, masked=True).astype(np.float64).filled(np.nan)
-        vrt = stack.enter_context(WarpedVRT(src, crs=ref.crs, transform=ref.transform, width=ref.width,
-                                            height=ref.height, resampling=Resampling.average, nodata=np.nan,
-                                            dtype="float32"))
+        vrt = stack.enter_context(warp_onto(src, ref, Resampling.average))
         p = vrt.read(1).astype(np.float64)
     return p, g
 

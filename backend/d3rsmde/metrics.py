@@ -74,6 +74,33 @@ def depth_metrics(pred, gt, mask=None) -> dict:
     return result
 
 
+class PixelSums:
+    """Running sums over pixel pairs, added window by window, that give whole-raster error figures in one pass:
+    MAE, RMSE and bias (meaningful when both maps are in the same units) and the RMSE left after the best affine
+    fit of the reference on the prediction (meaningful always)."""
+
+    def __init__(self) -> None:
+        self._sums = np.zeros(8)  # n, sum p, sum g, sum p^2, sum g^2, sum p*g, sum |p-g|, sum (p-g)^2
+
+    def add(self, p: np.ndarray, g: np.ndarray) -> None:
+        """Add paired valid pixels (1-D float64 arrays of equal length)."""
+        d = p - g
+        self._sums += [len(p), p.sum(), g.sum(), p @ p, g @ g, p @ g, np.abs(d).sum(), d @ d]
+
+    @property
+    def count(self) -> int:
+        return int(self._sums[0])
+
+    def errors(self) -> dict:
+        """``mae``, ``rmse``, ``bias`` (prediction minus reference) and ``rmse_after_affine``: the residual of the
+        least-squares fit g ~ s*p + o, from the same sums."""
+        n, sp, sg, spp, sgg, spg, sad, ssd = self._sums
+        var_p, var_g, cov = spp / n - (sp / n) ** 2, sgg / n - (sg / n) ** 2, spg / n - sp * sg / n**2
+        residual = max(var_g - (cov * cov / var_p if var_p > 0 else 0.0), 0.0)
+        return {"mae": sad / n, "rmse": math.sqrt(ssd / n), "bias": (sp - sg) / n,
+                "rmse_after_affine": math.sqrt(residual)}
+
+
 def ssim(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None, data_range: float = 255.0) -> float:
     """Gaussian-window SSIM (Wang et al. 2004: 11x11, sigma 1.5, K1 0.01, K2 0.03, population covariances).
 

@@ -68,8 +68,9 @@ class EvaluateDepth(D3Algorithm):
             self.addOutput(QgsProcessingOutputNumber(f"WHOLE_{key.upper()}", self.tr(f"{key} (whole raster)")))
 
     def process(self, parameters, context, feedback) -> dict:
+        from d3rsmde.evaluation import evaluate_rasters
         from d3rsmde.files import atomic_write_text
-        from d3rsmde.raster import evaluate_rasters, spare_inputs
+        from d3rsmde.raster import spare_inputs
 
         prediction = self.raster_path(parameters, self.PREDICTION, context)
         reference = self.raster_path(parameters, self.REFERENCE, context)

@@ -1,0 +1,141 @@
+"""Tiles in and out of the model with flat memory: model input read by window (bands, stretch, the grid the model
+runs on), read ahead in a background thread, and predictions kept in a scratch file rather than in memory."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from contextlib import ExitStack, closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from ..imagery import stretch
+from ..tiling import TileGrid
+from .output import GridSpec
+
+PREFETCH_BATCHES = 2
+
+
+@dataclass(frozen=True)
+class Source:
+    """How model input is read: bands, stretch, and the grid it is read on (resampled for the model's GSD)."""
+
+    path: Path
+    indexes: tuple[int, ...]
+    lo: np.ndarray
+    hi: np.ndarray
+    grid: GridSpec
+
+    def open(self, stack: ExitStack):
+        ds = stack.enter_context(rasterio.open(self.path))
+        if (ds.width, ds.height, ds.transform) == (self.grid.width, self.grid.height, self.grid.transform):
+            return ds
+        down = self.grid.width < ds.width
+        return stack.enter_context(
+            WarpedVRT(
+                ds,
+                crs=ds.crs,
+                transform=self.grid.transform,
+                width=self.grid.width,
+                height=self.grid.height,
+                resampling=Resampling.average if down else Resampling.bilinear,
+            )
+        )
+
+    def read(self, ds, grid: TileGrid, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tile ``i`` as ``3 x tile x tile`` float32 in [0, 1] and its validity mask; where the tile overhangs the
+        raster, the image is mirrored and the mask False.
+
+        Invalid pixels are filled with the tile's mean colour so that nodata does not look like terrain.
+        """
+        box, (r, c) = grid.box(i), grid.origin(i)
+        window = Window(box.col0, box.row0, box.col1 - box.col0, box.row1 - box.row0)
+        data = ds.read(list(self.indexes), window=window)
+        valid = (ds.read_masks(list(self.indexes), window=window) > 0).all(axis=0) & np.isfinite(data).all(axis=0)
+        data = stretch(data, self.lo, self.hi)
+        if valid.any() and not valid.all():
+            data = np.where(valid, data, data[:, valid].mean(axis=1)[:, None, None])
+        pad = ((0, 0), (box.row0 - r, r + grid.tile - box.row1), (box.col0 - c, c + grid.tile - box.col1))
+        return np.pad(data, pad, mode="reflect"), np.pad(valid, pad[1:], constant_values=False)
+
+
+class TileStore:
+    """Tile predictions in a raw float32 scratch file (NaN = no data), so memory stays flat with tile count."""
+
+    def __init__(self, path: Path, tile: int):
+        self.tile = tile
+        self._file = open(path, "w+b")
+        self._written: set[int] = set()
+
+    def __enter__(self) -> "TileStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+    def write(self, i: int, values: np.ndarray) -> None:
+        self._file.seek(i * self.tile * self.tile * 4)
+        self._file.write(np.ascontiguousarray(values, dtype=np.float32).tobytes())
+        self._written.add(i)
+
+    def read(self, i: int, row0: int = 0, row1: int | None = None) -> np.ndarray:
+        """Rows ``[row0, row1)`` of tile ``i``; all NaN for a tile never written (it had no valid pixel)."""
+        row1 = self.tile if row1 is None else row1
+        out = np.full((row1 - row0, self.tile), np.nan, dtype=np.float32)
+        if i not in self._written:
+            return out
+        self._file.seek((i * self.tile + row0) * self.tile * 4)
+        self._file.readinto(memoryview(out).cast("B"))
+        return out
+
+
+_DONE = object()
+
+
+class Prefetcher:
+    """Runs a batch generator in a background thread at most ``depth`` batches ahead: reads overlap compute."""
+
+    def __init__(self, produce: Callable[[], Iterator], depth: int = PREFETCH_BATCHES):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(produce,), name="d3rsmde-prefetch", daemon=True)
+
+    def __enter__(self) -> "Prefetcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __iter__(self) -> Iterator:
+        while (item := self._queue.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _run(self, produce: Callable[[], Iterator]) -> None:
+        try:
+            with closing(produce()) as items:
+                for item in items:
+                    if not self._put(item):
+                        return
+            self._put(_DONE)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            self._put(exc)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
