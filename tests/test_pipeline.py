@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from d3rsmde.errors import InputError
+from d3rsmde.errors import Cancelled, InputError
 from d3rsmde.pipeline import D3Pipeline
 
 
@@ -51,6 +51,21 @@ def test_refiner_runs_once_per_step_any_T(pipe, images, steps):
     assert counter.n == steps  # T other than the trained 6 works with the alpha-conditioned refiner
     assert out.shape == (2, 1, 64, 64) and torch.isfinite(out).all()
     assert not torch.allclose(out, pipe(images, refine_steps=0))
+
+
+def test_each_refinement_step_is_reported_and_can_stop_the_run(pipe, images):
+    seen = []
+    pipe(images, refine_steps=4, on_step=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+    def stop_after_two(done, total):
+        if done == 2:
+            raise Cancelled("stop")
+
+    counter = CallCounter(pipe.refiner)
+    with pytest.raises(Cancelled):
+        pipe(images, refine_steps=6, on_step=stop_after_two)
+    assert counter.n == 2
 
 
 def test_default_steps_come_from_config(pipe, images):

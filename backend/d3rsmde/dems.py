@@ -18,7 +18,8 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from .errors import InputError
-from .sources import GLOBE_G, GLOBE_G_BOUNDS, PackagedFile, Progress, fetch
+from .progress import Progress
+from .sources import GLOBE_G, GLOBE_G_BOUNDS, PackagedFile, fetch
 
 JACKSBORO = PackagedFile(
     "debian", "python-matplotlib-data", "", "usr/share/matplotlib/mpl-data/sample_data/jacksboro_fault_dem.npz",

@@ -9,7 +9,7 @@ import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,20 @@ from .errors import CheckpointError, InputError
 from .models import CoarseDepthModel, Refiner
 from .plbr import PLBRSchedule
 from .vae import LatentCodec, build_vae, minmax_per_tile
+
+
+@torch.no_grad()
+def coarse_maps(coarse: nn.Module, images: Tensor) -> Tensor:
+    """``coarse``'s heights for ``images``, min-max stretched per tile to [0, 1] (float32): what the refiner
+    refines, at inference and (from the k-fold models) in training alike."""
+    weight = next(coarse.parameters())
+    dtype = autocast_dtype(weight.device)
+    with torch.autocast(weight.device.type, dtype=dtype, enabled=dtype is not None):
+        depth = coarse(images.to(weight.device, weight.dtype).contiguous(memory_format=torch.channels_last))
+    return minmax_per_tile(depth.float())
+
+
+StepCallback = Callable[[int, int], None]
 
 
 class D3Pipeline:
@@ -138,34 +152,43 @@ class D3Pipeline:
         dtype = autocast_dtype(self.device)
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
-    @torch.no_grad()
     def coarse_depth(self, images: Tensor) -> Tensor:
         """Coarse model only, min-max stretched per tile to [0, 1] (float32); also the refiner's training input."""
         self.check_images(images)
-        with self._autocast():
-            depth = self.coarse(self._as_input(images))
-        return minmax_per_tile(depth.float())
+        return coarse_maps(self.coarse, images)
 
     @torch.no_grad()
-    def refine(self, images: Tensor, coarse01: Tensor, refine_steps: int | None = None) -> Tensor:
-        """PLBR refinement of a [0, 1] coarse map with ``refine_steps`` steps (None: the config's)."""
+    def refine(self, images: Tensor, coarse01: Tensor, refine_steps: int | None = None,
+               on_step: StepCallback | None = None) -> Tensor:
+        """PLBR refinement of a [0, 1] coarse map with ``refine_steps`` steps (None: the config's).
+
+        ``on_step(done, total)`` is called after each step; it may raise (e.g. :class:`Cancelled`) to stop.
+        """
         steps = self.config.num_steps if refine_steps is None else refine_steps
         schedule = PLBRSchedule(steps, self.config.eps)
         images = self._as_input(images)
         with self._autocast():
             z_x = self.codec.encode_image(images)
             z_c = self.codec.encode_depth(self._as_input(coarse01))
-            z0 = schedule.sample(lambda x, t: self.refiner(x, self.refiner.conditioning(schedule, t)), z_x, z_c)
-            depth = self.codec.decode_depth(z0.to(self.dtype))
+            z_t = z_c
+            for done, t in enumerate(schedule.timesteps.tolist(), start=1):
+                t_batch = torch.full((len(z_c),), t, dtype=torch.int64, device=z_c.device)
+                z0_hat = self.refiner(torch.cat([z_x, z_t], dim=1), self.refiner.conditioning(schedule, t_batch))
+                z_t = schedule.step(z0_hat, t, z_c)
+                if on_step is not None:
+                    on_step(done, steps)
+            depth = self.codec.decode_depth(z_t.to(self.dtype))
         return depth.float()
 
     @torch.no_grad()
-    def __call__(self, images: Tensor, refine_steps: int | None = None) -> Tensor:
+    def __call__(self, images: Tensor, refine_steps: int | None = None,
+                 on_step: StepCallback | None = None) -> Tensor:
         """Relative height ``B x 1 x H x W`` (float32, [0, 1] per tile); ``refine_steps=0`` is the coarse model
-        alone, None the config's number of steps, any other T works with an "alpha"-conditioned refiner."""
+        alone, None the config's number of steps, any other T works with an "alpha"-conditioned refiner.
+        ``on_step(done, total)`` follows the refinement steps (see :meth:`refine`)."""
         if refine_steps is not None and (int(refine_steps) != refine_steps or refine_steps < 0):
             raise InputError(f"refine_steps must be a whole number >= 0, got {refine_steps}")
         coarse = self.coarse_depth(images)
         if refine_steps == 0:
             return coarse
-        return self.refine(images, coarse, refine_steps)
+        return self.refine(images, coarse, refine_steps, on_step)

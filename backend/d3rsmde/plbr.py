@@ -1,5 +1,7 @@
 """PLBR schedule (progressive linear blending refinement): a deterministic, few-step "diffusion" between the coarse
-latent z_c and the refined latent z_0.
+latent z_c and the refined latent z_0. Like a diffusers scheduler it holds no model: the pipeline owns the loop
+(``for t in schedule.timesteps: z0_hat = refiner(...); z_t = schedule.step(z0_hat, t, z_c)``), so it can report
+progress and stop between steps.
 
 There is no noise: the forward process blends linearly, z_t = alpha_bar_t * z_0 + (1 - alpha_bar_t) * z_c with
 alpha_bar_t = eps * (T - t - 1) / (T - 1), so the last step (t = T-1) starts exactly from the coarse map and never
@@ -8,18 +10,14 @@ from pure noise; this is what makes 6 steps enough.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor
 
 from .errors import InputError
 
-Denoiser = Callable[[Tensor, Tensor], Tensor]
-
 
 class PLBRSchedule:
-    """Scheduler-like holder of the blending weights, with the training forward process and the sampling loop."""
+    """Scheduler-like holder of the blending weights: the training forward process and one sampling step."""
 
     def __init__(self, num_steps: int = 6, eps: float = 0.8):
         if int(num_steps) != num_steps or num_steps < 1:
@@ -45,17 +43,10 @@ class PLBRSchedule:
         a = self._alpha(t, z0)
         return a * z0 + (1 - a) * zc
 
-    def sample(self, model: Denoiser, z_x: Tensor, z_c: Tensor) -> Tensor:
-        """Run the T refinement steps; ``model(cat([z_x, z_t], 1), t)`` predicts z0 (t: int64 ``[B]``).
-
-        Exactly ``num_steps`` model calls; the last one's prediction is returned as is (alpha_bar_{-1} = 1).
-        """
-        z_t = z_c
-        batch = z_c.shape[0]
-        for t in self.timesteps.tolist():
-            t_batch = torch.full((batch,), t, dtype=torch.int64, device=z_c.device)
-            z0_hat = model(torch.cat([z_x, z_t], dim=1), t_batch)
-            if t > 0:
-                a = float(self.alpha_bar[t - 1])
-                z_t = a * z0_hat + (1 - a) * z_c
-        return z0_hat
+    def step(self, z0_hat: Tensor, t: int, z_c: Tensor) -> Tensor:
+        """The refiner's input for the step after ``t``, from its z0 estimate at ``t``:
+        alpha_bar_{t-1} * z0_hat + (1 - alpha_bar_{t-1}) * z_c; at t = 0 the estimate itself (alpha_bar_{-1} = 1)."""
+        if t == 0:
+            return z0_hat
+        a = float(self.alpha_bar[t - 1])
+        return a * z0_hat + (1 - a) * z_c

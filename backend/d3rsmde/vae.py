@@ -7,6 +7,9 @@ Refining in an f8 latent space instead of pixels is what makes the refiner cheap
 
 from __future__ import annotations
 
+import math
+
+import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
 from torch import Tensor, nn
 
@@ -16,12 +19,22 @@ from .errors import InputError
 VAE_KINDS = ("kl", "tiny")
 
 
-def minmax_per_tile(x: Tensor, eps: float = 1e-6) -> Tensor:
-    """Stretch each sample (over all its channels and pixels) to [0, 1]; a flat sample becomes all zeros."""
+def minmax_per_tile(x: Tensor, mask: Tensor | None = None, eps: float = 1e-6) -> Tensor:
+    """Stretch each sample (over all its channels and pixels) to [0, 1]; a flat sample becomes all zeros.
+
+    With ``mask`` only valid pixels set the range and invalid ones become 0: the per-tile relative height the
+    models predict, computed without letting nodata decide it.
+    """
     flat = x.flatten(1)
-    lo = flat.amin(dim=1).view(-1, *([1] * (x.dim() - 1)))
-    hi = flat.amax(dim=1).view(-1, *([1] * (x.dim() - 1)))
-    return (x - lo) / (hi - lo).clamp_min(eps)
+    if mask is None:
+        lo, hi = flat.amin(dim=1), flat.amax(dim=1)
+    else:
+        valid = mask.flatten(1)
+        lo = torch.where(valid, flat, torch.full_like(flat, math.inf)).amin(1)
+        hi = torch.where(valid, flat, torch.full_like(flat, -math.inf)).amax(1)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    scaled = (x - lo.view(shape)) / (hi - lo).view(shape).clamp_min(eps)
+    return scaled if mask is None else torch.where(mask, scaled, torch.zeros_like(scaled))
 
 
 def build_vae(cfg: VAEConfig) -> AutoencoderKL | AutoencoderTiny:

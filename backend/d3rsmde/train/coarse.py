@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..hdn_loss import hdn_loss
-from .common import Cancel, Progress, TrainSettings, fit
+from ..progress import Cancel, Progress
+from .common import TrainSettings, fit
 
 COARSE_SETTINGS = TrainSettings(lr=5e-5, weight_decay=1e-4, plateau_factor=0.6, plateau_patience=5, seed=42)
 

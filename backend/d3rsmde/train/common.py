@@ -34,10 +34,9 @@ from tqdm.auto import tqdm
 
 from ..defaults import SEED, TRAIN_BATCH_SIZE
 from ..device import autocast_dtype, resolve_device
-from ..errors import Cancelled, InputError
+from ..errors import InputError
+from ..progress import Cancel, Progress, check_cancel
 
-Progress = Callable[[float, str], None]
-Cancel = Callable[[], bool]
 LossFn = Callable[[nn.Module, dict], Tensor]
 
 
@@ -129,18 +128,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def scaled_progress(progress: Progress | None, start: float, end: float) -> Progress | None:
-    """A callback reporting into the ``[start, end]`` part of ``progress`` (stages of a longer job)."""
-    if progress is None:
-        return None
-    return lambda fraction, message: progress(start + (end - start) * min(max(fraction, 0.0), 1.0), message)
-
-
-def check_cancel(cancel: Cancel | None, what: str) -> None:
-    if cancel is not None and cancel():
-        raise Cancelled(f"{what} cancelled")
-
-
 def distributed_context(device: str | torch.device = "auto") -> tuple[int, int, torch.device]:
     """(rank, world size, device): joins the process group when started by ``torchrun`` (WORLD_SIZE > 1)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -153,18 +140,6 @@ def distributed_context(device: str | torch.device = "auto") -> tuple[int, int, 
         torch.cuda.set_device(local)
         return dist.get_rank(), world, torch.device("cuda", local)
     return dist.get_rank(), world, torch.device("cpu")
-
-
-def stretch_valid(depth: Tensor, mask: Tensor, eps: float = 1e-6) -> Tensor:
-    """Min-max stretch of each sample's valid pixels to [0, 1] (invalid pixels become 0): the per-tile relative
-    height the models predict, computed without letting nodata pixels set the range."""
-    flat, valid = depth.flatten(1), mask.flatten(1)
-    lo = torch.where(valid, flat, torch.full_like(flat, math.inf)).amin(1)
-    hi = torch.where(valid, flat, torch.full_like(flat, -math.inf)).amax(1)
-    shape = (-1,) + (1,) * (depth.dim() - 1)
-    lo, hi = lo.view(shape), hi.view(shape)
-    scaled = (depth - lo) / (hi - lo).clamp_min(eps)
-    return torch.where(mask, scaled, torch.zeros_like(scaled))
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

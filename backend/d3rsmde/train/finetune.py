@@ -28,7 +28,7 @@ from ..pipeline import D3Pipeline
 from ..plbr import PLBRSchedule
 from ..weights import default_weights_path
 from .coarse import train_coarse
-from .common import Cancel, Progress, check_cancel, scaled_progress
+from ..progress import Cancel, Progress, check_cancel, scaled_progress
 from .kfold import predict_coarse
 from .refiner import train_refiner
 

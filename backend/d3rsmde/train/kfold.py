@@ -16,12 +16,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..config import D3Config
-from ..device import autocast_dtype
 from ..errors import InputError
 from ..models import CoarseDepthModel
-from ..vae import minmax_per_tile
+from ..pipeline import coarse_maps
 from .coarse import COARSE_SETTINGS, train_coarse
-from .common import Cancel, Progress, TrainSettings, check_cancel, distributed_context, scaled_progress
+from ..progress import Cancel, Progress, check_cancel, scaled_progress
+from .common import TrainSettings, distributed_context
 
 MAPS_NAME = "coarse_maps.npy"
 
@@ -37,15 +37,12 @@ def fold_indices(n: int, k: int) -> list[np.ndarray]:
 def predict_coarse(model: nn.Module, dataset: Dataset, out: np.ndarray, *, batch_size: int = 8,
                    cancel: Cancel | None = None) -> np.ndarray:
     """Fill ``out`` (``len(dataset) x H x W``) with the model's maps stretched to [0, 1] per tile, exactly the
-    input :meth:`D3Pipeline.coarse_depth` gives the refiner at inference."""
-    device = next(model.parameters()).device
-    dtype = autocast_dtype(device)
+    input :meth:`D3Pipeline.coarse_depth` gives the refiner at inference (the same function computes both)."""
     model.eval()
     start = 0
     for batch in DataLoader(dataset, batch_size=batch_size):
         check_cancel(cancel, "coarse prediction")
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            maps = minmax_per_tile(model(batch["image"].to(device)).float())
+        maps = coarse_maps(model, batch["image"])
         out[start:start + len(maps)] = maps[:, 0].cpu().numpy()
         start += len(maps)
     return out

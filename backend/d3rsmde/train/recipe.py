@@ -20,7 +20,8 @@ from ..defaults import SEED, TRAIN_BATCH_SIZE
 from ..errors import InputError
 from ..pipeline import D3Pipeline
 from ..plbr import PLBRSchedule
-from .common import Cancel, Progress, check_cancel, distributed_context, scaled_progress, seed_everything
+from ..progress import Cancel, Progress, check_cancel, scaled_progress
+from .common import distributed_context, seed_everything
 from .kfold import kfold_coarse_predictions, predict_coarse
 from .refiner import train_refiner
 from .vae import train_vae

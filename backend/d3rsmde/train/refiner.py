@@ -18,8 +18,9 @@ from torch.utils.data import Dataset
 
 from ..errors import InputError
 from ..plbr import PLBRSchedule
-from ..vae import LatentCodec
-from .common import Cancel, Progress, TrainSettings, distributed_context, fit, stretch_valid, unwrap
+from ..progress import Cancel, Progress
+from ..vae import LatentCodec, minmax_per_tile
+from .common import TrainSettings, distributed_context, fit, unwrap
 
 # AdamW's weight decay is not given in the paper; 1e-2 is the usual diffusers/torch value for U-Nets.
 REFINER_SETTINGS = TrainSettings(lr=1e-4, weight_decay=1e-2, plateau_factor=0.5, plateau_patience=5, seed=42)
@@ -50,7 +51,7 @@ class RefinerLoss:
     def __call__(self, model: nn.Module, batch: dict) -> Tensor:
         mask, coarse = batch["mask"], batch["coarse"]
         with torch.no_grad():
-            target = torch.where(mask, stretch_valid(batch["depth"], mask), coarse)
+            target = torch.where(mask, minmax_per_tile(batch["depth"], mask), coarse)
             z_x = self.codec.encode_image(batch["image"])
             z_0 = self.codec.encode_depth(target)
             z_c = self.codec.encode_depth(coarse)

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..vae import minmax_per_tile
-from .common import Cancel, Progress, TrainSettings, fit, stretch_valid
+from ..progress import Cancel, Progress
+from .common import TrainSettings, fit
 
 VAE_SETTINGS = TrainSettings(lr=1e-4, weight_decay=1e-2, plateau_factor=0.5, plateau_patience=5, seed=42, crop=128)
 KL_WEIGHT = 1e-6  # the Stable Diffusion VAE's value: enough to regularise, too small to blur
@@ -42,7 +43,7 @@ def vae_inputs(batch: dict) -> tuple[Tensor, Tensor]:
     per-pixel weights of the reconstruction loss (0 on nodata heights)."""
     images = minmax_per_tile(batch["image"]) * 2 - 1
     mask = batch["mask"]
-    depth = torch.where(mask, stretch_valid(batch["depth"], mask), torch.full_like(batch["depth"], 0.5))
+    depth = torch.where(mask, minmax_per_tile(batch["depth"], mask), torch.full_like(batch["depth"], 0.5))
     x = torch.cat([images, (depth * 2 - 1).expand(-1, 3, -1, -1)])
     weight = torch.cat([torch.ones_like(mask), mask]).float()
     return x, weight
