@@ -13,7 +13,7 @@ export QT_QPA_PLATFORM ?= offscreen
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 DEMO_OUT := build/demo
 
-.PHONY: setup system-deps venv demo test package clean
+.PHONY: setup system-deps venv demo test test-ltr package clean
 
 setup: system-deps venv
 
@@ -46,8 +46,13 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# QGIS LTR: the QGIS-facing tests inside a Debian 13 root (QGIS 3.40, Python 3.13, numpy 2) that
+# scripts/test_ltr.sh builds with debootstrap in build/ltr-root; a second run only re-runs the tests.
+test-ltr:
+	scripts/test_ltr.sh
+
 package: setup
 	$(PY) scripts/package_plugin.py --out dist/d3rsmde_qgis.zip
 
 clean:
-	rm -rf build dist .pytest_cache
+	rm -rf --one-file-system build dist .pytest_cache  # never into a mount a killed test-ltr left in build/ltr-root
