@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from d3rsmde.files import atomic_file
 from d3rsmde.weights import DEFAULT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,10 +94,9 @@ def write_preview(image: Path, depth: Path, png: Path) -> None:
     for ax in axes:
         ax.set_axis_off()
     png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_file(png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    os.replace(tmp, png)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
+
+from d3rsmde.files import atomic_file
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "d3rsmde_qgis"
@@ -60,16 +61,9 @@ def build_zip(out: Path, root: Path = ROOT) -> Path:
     """Write the plugin zip to `out` atomically (a failed build never leaves a truncated zip behind)."""
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for name, path in sorted(plugin_files(root).items()):
-                archive.write(path, name)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, path in sorted(plugin_files(root).items()):
+            archive.write(path, name)
     return out
 
 

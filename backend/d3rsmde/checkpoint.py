@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from . import __version__
 from .config import D3Config
 from .errors import CheckpointError, InputError
+from .files import atomic_file
 
 FORMAT = "d3rsmde-pipeline"
 SHARD_FORMAT = "d3rsmde-shard"
@@ -66,20 +67,12 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], config:
     path.parent.mkdir(parents=True, exist_ok=True)
     parts = [(path.parent / name, group, {"format": SHARD_FORMAT, "shard_of": path.name})
              for name, group in zip(shard_names, groups[1:])] + [(path, groups[0], meta)]
-    temps: list[str] = []
-    try:  # every file is complete before any is renamed into place, so a failure leaves no stray shard
-        for target, group, group_meta in parts:
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            temps.append(tmp)
-            save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, tmp, metadata=group_meta)
-            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide shared weights from other users
-        for tmp, (target, _, _) in zip(temps, parts):  # shards first, the main file last
-            os.replace(tmp, target)
-    except BaseException:
-        for tmp in temps:
-            Path(tmp).unlink(missing_ok=True)
-        raise
+    # Every file is complete before any is renamed into place, so a failure leaves no stray shard; the files are
+    # published in the reverse order of entry: the shards first, the main file (entered first) last.
+    with ExitStack() as stack:
+        for target, group, group_meta in reversed(parts):
+            tmp = stack.enter_context(atomic_file(target))
+            save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(tmp), metadata=group_meta)
     return path
 
 

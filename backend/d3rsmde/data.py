@@ -10,9 +10,7 @@ tile: neighbouring tiles see the same terrain, so a random tile split would leak
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ from d3rsmde.geodesy import pixel_size_m
 from d3rsmde.imagery import STRETCH_PERCENTILES, stretch, stretch_limits
 from d3rsmde.errors import InputError
 
-from d3rsmde.datasets import INDEX_NAME, SPLITS
+from d3rsmde.datasets import INDEX_NAME, SPLITS, publish_tiles
 from d3rsmde.defaults import SEED
 from d3rsmde.progress import Cancel, Progress, check_cancel, report
 
@@ -200,8 +198,7 @@ def build_dataset(
                 "dropped": dropped,
                 "tiles": tiles,
             }
-            (tmp / INDEX_NAME).write_text(json.dumps(index, indent=1))
-            _publish(tmp, out_dir)
+            publish_tiles(tmp, out_dir, index)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -280,14 +277,3 @@ def _split_tiles(tiles: list, o: BuildOptions, tile_dir: Path) -> tuple[dict, in
         t["split"] = splits.pop()
         counts[t["split"]] += 1
     return dict(counts), straddling
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Swap the finished tiles and index into ``out_dir``; the index goes last so readers never see a half set."""
-    old = out_dir / "tiles"
-    if old.exists():
-        (out_dir / INDEX_NAME).unlink(missing_ok=True)
-        shutil.rmtree(old)
-    os.replace(tmp / "tiles", old)
-    os.replace(tmp / INDEX_NAME, out_dir / INDEX_NAME)
-    tmp.rmdir()

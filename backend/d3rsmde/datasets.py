@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +18,19 @@ from .errors import InputError
 
 SPLITS = ("train", "val", "test")
 INDEX_NAME = "index.json"
+
+
+def publish_tiles(tmp: Path, out_dir: Path, index: dict) -> None:
+    """Write ``index`` beside the finished ``tmp/tiles`` and swap both into ``out_dir``; the index goes last (and
+    an old one first), so readers never see an index that names tiles not there."""
+    (tmp / INDEX_NAME).write_text(json.dumps(index, indent=1))
+    old = out_dir / "tiles"
+    if old.exists():
+        (out_dir / INDEX_NAME).unlink(missing_ok=True)
+        shutil.rmtree(old)
+    os.replace(tmp / "tiles", old)
+    os.replace(tmp / INDEX_NAME, out_dir / INDEX_NAME)
+    tmp.rmdir()
 
 
 def load_index(root) -> dict:

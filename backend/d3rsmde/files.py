@@ -56,12 +56,22 @@ def staged_output(dst: Path, *, overwrite: bool = True) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextmanager
+def atomic_file(path: Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """A path to write ``path``'s new content to: when the body returns without error, the file written there is
+    flushed and renamed to ``path``; otherwise it is removed and a previous ``path`` stays as it was. The one way
+    d3rsmde writes a file anyone else reads (outputs, weights, caches, reports)."""
+    path = Path(path)
+    with staged_output(path, overwrite=overwrite) as folder:
+        yield folder / path.name
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file (JSON, HTML) so that readers see the previous file or the whole new one."""
     path = Path(path)
     try:
-        with staged_output(path) as folder:
-            (folder / path.name).write_text(text, encoding="utf-8")
+        with atomic_file(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise OutputError(describe_write_error(path, exc)) from exc
 

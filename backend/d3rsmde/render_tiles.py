@@ -8,7 +8,6 @@ crop gets its own render seed: the same ridge seen twice comes with another sun,
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -20,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from . import __version__
-from .datasets import INDEX_NAME, SPLITS
+from .datasets import INDEX_NAME, SPLITS, publish_tiles
 from .imagery import STRETCH_PERCENTILES, stretch
 from .dems import DEM, load_dem
 from .errors import InputError
@@ -151,13 +150,7 @@ def build_render_dataset(
             "counts": {s: counts.get(s, 0) for s in SPLITS},
             "tiles": tiles,
         }
-        (tmp / INDEX_NAME).write_text(json.dumps(index, indent=1))
-        if (out_dir / "tiles").exists():
-            (out_dir / INDEX_NAME).unlink(missing_ok=True)
-            shutil.rmtree(out_dir / "tiles")
-        os.replace(tmp / "tiles", out_dir / "tiles")
-        os.replace(tmp / INDEX_NAME, out_dir / INDEX_NAME)
-        tmp.rmdir()
+        publish_tiles(tmp, out_dir, index)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -34,6 +34,7 @@ from scipy.io import netcdf_file
 
 from d3rsmde.data import BuildOptions, build_dataset
 from d3rsmde.errors import D3Error, InputError
+from d3rsmde.files import atomic_file
 from d3rsmde.progress import Progress, report
 
 CACHE_ENV = "D3RSMDE_SOURCES"
@@ -223,34 +224,19 @@ def fetch(item: PackagedFile, cache=None, progress: Progress | None = None) -> P
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make a shared cache unreadable to others
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_geotiff(path, array: np.ndarray, transform: Affine, *, crs: str = "EPSG:4326", nodata=None) -> Path:
     """Write a (bands, rows, cols) or (rows, cols) array as a compressed GeoTIFF, atomically."""
     path = Path(path)
     array = array[None] if array.ndim == 2 else array
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tif")
-    os.close(fd)
     profile = dict(driver="GTiff", width=array.shape[2], height=array.shape[1], count=array.shape[0],
                    dtype=array.dtype, crs=crs, transform=transform, nodata=nodata,
                    tiled=True, blockxsize=256, blockysize=256, compress="deflate")
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(array)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(array)
     return path
 
 
@@ -407,15 +393,8 @@ def lpips_weights(cache=None, progress: Progress | None = None) -> Path:
         return out
     state = convert_lpips_alexnet(fetch(LPIPS_ALEXNET, cache, progress))
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    os.close(fd)
-    try:
+    with atomic_file(out) as tmp:
         torch.save(state, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
     report(progress, 1.0, f"wrote {out}")
     return out
 

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..defaults import SEED, TRAIN_BATCH_SIZE
 from ..device import autocast_dtype, resolve_device
 from ..errors import InputError
+from ..files import atomic_file
 from ..progress import Cancel, Progress, check_cancel
 
 LossFn = Callable[[nn.Module, dict], Tensor]
@@ -147,10 +148,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def atomic_save(obj, path: Path) -> None:
-    """torch.save through a temporary file in the same folder, so a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save through :func:`~d3rsmde.files.atomic_file`: a crash never leaves a half-written file."""
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def fit(
