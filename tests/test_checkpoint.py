@@ -9,10 +9,12 @@ from safetensors.torch import save_file
 
 import d3rsmde
 from d3rsmde.checkpoint import FORMAT, describe_checkpoint, load_checkpoint, save_checkpoint
-from d3rsmde.config import get_config
+from d3rsmde.config import D3Config, Preprocessing, get_config
 from d3rsmde.errors import CheckpointError, InputError
 from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.weights import DEFAULT_NAME, default_weights_path
+
+from conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +53,9 @@ def test_metadata_and_description(pipe, saved):
     tensors, cfg, meta = load_checkpoint(saved["fp32"])
     assert meta["format"] == FORMAT and meta["format_version"] == "1"
     assert json.loads(meta["config"]) == cfg.to_dict() == pipe.config.to_dict()
-    assert (meta["data"], meta["gsd_m"], meta["tile_size"], meta["input_norm"]) == (
-        "unit test", "0.5", "64", "percentile-1-99")
+    assert not {"data", "gsd_m", "tile_size", "input_norm"} & set(meta)  # once, in the config
+    assert (cfg.data, cfg.gsd_m, cfg.tile_size) == ("unit test", 0.5, 64)
+    assert cfg.preprocessing == Preprocessing(("red", "green", "blue"), (1.0, 99.0), 64, 0.5)
     assert meta["d3rsmde_version"] == d3rsmde.__version__ and meta["created"].endswith("+00:00")
     assert meta["note"] == "first run" and meta["epochs"] == "3"
     assert {k.split(".")[0] for k in tensors} == {"coarse", "vae", "refiner"}
@@ -62,6 +65,19 @@ def test_metadata_and_description(pipe, saved):
     assert info["params"] == {**counts, "total": sum(counts.values())}
     assert info["dtype"] == "F16" and info["size_bytes"] == os.path.getsize(saved["fp16"])
     assert (info["config"], info["data"], info["gsd_m"], info["tile_size"]) == ("tiny", "unit test", 0.5, 64)
+
+
+def test_checkpoints_written_before_the_preprocessing_config_still_load():
+    """tests/data/golden-tiny.safetensors was written by d3rsmde 0.1 (``input_norm`` in its config, copies of
+    data/gsd/tile at the top level)."""
+    old = REPO / "tests" / "data" / "golden-tiny.safetensors"
+    _, cfg, meta = load_checkpoint(old)
+    assert meta["input_norm"] == "percentile-1-99" and "input_norm" in json.loads(meta["config"])
+    assert cfg.stretch_percentiles == (1.0, 99.0) and cfg.band_order == ("red", "green", "blue")
+    info = describe_checkpoint(old)
+    assert "input_norm" not in info["metadata"] and info["stretch_percentiles"] == [1.0, 99.0]
+    with pytest.raises(InputError, match="normalisation"):
+        D3Config.from_dict({**json.loads(meta["config"]), "input_norm": "zscore"})
 
 
 def test_save_is_atomic_and_leaves_no_temp_files(pipe, tmp_path):

@@ -54,12 +54,17 @@ def default_bands(count: int, colors: Sequence[str] = (), descriptions: Sequence
     return [1] if count < 3 else [1, 2, 3]
 
 
-def select_bands(src, bands=None) -> list[int]:
-    """Three 1-based band indexes of ``src`` (an open rasterio dataset) for the model's RGB: ``bands`` (any form
-    parse_bands takes; one band is replicated) or, when None/empty, :func:`default_bands`."""
+def select_bands(src, bands=None, order: Sequence[str] = RGB) -> list[int]:
+    """Three 1-based band indexes of ``src`` (an open rasterio dataset) for the model's input channels: ``bands``
+    (any form parse_bands takes, in the model's channel order; one band is replicated) or, when None/empty,
+    :func:`default_bands` put in ``order``, the colours of the model's channels (its config's ``band_order``)."""
     chosen = parse_bands(bands)
     if chosen is None:
         chosen = default_bands(src.count, [c.name for c in src.colorinterp], src.descriptions)
+        if len(chosen) == 3 and tuple(order) != RGB:
+            if sorted(order) != sorted(RGB):
+                raise InputError(f"a model's band order must name red, green and blue once each, got {tuple(order)}")
+            chosen = [chosen[RGB.index(color)] for color in order]
     if len(chosen) not in (1, 3):
         raise InputError(f"bands must name 1 or 3 bands, got {chosen}")
     bad = [b for b in chosen if not 1 <= b <= src.count]

@@ -32,8 +32,9 @@ FORMAT = "d3rsmde-pipeline"
 SHARD_FORMAT = "d3rsmde-shard"
 FORMAT_VERSION = 1
 COMPONENTS = ("coarse", "vae", "refiner")
-_STANDARD_KEYS = ("format", "format_version", "config", "tile_size", "input_norm", "gsd_m", "data",
-                  "d3rsmde_version", "created", "shards")
+_STANDARD_KEYS = ("format", "format_version", "config", "d3rsmde_version", "created", "shards")
+# Copies of config fields that files written before 0.2 also carry at the top level; read from the config only.
+_LEGACY_KEYS = ("tile_size", "input_norm", "gsd_m", "data")
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], config: D3Config,
@@ -46,7 +47,7 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], config:
     """
     path = Path(path)
     extra = dict(metadata or {})
-    clash = sorted(set(extra) & set(_STANDARD_KEYS))
+    clash = sorted(set(extra) & {*_STANDARD_KEYS, *_LEGACY_KEYS})
     if clash:
         raise InputError(f"metadata keys {clash} are written from the config; set them there instead")
     groups = _split(tensors, max_shard_bytes) if max_shard_bytes else [tensors]
@@ -55,10 +56,6 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, Tensor], config:
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "config": json.dumps(config.to_dict()),
-        "tile_size": str(config.tile_size),
-        "input_norm": config.input_norm,
-        "gsd_m": json.dumps(config.gsd_m),
-        "data": config.data,
         "d3rsmde_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **({"shards": json.dumps(shard_names)} if shard_names else {}),
@@ -220,7 +217,7 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 component = key.split(".", 1)[0]
                 params[component] = params.get(component, 0) + int(torch.Size(sl.get_shape()).numel())
                 dtypes.add(sl.get_dtype())
-    extra = {k: v for k, v in meta.items() if k not in _STANDARD_KEYS}
+    extra = {k: v for k, v in meta.items() if k not in _STANDARD_KEYS and k not in _LEGACY_KEYS}
     return {
         "path": str(path),
         "files": [file.name for file in files],
@@ -229,7 +226,8 @@ def describe_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         "data": config.data,
         "gsd_m": config.gsd_m,
         "tile_size": config.tile_size,
-        "input_norm": config.input_norm,
+        "band_order": ",".join(config.band_order),
+        "stretch_percentiles": list(config.stretch_percentiles),
         "num_steps": config.num_steps,
         "params": {**params, "total": sum(params.values())},
         "dtype": ",".join(sorted(dtypes)),

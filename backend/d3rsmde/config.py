@@ -11,7 +11,25 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .bands import RGB
 from .errors import InputError
+
+STRETCH_PERCENTILES = (1.0, 99.0)  # each band from its 1st to its 99th percentile over the raster -> [0, 1]
+LEGACY_INPUT_NORM = "percentile-1-99"  # how checkpoints of format 1 before 0.2 named the same stretch
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model expects of its imagery, as timm's data config: which colour each input channel shows, the
+    percentiles each band is stretched between, the tile size and ground resolution it was trained at.
+
+    It lives once in the checkpoint (in the :class:`D3Config`) and the raster engine applies it.
+    """
+
+    band_order: tuple[str, ...] = RGB
+    stretch_percentiles: tuple[float, float] = STRETCH_PERCENTILES
+    tile_size: int = 512
+    gsd_m: float | None = None
 
 
 @dataclass
@@ -85,7 +103,13 @@ class D3Config:
     eps: float = 0.8
     gsd_m: float | None = None
     data: str = ""
-    input_norm: str = "percentile-1-99"
+    band_order: tuple[str, ...] = RGB
+    stretch_percentiles: tuple[float, float] = STRETCH_PERCENTILES
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The imagery preprocessing this model was trained with (the raster engine applies it)."""
+        return Preprocessing(self.band_order, self.stretch_percentiles, self.tile_size, self.gsd_m)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (tuples become lists, exactly what a checkpoint's metadata holds)."""
@@ -95,6 +119,9 @@ class D3Config:
     def from_dict(cls, d: dict[str, Any]) -> "D3Config":
         """Inverse of :meth:`to_dict`; unknown keys raise InputError rather than being silently dropped."""
         d = dict(d)
+        legacy = d.pop("input_norm", LEGACY_INPUT_NORM)  # checkpoints written before the preprocessing fields
+        if legacy != LEGACY_INPUT_NORM:
+            raise InputError(f"unknown input normalisation {legacy!r}; this d3rsmde knows {LEGACY_INPUT_NORM!r}")
         subs = {"coarse": CoarseConfig, "vae": VAEConfig, "refiner": RefinerConfig}
         for key, sub_cls in subs.items():
             if key in d:

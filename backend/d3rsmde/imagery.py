@@ -11,14 +11,16 @@ import numpy as np
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
+from .config import STRETCH_PERCENTILES
 from .errors import InputError
 
-STRETCH_PERCENTILES = (1.0, 99.0)
 STATS_MAX_SIDE = 1024  # percentiles come from a decimated read: exact enough, flat memory
 
 
-def stretch_limits(src, bands: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band 1st and 99th percentiles over the valid pixels of ``window``, from a decimated read."""
+def stretch_limits(src, bands: Sequence[int], window: Window,
+                   percentiles: Sequence[float] = STRETCH_PERCENTILES) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band ``percentiles`` (low, high; by default the 1st and 99th) over the valid pixels of ``window``, from
+    a decimated read."""
     scale = min(1.0, STATS_MAX_SIDE / max(window.width, window.height))
     shape = (max(1, round(window.height * scale)), max(1, round(window.width * scale)))
     data = src.read(bands, window=window, out_shape=(len(bands), *shape), resampling=Resampling.nearest)
@@ -26,7 +28,7 @@ def stretch_limits(src, bands: Sequence[int], window: Window) -> tuple[np.ndarra
     valid &= np.isfinite(data).all(axis=0)  # float rasters may carry NaN/inf without declaring nodata
     if not valid.any():
         raise InputError(f"{src.name} has no valid pixels in the chosen extent (all nodata or masked)")
-    low, high = np.percentile(data[:, valid].astype(np.float32), STRETCH_PERCENTILES, axis=1)
+    low, high = np.percentile(data[:, valid].astype(np.float32), list(percentiles), axis=1)
     return low, high
 
 

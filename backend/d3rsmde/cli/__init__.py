@@ -208,6 +208,6 @@ def _info(args) -> int:
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in value.items()) or "-"
         elif isinstance(value, list):
-            value = ", ".join(value)
+            value = ", ".join(map(str, value))
         print(f"{key:<16} {value}")
     return 0
