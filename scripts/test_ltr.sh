@@ -34,7 +34,7 @@ APT_PACKAGES="qgis python3-qgis qgis-providers python3-rasterio python3-venv pyt
 # are built for it), and torch/torchvision too unless LTR_TORCH=pypi: then the venv gets requirements.txt's
 # torch 2.14.1 + torchvision 0.29.1 (PyPI's CUDA build for Python 3.13, several GB to download; triton removed
 # where no NVIDIA driver is found, as the Makefile does), the build the plugin's installer gives a QGIS 3.40 user.
-PIP_PACKAGES="timm==1.0.31 diffusers==0.42.1 safetensors>=0.4 pytest pytest-qgis==5.0.2"
+PIP_PACKAGES="timm==1.0.31 diffusers==0.42.1 safetensors>=0.4 lpips==0.1.4 pytest pytest-qgis==5.0.2"
 LTR_TORCH="${LTR_TORCH:-debian}"
 case "$LTR_TORCH" in
   debian) HOLD="numpy torch torchvision" ;;
