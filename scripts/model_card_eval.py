@@ -26,12 +26,12 @@ import rasterio
 import torch
 
 from d3rsmde import sources
-from d3rsmde.data import TileDataset
+from d3rsmde.datasets import TileDataset
 from d3rsmde.device import describe_device
 from d3rsmde.evaluation import evaluate_scene, scene_on_reference_grid
 from d3rsmde.metrics import format_metrics_table
 from d3rsmde.pipeline import D3Pipeline
-from d3rsmde.raster import predict_raster
+from d3rsmde.raster import NODATA, height_profile, predict_raster
 from d3rsmde.train.finetune import evaluate_tiles
 
 BASELINES = {
@@ -64,11 +64,12 @@ def scene_rows(pipe: D3Pipeline, image: Path, dem: Path, steps: list[int], work:
         rows[_row_name(t)] = {**evaluate_scene(out, dem), "seconds": time.perf_counter() - began}
     with rasterio.open(image) as src:
         rgb = src.read([1, 2, 3], masked=True).astype(np.float32).filled(np.nan)
-        profile = src.profile | {"count": 1, "dtype": "float32", "nodata": np.nan}
+        profile = height_profile(src)
     for name, fn in BASELINES.items():
         out = work / f"{image.stem}-{name.replace(' ', '-')}.tif"
+        height = fn(rgb)
         with rasterio.open(out, "w", **profile) as dst:
-            dst.write(fn(rgb).astype(np.float32), 1)
+            dst.write(np.where(np.isnan(height), NODATA, height).astype(np.float32), 1)
         rows[f"baseline: {name}"] = evaluate_scene(out, dem)
     return rows
 

@@ -28,7 +28,7 @@ from ..pipeline import D3Pipeline
 from ..plbr import PLBRSchedule
 from ..weights import default_weights_path
 from .coarse import train_coarse
-from ..progress import Cancel, Progress, check_cancel, scaled_progress
+from ..progress import Cancel, Progress, check_cancel, report, scaled_progress
 from .kfold import predict_coarse
 from .refiner import train_refiner
 
@@ -74,21 +74,16 @@ def finetune_region(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> dict:
-    """Fine-tune ``weights_in`` (None: the shipped weights) on ``image`` + ``dem`` and save ``weights_out``.
+    """Fine-tune ``weights_in`` (None: the shipped weights) on ``image`` + ``dem`` and save ``weights_out``:
+    tiles cut by :func:`~d3rsmde.data.build_dataset` (``options``, tile size ``tile``, default the model's), then
+    :func:`finetune_tiles`.
 
-    ``extent`` is (xmin, ymin, xmax, ymax) in the image CRS; ``tile`` defaults to the model's tile size;
-    ``epochs`` applies to the coarse model and, unless ``refiner_epochs`` is given, to the refiner.
-    ``options`` cut the tiles (:class:`d3rsmde.data.BuildOptions`; its tile size is replaced by ``tile``).
-    ``work_dir`` keeps tiles and stage checkpoints (a rerun resumes); by default a temporary folder is used.
-    Returns ``{"before", "after", "weights", "tiles", "held_out", "work_dir"}``; metrics are tile means on the
-    held-out split (test, or val when the region is too small for a test block).
+    ``extent`` is (xmin, ymin, xmax, ymax) in the image CRS. ``work_dir`` keeps tiles and stage checkpoints (a
+    rerun resumes); by default a temporary folder is used. Returns what :func:`finetune_tiles` returns, plus
+    ``tiles`` (counts per split) and ``work_dir``.
     """
     weights_in = Path(weights_in) if weights_in is not None else default_weights_path()
-    weights_out = Path(weights_out)
-    if weights_out.resolve() == weights_in.resolve():
-        raise InputError(f"the output weights {weights_out} would overwrite the input weights: choose another path")
-    if epochs < 1:
-        raise InputError(f"epochs must be at least 1, got {epochs}")
+    _check_args(weights_in, weights_out, epochs)
     with tempfile.TemporaryDirectory(prefix="d3rsmde-finetune-") as tmp:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
         pipe = D3Pipeline.from_pretrained(weights_in, device=device)
@@ -97,41 +92,80 @@ def finetune_region(
             raise InputError(f"tile size {tile} must be a multiple of {pipe.size_multiple} for this model")
         built = build_dataset(image, dem, work / "tiles", options.replace(tile_size=tile), extent=extent,
                               progress=scaled_progress(progress, 0.0, 0.1), cancel=cancel)
-        train_ds, val_ds, test_ds = (TileDataset(work / "tiles", s) for s in ("train", "val", "test"))
-        held_out, held_name = (test_ds, "test") if len(test_ds) else (val_ds, "val")
-        if len(train_ds) == 0 or len(held_out) == 0:
-            raise InputError(
-                f"the region gave {built['counts']} tiles (dropped: {built['dropped']}); fine-tuning needs training "
-                "tiles and a held-out block: use a larger extent, a smaller tile or a lower min_relief_m"
-            )
-        val = val_ds if len(val_ds) and held_name == "test" else None
-        before = evaluate_tiles(pipe, held_out, batch_size=batch_size, cancel=cancel)
-
-        maps = predict_coarse(pipe.coarse, train_ds, np.empty((len(train_ds), tile, tile), np.float16),
-                              batch_size=batch_size, cancel=cancel)
-        train_coarse(pipe.coarse, train_ds, val, epochs=epochs, batch_size=batch_size, device=device,
-                     work_dir=work / "coarse", progress=scaled_progress(progress, 0.15, 0.55), cancel=cancel)
-        val_maps = None if val is None else predict_coarse(
-            pipe.coarse, val, np.empty((len(val), tile, tile), np.float16), batch_size=batch_size, cancel=cancel)
-        config = pipe.config
-        train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val,
-                      val_maps, epochs=refiner_epochs or epochs, batch_size=batch_size, device=device,
-                      work_dir=work / "refiner", progress=scaled_progress(progress, 0.55, 0.95), cancel=cancel)
-        pipe.eval()
-        after = evaluate_tiles(pipe, held_out, batch_size=batch_size, cancel=cancel)
-        check_cancel(cancel, "fine-tuning")
-
         region = f"fine-tuned on {image} + {dem}" + (f" within {tuple(extent)}" if extent else "")
-        pipe.config = dataclasses.replace(config, data="; ".join(filter(None, [config.data, region])),
-                                          gsd_m=train_ds.index.get("gsd_m", config.gsd_m))
-        pipe.save_pretrained(weights_out, finetuned_from=str(weights_in), finetune={
-            "epochs": epochs, "refiner_epochs": refiner_epochs or epochs, "tile": tile,
-            "tiles": built["counts"], "before": _finite(before), "after": _finite(after),
-        })
-    if progress:
-        progress(1.0, f"saved {weights_out}")
-    return {"before": before, "after": after, "weights": str(weights_out), "tiles": built["counts"],
-            "held_out": held_name, "work_dir": str(work_dir) if work_dir is not None else None}
+        result = finetune_tiles(pipe, work / "tiles", weights_out, epochs=epochs, refiner_epochs=refiner_epochs,
+                                batch_size=batch_size, device=device, work_dir=work, region=region,
+                                finetuned_from=weights_in, progress=scaled_progress(progress, 0.1, 1.0),
+                                cancel=cancel)
+    return {**result, "tiles": built["counts"], "work_dir": str(work_dir) if work_dir is not None else None}
+
+
+def finetune_tiles(
+    pipe: D3Pipeline,
+    tiles: str | os.PathLike,
+    weights_out: str | os.PathLike,
+    *,
+    epochs: int = FINETUNE_EPOCHS,
+    refiner_epochs: int | None = None,
+    batch_size: int = FINETUNE_BATCH_SIZE,
+    device: str | torch.device = "auto",
+    work_dir: str | os.PathLike | None = None,
+    region: str = "",
+    finetuned_from: str | os.PathLike = "",
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+) -> dict:
+    """Fine-tune ``pipe`` in place on the tile dataset folder ``tiles`` and save it to ``weights_out``.
+
+    ``epochs`` applies to the coarse model and, unless ``refiner_epochs`` is given, to the refiner; ``region``
+    is appended to the weights' description of their data. ``work_dir`` keeps stage checkpoints (a rerun
+    resumes). Returns ``{"before", "after", "weights", "held_out"}``: metrics are tile means on the held-out
+    split (test, or val when the region is too small for a test block).
+    """
+    _check_args(finetuned_from, weights_out, epochs)
+    train_ds, val_ds, test_ds = (TileDataset(tiles, s) for s in ("train", "val", "test"))
+    held_out, held_name = (test_ds, "test") if len(test_ds) else (val_ds, "val")
+    if len(train_ds) == 0 or len(held_out) == 0:
+        raise InputError(
+            f"the region gave {train_ds.index['counts']} tiles (dropped: {train_ds.index.get('dropped')}); "
+            "fine-tuning needs training tiles and a held-out block: use a larger extent, a smaller tile or a lower "
+            "min_relief_m")
+    val = val_ds if len(val_ds) and held_name == "test" else None
+    tile = int(train_ds.index["tile_size"])
+    work = Path(work_dir) if work_dir is not None else None
+    before = evaluate_tiles(pipe, held_out, batch_size=batch_size, cancel=cancel)
+
+    maps = predict_coarse(pipe.coarse, train_ds, np.empty((len(train_ds), tile, tile), np.float16),
+                          batch_size=batch_size, cancel=cancel)
+    train_coarse(pipe.coarse, train_ds, val, epochs=epochs, batch_size=batch_size, device=device,
+                 work_dir=work / "coarse" if work else None, progress=scaled_progress(progress, 0.05, 0.5),
+                 cancel=cancel)
+    val_maps = None if val is None else predict_coarse(
+        pipe.coarse, val, np.empty((len(val), tile, tile), np.float16), batch_size=batch_size, cancel=cancel)
+    config = pipe.config
+    train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val,
+                  val_maps, epochs=refiner_epochs or epochs, batch_size=batch_size, device=device,
+                  work_dir=work / "refiner" if work else None, progress=scaled_progress(progress, 0.5, 0.95),
+                  cancel=cancel)
+    pipe.eval()
+    after = evaluate_tiles(pipe, held_out, batch_size=batch_size, cancel=cancel)
+    check_cancel(cancel, "fine-tuning")
+
+    pipe.config = dataclasses.replace(config, data="; ".join(filter(None, [config.data, region])),
+                                      gsd_m=train_ds.index.get("gsd_m", config.gsd_m))
+    pipe.save_pretrained(weights_out, finetuned_from=str(finetuned_from), finetune={
+        "epochs": epochs, "refiner_epochs": refiner_epochs or epochs, "tile": tile,
+        "tiles": train_ds.index["counts"], "before": _finite(before), "after": _finite(after),
+    })
+    report(progress, 1.0, f"saved {weights_out}")
+    return {"before": before, "after": after, "weights": str(weights_out), "held_out": held_name}
+
+
+def _check_args(weights_in, weights_out, epochs: int) -> None:
+    if weights_in and Path(weights_out).resolve() == Path(weights_in).resolve():
+        raise InputError(f"the output weights {weights_out} would overwrite the input weights: choose another path")
+    if epochs < 1:
+        raise InputError(f"epochs must be at least 1, got {epochs}")
 
 
 def _finite(metrics: dict) -> dict:
