@@ -5,13 +5,13 @@ An "oracle" pipeline returns each tile's true height min-max normalised on its o
 to undo. The real tiny D3Pipeline (random weights) runs the same code path end to end.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import types
 
 import numpy as np
 import pytest
@@ -23,6 +23,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, reproject
 from rasterio.windows import Window
 
+from d3rsmde.config import D3Config
 from d3rsmde.errors import Cancelled, InputError
 from d3rsmde.evaluation import evaluate_rasters
 from d3rsmde.raster import NODATA, height_profile, predict_raster
@@ -43,7 +44,7 @@ class Oracle:
     provenance: dict = {}  # no weights file
 
     def __init__(self, gsd_m=None):
-        self.config = types.SimpleNamespace(name="oracle", tile_size=TILE, num_steps=0, gsd_m=gsd_m)
+        self.config = D3Config(name="oracle", tile_size=TILE, num_steps=0, gsd_m=gsd_m)
         self.calls = 0
 
     def __call__(self, images, refine_steps=None):
@@ -228,8 +229,9 @@ def test_reference_dem_gives_metres(tmp_path, ref_crs):
 
 MEMORY_SCRIPT = textwrap.dedent(
     """
-    import json, sys, types
+    import json, sys
     import torch
+    from d3rsmde.config import D3Config
     from d3rsmde.raster import predict_raster
 
     def nbytes(field):  # from /proc: VmHWM (peak RSS), unlike ru_maxrss, does not inherit pytest's peak
@@ -239,7 +241,7 @@ MEMORY_SCRIPT = textwrap.dedent(
         size_multiple = 16
         device = torch.device("cpu")
         provenance = {}
-        config = types.SimpleNamespace(name="fast", tile_size=256, num_steps=0, gsd_m=None)
+        config = D3Config(name="fast", tile_size=256, num_steps=0)
         def __call__(self, x, refine_steps=None):
             h = x.mean(1, keepdim=True)
             lo, hi = h.amin((2, 3), keepdim=True), h.amax((2, 3), keepdim=True)
@@ -367,6 +369,38 @@ def test_band_counts_and_dtypes(tmp_path, data, bands, used):
     out = read(tmp_path / "out.tif")
     assert stats["bands"] == used
     assert out.shape == (70, 90) and np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+class Recorder(Oracle):
+    """The oracle, keeping the image batches it was given."""
+
+    def __init__(self, **preprocessing):
+        super().__init__()
+        self.config = dataclasses.replace(self.config, **preprocessing)
+        self.seen = []
+
+    def __call__(self, images, refine_steps=None):
+        self.seen.append(images.clone())
+        return super().__call__(images, refine_steps)
+
+
+def test_the_weights_preprocessing_config_is_applied(tmp_path):
+    """Band order and stretch percentiles come from the model's config (as timm applies its data config)."""
+    rgb = np.random.default_rng(5).integers(0, 256, (3, 64, 64)).astype(np.uint8)
+    src = write(tmp_path / "in.tif", rgb, photometric="RGB")
+
+    def first_channel(**preprocessing):
+        pipe = Recorder(**preprocessing)
+        predict_raster(src, tmp_path / "out.tif", pipe, tile=TILE, overlap=0)
+        return pipe.seen[0][0, 0, :64, :64].numpy()
+
+    def corr(a, b):
+        return np.corrcoef(a.ravel(), b.ravel().astype(float))[0, 1]
+
+    default, reversed_ = first_channel(), first_channel(band_order=("blue", "green", "red"))
+    assert corr(default, rgb[0]) > 0.99 and corr(reversed_, rgb[2]) > 0.99 and abs(corr(reversed_, rgb[0])) < 0.1
+    wide = first_channel(stretch_percentiles=(10.0, 90.0))
+    assert 0.07 < (wide == 1.0).mean() < 0.13 and (default == 1.0).mean() < 0.03  # clipped above the 90th
 
 
 def test_float_nan_pixels_are_nodata(tmp_path):

@@ -58,7 +58,9 @@ def predict_raster(
     The output has the input's size and georeferencing (CRS and transform, or GCPs, or RPCs), nodata where the
     input is nodata or transparent, and is relative height 0..1 over the whole raster, or metres (the reference's
     units) when ``reference_dem`` (any raster, any CRS and resolution, at least 2 pixels over the input) is
-    given. ``bands``: 1-based band numbers (one band is replicated to three).
+    given. The image is prepared as the weights' preprocessing config says (``pipeline.config.preprocessing``:
+    band order, stretch percentiles, tile size, GSD). ``bands``: 1-based band numbers in the model's channel order
+    (one band is replicated to three).
     ``tile``/``overlap``/``batch_size`` default to the model's tile size, a quarter of it, and a size suited to
     the device. ``resample_to_gsd`` runs the model at its training ground resolution and resamples back.
     ``progress(fraction, message)`` is called and ``cancel()`` polled once per batch. The output is read back and
@@ -70,8 +72,9 @@ def predict_raster(
     src_path, dst_path, ref_path = check_paths(src, dst, reference_dem)
     if not overwrite and os.path.lexists(dst_path):
         raise InputError(f"{dst_path} exists and is not to be overwritten")
+    prep = pipeline.config.preprocessing  # what the weights were trained with: bands, stretch, tile, GSD
     multiple = pipeline.size_multiple
-    tile = _whole_number("tile size", pipeline.config.tile_size if tile is None else tile, multiple)
+    tile = _whole_number("tile size", prep.tile_size if tile is None else tile, multiple)
     if tile % multiple:
         raise InputError(f"tile size {tile} must be a positive multiple of {multiple} for this model")
     overlap = tile // 4 if overlap is None else _whole_number("overlap", overlap, 0)
@@ -84,9 +87,9 @@ def predict_raster(
     with rasterio.Env(**gdal_cache()), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with open_raster(src_path) as ds:
-            indexes = select_bands(ds, bands)
-            lo, hi = stretch_limits(ds, indexes, Window(0, 0, ds.width, ds.height))
-            factor = _gsd_factor(ds, pipeline.config.gsd_m) if resample_to_gsd else 1.0
+            indexes = select_bands(ds, bands, prep.band_order)
+            lo, hi = stretch_limits(ds, indexes, Window(0, 0, ds.width, ds.height), prep.stretch_percentiles)
+            factor = _gsd_factor(ds, prep.gsd_m) if resample_to_gsd else 1.0
             out_grid = GridSpec.of(ds)
         if ref_path is not None:
             with open_raster(ref_path) as ref:
@@ -94,7 +97,7 @@ def predict_raster(
                     raise InputError(f"to use a reference DEM, {ref_path.name} and {src_path.name} both need a CRS")
                 ref_units = ref.units[0] if ref.units and ref.units[0] else "m"
         source = Source(src_path, tuple(indexes), lo, hi, out_grid.scaled(factor))
-        _check_tile_fits(tile, source.grid, pipeline.config.tile_size, multiple)
+        _check_tile_fits(tile, source.grid, prep.tile_size, multiple)
         # A tile's outer pixels carry the model's edge artefact (the VAE decoder's bright frame: 17x the median
         # |second difference| at the edge pixel, 3x at 7 pixels, bundled model at tile 128); none of them reaches
         # the output, at seams or at the raster border, where the tiles overhang into mirrored padding.
