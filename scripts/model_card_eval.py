@@ -28,11 +28,10 @@ import torch
 from d3rsmde import sources
 from d3rsmde.datasets import TileDataset
 from d3rsmde.device import describe_device
-from d3rsmde.evaluation import evaluate_scene, scene_on_reference_grid
+from d3rsmde.evaluation import evaluate_scene, evaluate_tiles, scene_on_reference_grid
 from d3rsmde.metrics import format_metrics_table
 from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.raster import NODATA, height_profile, predict_raster
-from d3rsmde.train.finetune import evaluate_tiles
 
 BASELINES = {
     "constant plane": lambda rgb: np.zeros_like(rgb[0]),

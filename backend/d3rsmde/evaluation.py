@@ -1,5 +1,6 @@
 """How well a height map matches its reference DEM: per tile and over the whole raster as the paper and the
-``evaluate`` command score it (:func:`evaluate_rasters`), and as one image of the scene (:func:`evaluate_scene`).
+``evaluate`` command score it (:func:`evaluate_rasters`), as one image of the scene (:func:`evaluate_scene`), and
+as the mean over the tiles of a tile dataset (:func:`evaluate_tiles`, used by fine-tuning and the model card).
 
 The paper scores 512 x 512 tiles, each stretched on its own. A user looks at one map of the whole scene, so for
 the scene the prediction is averaged onto the reference DEM's grid (its pixels are usually larger), both maps are
@@ -11,14 +12,18 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import rasterio
+import torch
 from rasterio.enums import Resampling
 from rasterio.windows import Window
+from torch.utils.data import DataLoader, Dataset
 
 from .errors import InputError
 from .metrics import PixelSums, depth_metrics
+from .progress import Cancel, check_cancel
 from .raster.io import height_units, onto_grid, open_raster, warp_onto
 
 
@@ -109,3 +114,31 @@ def evaluate_scene(pred, reference) -> dict:
         raise InputError(f"{Path(pred).name} and {Path(reference).name} overlap in fewer than 2 valid pixels of "
                          "the reference grid: do they cover the same place?")
     return {**depth_metrics(p, g, valid), "pixels": int(valid.sum())}
+
+
+@torch.no_grad()
+def evaluate_tiles(pipe: Callable[..., torch.Tensor], dataset: Dataset, *, batch_size: int = 4,
+                   refine_steps: int | None = None, cancel: Cancel | None = None) -> dict:
+    """Mean :func:`~d3rsmde.metrics.depth_metrics` of ``pipe`` over the tiles of ``dataset`` (plus ``tiles``).
+
+    ``pipe``: a :class:`~d3rsmde.pipeline.D3Pipeline` or any callable ``pipe(images, refine_steps=...)`` returning
+    ``N x 1 x H x W`` heights (the model card's baselines).
+    """
+    rows = []
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        check_cancel(cancel, "evaluation")
+        pred = pipe(batch["image"], refine_steps=refine_steps).cpu()
+        rows += [depth_metrics(p, g, m) for p, g, m in zip(pred, batch["depth"], batch["mask"])]
+    if not rows:
+        raise InputError("no tiles to evaluate")
+    result = {}
+    for key, value in rows[0].items():
+        values = [r[key] for r in rows]
+        if isinstance(value, float):
+            result[key] = float(np.mean(values))
+        elif value is None:
+            result[key] = None
+        else:  # lpips_status: the same reason for every tile
+            result[key] = value
+    result["tiles"] = len(rows)
+    return result

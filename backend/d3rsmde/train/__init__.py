@@ -3,7 +3,7 @@ region fine-tuning."""
 
 from .coarse import train_coarse
 from .common import TrainSettings, fit, seed_everything
-from .finetune import evaluate_tiles, finetune_region, finetune_tiles
+from .finetune import finetune_region, finetune_tiles
 from .kfold import kfold_coarse_predictions
 from .recipe import train_pipeline
 from .refiner import train_refiner
@@ -11,7 +11,6 @@ from .vae import train_vae
 
 __all__ = [
     "TrainSettings",
-    "evaluate_tiles",
     "finetune_region",
     "finetune_tiles",
     "fit",

@@ -17,44 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from ..data import BuildOptions, build_dataset
 from ..datasets import TileDataset
 from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS
 from ..errors import InputError
-from ..metrics import depth_metrics
+from ..evaluation import evaluate_tiles
 from ..pipeline import D3Pipeline
 from ..plbr import PLBRSchedule
+from ..progress import Cancel, Progress, check_cancel, report, scaled_progress
 from ..weights import default_weights_path
 from .coarse import train_coarse
-from ..progress import Cancel, Progress, check_cancel, report, scaled_progress
 from .kfold import predict_coarse
 from .refiner import train_refiner
-
-
-@torch.no_grad()
-def evaluate_tiles(pipe: D3Pipeline, dataset: Dataset, *, batch_size: int = 4, refine_steps: int | None = None,
-                   cancel: Cancel | None = None) -> dict:
-    """Mean :func:`~d3rsmde.metrics.depth_metrics` of ``pipe`` over the tiles of ``dataset`` (plus ``tiles``)."""
-    rows = []
-    for batch in DataLoader(dataset, batch_size=batch_size):
-        check_cancel(cancel, "evaluation")
-        pred = pipe(batch["image"], refine_steps=refine_steps).cpu()
-        rows += [depth_metrics(p, g, m) for p, g, m in zip(pred, batch["depth"], batch["mask"])]
-    if not rows:
-        raise InputError("no tiles to evaluate")
-    result = {}
-    for key, value in rows[0].items():
-        values = [r[key] for r in rows]
-        if isinstance(value, float):
-            result[key] = float(np.mean(values))
-        elif value is None:
-            result[key] = None
-        else:  # lpips_status: the same reason for every tile
-            result[key] = value
-    result["tiles"] = len(rows)
-    return result
 
 
 def finetune_region(
