@@ -12,7 +12,7 @@ from d3rsmde.train.coarse import train_coarse
 from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.raster import predict_raster
 from d3rsmde.evaluation import evaluate_scene
-from d3rsmde import sources
+from d3rsmde import pairs
 roots = [f"{sys.argv[1] if len(sys.argv) > 1 else 'build/default-weights'}/{d}" for d in ("render", "world")]
 cfg = dataclasses.replace(get_config("lean"), tile_size=256)
 torch.manual_seed(42)
@@ -20,7 +20,7 @@ model = CoarseDepthModel(cfg.coarse, img_size=256)
 train_coarse(model, TileDatasets(roots, "train"), None, epochs=4, steps_per_epoch=50, batch_size=8, lr=2e-4,
              work_dir="build/ablation-scratch-stem", device="cpu")
 pipe = D3Pipeline.from_config(cfg); pipe.coarse.load_state_dict(model.state_dict())
-img, dem = sources.rmnp()
+img, dem = pairs.rmnp()
 predict_raster(img, "build/ablation-scratch-stem/rmnp-T0.tif", pipe, refine_steps=0)
 r = evaluate_scene("build/ablation-scratch-stem/rmnp-T0.tif", dem)
 print(json.dumps({k: v for k, v in r.items() if isinstance(v, (int, float))}))

@@ -25,13 +25,15 @@ import numpy as np
 import rasterio
 import torch
 
-from d3rsmde import sources
+from d3rsmde import pairs
 from d3rsmde.datasets import TileDataset
 from d3rsmde.device import describe_device
 from d3rsmde.evaluation import evaluate_scene, evaluate_tiles, scene_on_reference_grid
+from d3rsmde.lpips_alexnet import lpips_weights
 from d3rsmde.metrics import format_metrics_table
 from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.raster import NODATA, height_profile, predict_raster
+from d3rsmde.sources import FetchError
 
 BASELINES = {
     "constant plane": lambda rgb: np.zeros_like(rgb[0]),
@@ -135,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     steps = [int(s) for s in args.steps.split(",")]
     try:  # LPIPS needs its weights on disk (depth_metrics never downloads): fetched and converted once
         if args.lpips:
-            sources.lpips_weights()
-    except sources.FetchError as err:
+            lpips_weights()
+    except FetchError as err:
         print(f"LPIPS will be n/a: {err}")
     pipe = D3Pipeline.from_pretrained(args.weights, device=args.device)
     start = time.perf_counter()
     scenes = {name: tuple(map(Path, paths.split(","))) for name, paths in
               (scene.split("=", 1) for scene in args.scene)} if args.scene else \
-        {"Rocky Mountain NP": sources.rmnp(), "Meuse floodplain": sources.meuse()}
+        {"Rocky Mountain NP": pairs.rmnp(), "Meuse floodplain": pairs.meuse()}
     results = {name: scene_rows(pipe, image, dem, steps, out) for name, (image, dem) in scenes.items()}
     for root in filter(None, args.tiles.split(",")):
         results[f"held-out tiles: {Path(root).name}"] = tile_rows(pipe, Path(root), steps)

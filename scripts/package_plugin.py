@@ -23,7 +23,7 @@ RESOURCES = {"icons": "d3rsmde.*", "styles": "*.qml", "weights": "*.safetensors"
 DOCS = ("LICENSE", "README.md")
 # Training-data builders (downloads of DEMs and imagery, DEM rendering): the plugin never runs them, and the
 # plugin repository asks that a plugin not fetch code or data it does not need.
-TRAINING_DATA_MODULES = ("sources.py", "dems.py", "render*.py")
+TRAINING_DATA_MODULES = ("sources.py", "pairs.py", "lpips_alexnet.py", "dems.py", "render*.py")
 
 
 def tree_files(folder: Path) -> list[Path]:

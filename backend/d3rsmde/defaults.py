@@ -2,7 +2,22 @@
 once. Nothing here imports torch: the plugin reads them before it knows whether the backend can run.
 """
 
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
 SEED = 42  # data splits, initialisation and batch order: runs repeat
 TRAIN_BATCH_SIZE = 8  # tiles per training step of the full recipe
 FINETUNE_EPOCHS = 10  # fine-tuning on one region: coarse model, then refiner
 FINETUNE_BATCH_SIZE = 4  # one region's few tiles; fits a laptop's memory
+SOURCES_CACHE_ENV = "D3RSMDE_SOURCES"
+
+
+def sources_cache(cache: str | os.PathLike | None = None) -> Path:
+    """Where downloaded packages and the files made from them are kept: ``cache`` if given, else
+    ``$D3RSMDE_SOURCES``, else ``~/.cache/d3rsmde/sources``. Here rather than in :mod:`d3rsmde.sources` because
+    the LPIPS metric looks its weights up there, and the plugin ships without the download modules."""
+    if cache is not None:
+        return Path(cache)
+    return Path(os.environ.get(SOURCES_CACHE_ENV) or Path.home() / ".cache" / "d3rsmde" / "sources").expanduser()

@@ -18,6 +18,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning
 
 from .errors import InputError
+from .pairs import globe_g
 from .progress import Progress
 from .sources import GLOBE_G, GLOBE_G_BOUNDS, PackagedFile, fetch
 
@@ -95,8 +96,6 @@ def _tile(item: PackagedFile, decode: Callable[[np.ndarray], np.ndarray], gsd_m:
 
 
 def _globe(cache, progress) -> DEM:
-    from .sources import globe_g
-
     with rasterio.open(globe_g(cache, progress)) as src:
         height = src.read(1).astype(np.float32)
     rows = height.shape[0]

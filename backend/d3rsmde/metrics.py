@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
+from .defaults import sources_cache
 from .errors import InputError
 
 SSIM_SIGMA = 1.5
@@ -167,12 +169,10 @@ def alexnet_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(AlexNet_Weights.IMAGENET1K_V1.url).name
 
 
-def lpips_weights_path() -> Path:
-    """The LPIPS AlexNet v0.1 state dict that ``d3rsmde data lpips-weights`` writes into the sources cache
-    (``$D3RSMDE_SOURCES`` or ``~/.cache/d3rsmde/sources``)."""
-    from .sources import LPIPS_WEIGHTS, default_cache_dir
-
-    return default_cache_dir() / LPIPS_WEIGHTS
+def lpips_weights_path(cache: str | os.PathLike | None = None) -> Path:
+    """The LPIPS AlexNet v0.1 state dict that ``d3rsmde data lpips-weights`` (:mod:`d3rsmde.lpips_alexnet`) writes
+    into the sources cache (:func:`d3rsmde.defaults.sources_cache`)."""
+    return sources_cache(cache) / "lpips" / "alexnet-lpips-v0.1.pth"
 
 
 def _as_map(x, name: str) -> np.ndarray:

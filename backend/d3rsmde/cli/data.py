@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from .. import sources
 from ..data import BuildOptions, build_dataset
 from ..defaults import SEED
 from ..dems import dem_names
+from ..lpips_alexnet import lpips_weights
+from ..pairs import WORLD_OPTIONS, build_world_dataset
 from ..progress import terminal_progress
+from ..sources import EFFICIENTNET_LITE0, fetch
 from ..render_tiles import DEFAULT_DEMS, DEFAULT_SCALES, build_render_dataset
 from .options import floats, ints
 
@@ -53,8 +55,8 @@ def _cli_build(args) -> int:
 
 
 def _cli_world(args) -> int:
-    result = sources.build_world_dataset(args.out, _options(args, sources.WORLD_OPTIONS), elevation=args.elevation,
-                                         extent=args.extent, cache=args.cache, progress=terminal_progress(0.1))
+    result = build_world_dataset(args.out, _options(args, WORLD_OPTIONS), elevation=args.elevation,
+                                 extent=args.extent, cache=args.cache, progress=terminal_progress(0.1))
     return _report(result)
 
 
@@ -68,8 +70,8 @@ def _cli_render(args) -> int:
 
 def _cli_weights_file(args) -> int:
     """``stem-weights`` and ``lpips-weights``: fetch (and convert) once, print the local file's path."""
-    fetchers = {"stem-weights": lambda cache, progress: sources.fetch(sources.EFFICIENTNET_LITE0, cache, progress),
-                "lpips-weights": sources.lpips_weights}
+    fetchers = {"stem-weights": lambda cache, progress: fetch(EFFICIENTNET_LITE0, cache, progress),
+                "lpips-weights": lpips_weights}
     print(fetchers[args.data_command](args.cache, progress=terminal_progress(0.1)))
     return 0
 
@@ -98,7 +100,7 @@ def add_cli(subparsers) -> None:
     world.add_argument("--extent", type=floats, help="lon_min,lat_min,lon_max,lat_max (default: 60S-72N, "
                        "or GLOBE tile G)")
     world.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
-    _add_build_options(world, sources.WORLD_OPTIONS)
+    _add_build_options(world, WORLD_OPTIONS)
     world.set_defaults(func=_cli_world)
 
     render = commands.add_parser(
