@@ -19,7 +19,8 @@ from d3rsmde.plbr import PLBRSchedule
 from d3rsmde.train import finetune_region, fit, train_coarse, train_pipeline, train_refiner, train_vae
 from d3rsmde.cli.train import add_cli
 from d3rsmde.train.coarse import COARSE_SETTINGS, coarse_loss
-from d3rsmde.train.common import evaluate_loss, flip_rotate, random_crop
+from d3rsmde.train.augment import flip_rotate, random_crop
+from d3rsmde.train.common import evaluate_loss
 from d3rsmde.train.refiner import REFINER_SETTINGS, RefinerLoss, WithCoarse
 from d3rsmde.train.vae import VAE_SETTINGS, Autoencoding, _gradient_l1, vae_loss
 

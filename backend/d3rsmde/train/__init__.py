@@ -1,5 +1,5 @@
-"""Training: the shared loop (common), one module per stage (vae, coarse, kfold, refiner), the whole recipe, and
-region fine-tuning."""
+"""Training: the shared loop (common) and tile augmentation (augment), one module per stage (vae, coarse, kfold,
+refiner), the whole recipe, and region fine-tuning."""
 
 from .coarse import train_coarse
 from .common import TrainSettings, fit, seed_everything

@@ -37,6 +37,7 @@ from ..device import autocast_dtype, resolve_device
 from ..errors import InputError
 from ..files import atomic_file
 from ..progress import Cancel, Progress, check_cancel
+from .augment import Augmented
 
 LossFn = Callable[[nn.Module, dict], Tensor]
 
@@ -73,55 +74,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def flip_rotate(item: dict, generator: torch.Generator | None = None) -> dict:
-    """The same random flip and quarter turn on every ``C x H x W`` tensor of ``item`` (turns only if square).
-
-    Terrain seen from above has no preferred orientation, so these are free extra training samples.
-    """
-    spatial = {k: v for k, v in item.items() if isinstance(v, Tensor) and v.dim() == 3}
-    if not spatial:
-        return item
-    h, w = next(iter(spatial.values())).shape[-2:]
-    turns = int(torch.randint(4 if h == w else 1, (1,), generator=generator))
-    flip = bool(torch.randint(2, (1,), generator=generator))
-    out = dict(item)
-    for key, value in spatial.items():
-        value = torch.rot90(value, turns, dims=(-2, -1))
-        out[key] = value.flip(-1) if flip else value
-    return out
-
-
-class Augmented(Dataset):
-    """``dataset`` with :func:`flip_rotate` applied to each item (``flip``) and/or a random ``crop`` x ``crop``
-    window cut from it."""
-
-    def __init__(self, dataset: Dataset, flip: bool = True, crop: int | None = None):
-        self.dataset, self.flip, self.crop = dataset, flip, crop
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict:
-        item = self.dataset[i]
-        if self.crop:
-            item = random_crop(item, self.crop)
-        return flip_rotate(item) if self.flip else item
-
-
-def random_crop(item: dict, size: int, generator: torch.Generator | None = None) -> dict:
-    """The same random ``size`` x ``size`` window of every ``C x H x W`` tensor of ``item``: fully convolutional
-    stages (the VAE) learn as well from crops and cost far less per step; smaller tiles are used whole."""
-    spatial = {k: v for k, v in item.items() if isinstance(v, Tensor) and v.dim() == 3}
-    if not spatial:
-        return item
-    h, w = next(iter(spatial.values())).shape[-2:]
-    if size >= min(h, w):  # tiles no larger than the crop are used whole
-        return item
-    y = int(torch.randint(h - size + 1, (1,), generator=generator))
-    x = int(torch.randint(w - size + 1, (1,), generator=generator))
-    return {**item, **{k: v[..., y:y + size, x:x + size] for k, v in spatial.items()}}
 
 
 def unwrap(model: nn.Module) -> nn.Module:
