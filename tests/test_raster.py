@@ -298,7 +298,7 @@ def test_cancel_leaves_no_file_and_input_untouched(tmp_path):
         polls.append(1)
         return len(polls) >= 3
 
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled, match="^cancelled while predicting tiles$"):
         predict_raster(src, tmp_path / "out.tif", Oracle(), tile=TILE, batch_size=2, cancel=cancel,
                        progress=lambda f, m: seen.append(f))
     assert len(polls) == 3  # stopped at the first poll that said so: within one batch

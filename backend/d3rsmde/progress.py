@@ -19,10 +19,10 @@ def report(progress: Progress | None, fraction: float, message: str) -> None:
         progress(fraction, message)
 
 
-def check_cancel(cancel: Cancel | None, what: str) -> None:
-    """Raise :class:`Cancelled` ("<what> cancelled") when ``cancel()`` says so."""
+def check_cancel(cancel: Cancel | None, what: str = "", *, message: str = "") -> None:
+    """Raise :class:`Cancelled` when ``cancel()`` says so, with ``message`` ("<what> cancelled" when not given)."""
     if cancel is not None and cancel():
-        raise Cancelled(f"{what} cancelled")
+        raise Cancelled(message or f"{what} cancelled")
 
 
 def scaled_progress(progress: Progress | None, start: float, end: float) -> Progress | None:

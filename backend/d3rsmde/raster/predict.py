@@ -25,11 +25,11 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from ..bands import select_bands
-from ..errors import Cancelled, InputError, OutputError
+from ..errors import InputError, OutputError
 from ..files import describe_write_error, staged_output
 from ..geodesy import pixel_size_m
 from ..imagery import stretch_limits
-from ..progress import Cancel, Progress, report
+from ..progress import Cancel, Progress, check_cancel, report
 from ..tiling import TileGrid
 from .calibration import align_tiles
 from .io import check_paths, gdal_cache, open_raster
@@ -167,11 +167,6 @@ class _Run:
     progress: Progress | None
     cancel: Cancel | None
 
-    def check_cancel(self, doing: str) -> None:
-        """Raise :class:`Cancelled` ("cancelled while <doing>") when ``cancel()`` says so."""
-        if self.cancel is not None and self.cancel():
-            raise Cancelled(f"cancelled while {doing}")
-
     def tags(self) -> dict:
         """What the output was made by and from: model, settings, input names and the weights' provenance."""
         return dict(
@@ -215,7 +210,7 @@ def _infer_tiles(run: _Run) -> np.ndarray:
     ranges = np.full((len(grid), 2), np.nan)
     with Prefetcher(batches) as prefetched:
         for ids, images, masks, done in prefetched:
-            run.check_cancel("predicting tiles")
+            check_cancel(run.cancel, message="cancelled while predicting tiles")
             x = torch.from_numpy(images).to(run.pipeline.device)
             pred = run.pipeline(x, refine_steps=run.steps)[:, 0].float().cpu().numpy()
             pred[~masks] = np.nan
@@ -234,7 +229,7 @@ def _write_blended(run: _Run, scale: np.ndarray, shift: np.ndarray, out: Verifie
     the affine maps would otherwise leave values like -5e-10."""
     grid = run.grid
     for row0 in range(0, grid.height, BLOCK):
-        run.check_cancel("writing the output")
+        check_cancel(run.cancel, message="cancelled while writing the output")
         row1 = min(row0 + BLOCK, grid.height)
         acc = np.zeros((row1 - row0, grid.width), dtype=np.float32)
         wsum = np.zeros_like(acc)
@@ -263,7 +258,7 @@ def _resample_back(run: _Run, work: Path, out: VerifiedOutput) -> None:
         w, crs=src.crs, transform=src.transform, width=src.width, height=src.height, resampling=Resampling.bilinear
     ) as vrt:
         for row0 in range(0, src.height, BLOCK):
-            run.check_cancel("writing the output")
+            check_cancel(run.cancel, message="cancelled while writing the output")
             window = Window(0, row0, src.width, min(BLOCK, src.height - row0))
             band = vrt.read(1, window=window, masked=True).filled(NODATA)
             valid = (src.read_masks(list(run.source.indexes), window=window) > 0).all(axis=0)
