@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from benchmarks import common, peers
+from d3rsmde.device import is_out_of_memory
 from d3rsmde.flops import count_flops
 
 MARIGOLD_SETTINGS = (  # (setting label, steps, ensemble)
@@ -278,7 +279,7 @@ class Runner:
 
     def _failure(self, error: Exception, batch: int) -> str:
         """The row's note for a failed call: out of memory, or a compiled graph that would not run; else raise."""
-        if common.is_out_of_memory(error):
+        if is_out_of_memory(error):
             self._free()
             return f"out of memory at batch {batch}"
         if self.args.compile:

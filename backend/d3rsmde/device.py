@@ -1,4 +1,6 @@
-"""Device and precision choice, in one place so the CLI, the plugin and training agree."""
+"""Device, precision and memory: which device, which autocast type, how many tiles per batch, and what an
+allocation failure looks like, in one place so the CLI, the plugin, the raster engine, training and the benchmarks
+agree."""
 
 from __future__ import annotations
 
@@ -56,6 +58,22 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def default_batch_size(device: str | torch.device, tile: int) -> int:
+    """Tiles of ``tile`` px per inference batch: what half the free GPU memory holds (about 8 KB per pixel at
+    inference), else 2."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(min(max(free // 2 // (8192 * tile * tile), 1), 16))
+    return 2
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """An allocation failure: numpy's MemoryError, CUDA's OutOfMemoryError or the CPU allocator's RuntimeError."""
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def describe_device(device: str | torch.device = "auto") -> str:

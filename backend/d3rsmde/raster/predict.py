@@ -25,6 +25,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from ..bands import select_bands
+from ..device import default_batch_size, is_out_of_memory
 from ..errors import InputError, OutputError
 from ..files import describe_write_error, staged_output
 from ..geodesy import pixel_size_m
@@ -125,7 +126,7 @@ def predict_raster(
         except OSError as exc:  # a full disk, an I/O error: the previous output, if any, is untouched
             raise OutputError(describe_write_error(dst_path, exc)) from exc
         except (MemoryError, RuntimeError) as exc:  # numpy's MemoryError; torch's is a RuntimeError
-            if isinstance(exc, RuntimeError) and not _out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
             raise InputError(f"not enough memory for batches of {batch_size} tiles of {tile} px; "
                              "give a smaller tile size or batch size") from exc
@@ -178,15 +179,6 @@ class _Run:
             reference_dem=self.reference.name if self.reference else "",
             **getattr(self.pipeline, "provenance", {}),  # weights file + sha256; stand-in pipelines have none
         )
-
-
-def default_batch_size(device, tile: int) -> int:
-    """Tiles per batch: what half the free GPU memory holds (about 8 KB per pixel at inference), else 2."""
-    device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_available():
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(np.clip(free // 2 // (8192 * tile * tile), 1, 16))
-    return 2
 
 
 def _infer_tiles(run: _Run) -> np.ndarray:
@@ -263,12 +255,6 @@ def _resample_back(run: _Run, work: Path, out: VerifiedOutput) -> None:
             band = vrt.read(1, window=window, masked=True).filled(NODATA)
             valid = (src.read_masks(list(run.source.indexes), window=window) > 0).all(axis=0)
             out.write(np.where(valid, band, NODATA), window)
-
-
-def _out_of_memory(exc: RuntimeError) -> bool:
-    """torch's allocation failures: CUDA's OutOfMemoryError and the CPU allocator's RuntimeError."""
-    text = str(exc)
-    return "out of memory" in text or "can't allocate memory" in text
 
 
 def _gsd_factor(ds, gsd_m: float | None) -> float:
