@@ -99,7 +99,7 @@ def sweep_stale_scratch(folder: Path) -> list[Path]:
 def check_not_an_input(dst: Path, what: str, path: Path, files: Iterable[str]) -> None:
     """Refuse an output that is (or links to) any file an input raster reads: itself, VRT sources, sidecars.
 
-    ``files``: every file GDAL reads for the raster at ``path`` (see :func:`d3rsmde.raster.raster_files`).
+    ``files``: every file GDAL reads for the raster at ``path`` (see :func:`d3rsmde.raster.io.raster_files`).
     """
     target = _identity(dst)
     if _identity(path) == target:
