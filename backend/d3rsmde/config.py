@@ -1,7 +1,8 @@
 """Model configurations: plain dataclasses that round-trip through JSON, so a checkpoint carries its own architecture.
 
-Three named configs: "tiny" (tests, milliseconds on a CPU), "small" (the shipped product model, < 40 MB in fp16) and
-"base" (the paper's DPT-Hybrid coarse model, SD-size VAE and the authors' refiner U-Net).
+Four named configs: "tiny" (tests, milliseconds on a CPU), "small" (< 40 MB in fp16), "lean" (the shipped default:
+a pretrained CNN stem, <= 0.5 MFLOP per output pixel, < 18 MB in fp16) and "base" (the paper's DPT-Hybrid coarse
+model, SD-size VAE and the authors' refiner U-Net).
 """
 
 from __future__ import annotations

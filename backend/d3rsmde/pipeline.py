@@ -162,7 +162,8 @@ class D3Pipeline:
                on_step: StepCallback | None = None) -> Tensor:
         """PLBR refinement of a [0, 1] coarse map with ``refine_steps`` steps (None: the config's).
 
-        ``on_step(done, total)`` is called after each step; it may raise (e.g. :class:`~d3rsmde.errors.Cancelled`) to stop.
+        ``on_step(done, total)`` is called after each step; it may raise (e.g.
+        :class:`~d3rsmde.errors.Cancelled`) to stop.
         """
         steps = self.config.num_steps if refine_steps is None else refine_steps
         schedule = PLBRSchedule(steps, self.config.eps)

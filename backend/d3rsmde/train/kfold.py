@@ -37,7 +37,8 @@ def fold_indices(n: int, k: int) -> list[np.ndarray]:
 def predict_coarse(model: nn.Module, dataset: Dataset, out: np.ndarray, *, batch_size: int = 8,
                    cancel: Cancel | None = None) -> np.ndarray:
     """Fill ``out`` (``len(dataset) x H x W``) with the model's maps stretched to [0, 1] per tile, exactly the
-    input :meth:`~d3rsmde.pipeline.D3Pipeline.coarse_depth` gives the refiner at inference (the same function computes both)."""
+    input :meth:`~d3rsmde.pipeline.D3Pipeline.coarse_depth` gives the refiner at inference (the same function
+    computes both)."""
     model.eval()
     start = 0
     for batch in DataLoader(dataset, batch_size=batch_size):
