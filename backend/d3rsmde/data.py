@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,12 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 
-from d3rsmde import __version__
 from d3rsmde.bands import select_bands
 from d3rsmde.geodesy import pixel_size_m
 from d3rsmde.imagery import STRETCH_PERCENTILES, stretch, stretch_limits
 from d3rsmde.errors import InputError
 
-from d3rsmde.datasets import INDEX_NAME, SPLITS, publish_tiles
+from d3rsmde.datasets import INDEX_NAME, SPLITS, publish_tiles, staged_tiles
 from d3rsmde.defaults import SEED
 from d3rsmde.progress import Cancel, Progress, check_cancel, report
 
@@ -163,10 +161,7 @@ def build_dataset(
         window = _window_for(img, extent, o.tile_size)
         low, high = stretch_limits(img, bands, window)
         image_dtype = np.uint8 if img.dtypes[bands[0] - 1] == "uint8" else np.uint16
-        tmp = out_dir / ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        (tmp / "tiles").mkdir(parents=True)
-        try:
+        with staged_tiles(out_dir) as tmp:
             with WarpedVRT(dem_src, crs=img.crs, transform=img.transform, width=img.width, height=img.height,
                            resampling=Resampling.bilinear, src_nodata=dem_src.nodata, nodata=np.nan,
                            dtype="float32") as elevation:
@@ -176,8 +171,6 @@ def build_dataset(
             tiles = [t for t in tiles if "split" in t]
             gsd = [t["gsd_m"] for t in tiles]
             index = {
-                "format": "d3rsmde-tiles/1",
-                "created_by": f"d3rsmde {__version__}",
                 "sources": {"image": str(image), "dem": str(dem), **(sources or {})},
                 "crs": img.crs.to_wkt(),
                 "gsd_m": float(np.median(gsd)) if gsd else None,
@@ -199,9 +192,6 @@ def build_dataset(
                 "tiles": tiles,
             }
             publish_tiles(tmp, out_dir, index)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     report(progress, 1.0, f"{sum(counts.values())} tiles written to {out_dir}")
     return {"index_path": str(out_dir / INDEX_NAME), "counts": counts, "dropped": dropped}
 

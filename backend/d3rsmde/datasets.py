@@ -8,21 +8,40 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
+from . import __version__
 from .errors import InputError
 
 SPLITS = ("train", "val", "test")
 INDEX_NAME = "index.json"
+FORMAT = "d3rsmde-tiles/1"
+
+
+@contextmanager
+def staged_tiles(out_dir: Path) -> Iterator[Path]:
+    """A fresh scratch folder ``out_dir/.tmp`` with an empty ``tiles/`` for a dataset being built, removed when the
+    body fails; the body ends with :func:`publish_tiles`. A previous dataset in ``out_dir`` stays until then."""
+    tmp = out_dir / ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "tiles").mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def publish_tiles(tmp: Path, out_dir: Path, index: dict) -> None:
-    """Write ``index`` beside the finished ``tmp/tiles`` and swap both into ``out_dir``; the index goes last (and
-    an old one first), so readers never see an index that names tiles not there."""
+    """Write ``index`` (headed by the format and the d3rsmde that wrote it) beside the finished ``tmp/tiles`` and
+    swap both into ``out_dir``; the index goes last (and an old one first), so readers never see an index that
+    names tiles not there."""
+    index = {"format": FORMAT, "created_by": f"d3rsmde {__version__}", **index}
     (tmp / INDEX_NAME).write_text(json.dumps(index, indent=1))
     old = out_dir / "tiles"
     if old.exists():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -18,13 +17,12 @@ from typing import Sequence
 
 import numpy as np
 
-from . import __version__
-from .datasets import INDEX_NAME, SPLITS, publish_tiles
+from .datasets import INDEX_NAME, SPLITS, publish_tiles, staged_tiles
 from .imagery import STRETCH_PERCENTILES, stretch
 from .dems import DEM, load_dem
 from .errors import InputError
 from .render import render_dem
-from .progress import Progress, check_cancel
+from .progress import Progress, check_cancel, report
 
 DEFAULT_DEMS = ("globe-g", "jacksboro", "fuji", "st-helens", "terrarium", "lidar-1m")
 DEFAULT_SCALES = (1, 2, 4)
@@ -120,11 +118,8 @@ def build_render_dataset(
                            test_fraction, min_relief_px)
     if not jobs:
         raise InputError("no DEM crop passed the filters: lower min_relief_px or the tile size")
-    tmp = out_dir / ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "tiles").mkdir(parents=True)
     tiles = []
-    try:
+    with staged_tiles(out_dir) as tmp:
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
             for i, (job, (image, info)) in enumerate(zip(jobs, pool.map(_render_job, jobs, chunksize=8))):
                 check_cancel(cancel, "render dataset build")
@@ -134,12 +129,10 @@ def build_render_dataset(
                                     mask=mask)
                 tiles.append({"file": f"tiles/{name}", "split": job["split"], "dem": job["dem"],
                               "gsd_m": job["gsd_m"], "seed": job["seed"], **info})
-                if progress and i % 100 == 0:
-                    progress(i / len(jobs), f"rendered {i}/{len(jobs)} tiles")
+                if i % 100 == 0:
+                    report(progress, i / len(jobs), f"rendered {i}/{len(jobs)} tiles")
         counts = dict(Counter(t["split"] for t in tiles))
         index = {
-            "format": "d3rsmde-tiles/1",
-            "created_by": f"d3rsmde {__version__}",
             "kind": "render",
             "sources": sources,
             "gsd_m": float(np.median([t["gsd_m"] for t in tiles])),
@@ -151,9 +144,5 @@ def build_render_dataset(
             "tiles": tiles,
         }
         publish_tiles(tmp, out_dir, index)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if progress:
-        progress(1.0, f"{len(tiles)} rendered tiles written to {out_dir}")
+    report(progress, 1.0, f"{len(tiles)} rendered tiles written to {out_dir}")
     return {"index_path": str(out_dir / INDEX_NAME), "counts": index["counts"]}
