@@ -12,11 +12,12 @@ import resource
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+
+from d3rsmde.files import atomic_file
 
 # Dense tensor-core peaks (TFLOP/s) for 16-bit dtypes, from NVIDIA's data sheets; matched on the GPU name in
 # order, so the more specific names come first. A GPU not listed gets no "% of peak" column unless given.
@@ -146,17 +147,11 @@ def figure_class():
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call write(temp_path) in the target folder, then rename over `path`: readers never see half a file."""
+    """Call write(temp_path) and publish what it wrote as `path` (:func:`d3rsmde.files.atomic_file`): readers never
+    see half a file. The folder is made if missing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Named, not mkstemp'd: the writer creates the file, so it gets the usual permissions, not 0600.
-    tmp = str(path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}"))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp:
+        write(str(tmp))
 
 
 def write_text(path: Path, text: str) -> None:
