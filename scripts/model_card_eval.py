@@ -29,6 +29,7 @@ from d3rsmde import pairs
 from d3rsmde.datasets import TileDataset
 from d3rsmde.device import describe_device
 from d3rsmde.evaluation import evaluate_scene, evaluate_tiles, scene_on_reference_grid
+from d3rsmde.files import atomic_write_text
 from d3rsmde.lpips_alexnet import lpips_weights
 from d3rsmde.metrics import format_metrics_table
 from d3rsmde.pipeline import D3Pipeline
@@ -151,15 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     default = pipe.config.num_steps if pipe.config.num_steps in steps else steps[-1]
     examples_png(scenes, out, default, out / "examples.png")
     machine = f"{describe_device(pipe.device)}; {platform.platform()}; torch {torch.__version__}"
-    (out / "results.json").write_text(json.dumps({"weights": str(args.weights), "machine": machine,
-                                                  "seconds": time.perf_counter() - start, **results},
-                                                 indent=1, default=str))
+    atomic_write_text(out / "results.json", json.dumps({"weights": str(args.weights), "machine": machine,
+                                                        "seconds": time.perf_counter() - start, **results},
+                                                       indent=1, default=str))
     md = f"Measured on: {machine}\n"
     for name, rows in results.items():
         n = next(iter(rows.values())).get("tiles") or next(iter(rows.values())).get("pixels")
         unit = "tiles, per-tile metrics" if name.startswith("held-out") else "DEM pixels, whole scene"
         md += f"\n**{name}** ({n} {unit})\n\n" + format_metrics_table(rows)
-    (out / "results.md").write_text(md)
+    atomic_write_text(out / "results.md", md)
     print(md)
     return 0
 
