@@ -12,7 +12,7 @@ from ..hdn_loss import hdn_loss
 from ..progress import Cancel, Progress
 from .common import TrainSettings, fit
 
-COARSE_SETTINGS = TrainSettings(lr=5e-5, weight_decay=1e-4, plateau_factor=0.6, plateau_patience=5, seed=42)
+COARSE_SETTINGS = TrainSettings(lr=5e-5, weight_decay=1e-4, plateau_factor=0.6, plateau_patience=5)
 
 
 def coarse_loss(model: nn.Module, batch: dict) -> Tensor:

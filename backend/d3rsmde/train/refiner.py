@@ -23,7 +23,7 @@ from ..vae import LatentCodec, minmax_per_tile
 from .common import TrainSettings, distributed_context, fit, unwrap
 
 # AdamW's weight decay is not given in the paper; 1e-2 is the usual diffusers/torch value for U-Nets.
-REFINER_SETTINGS = TrainSettings(lr=1e-4, weight_decay=1e-2, plateau_factor=0.5, plateau_patience=5, seed=42)
+REFINER_SETTINGS = TrainSettings(lr=1e-4, weight_decay=1e-2, plateau_factor=0.5, plateau_patience=5)
 
 
 class WithCoarse(Dataset):
