@@ -20,7 +20,7 @@ from ..vae import minmax_per_tile
 from ..progress import Cancel, Progress
 from .common import TrainSettings, fit
 
-VAE_SETTINGS = TrainSettings(lr=1e-4, weight_decay=1e-2, plateau_factor=0.5, plateau_patience=5, seed=42, crop=128)
+VAE_SETTINGS = TrainSettings(lr=1e-4, weight_decay=1e-2, plateau_factor=0.5, plateau_patience=5, crop=128)
 KL_WEIGHT = 1e-6  # the Stable Diffusion VAE's value: enough to regularise, too small to blur
 
 
