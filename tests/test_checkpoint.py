@@ -80,6 +80,15 @@ def test_checkpoints_written_before_the_preprocessing_config_still_load():
         D3Config.from_dict({**json.loads(meta["config"]), "input_norm": "zscore"})
 
 
+def test_saved_weights_are_readable_by_others(pipe, tmp_path):
+    """safetensors writes 0600 files; weights shared on a server or in a plugin folder must be readable."""
+    target = pipe.save_pretrained(tmp_path / "w.safetensors", max_shard_bytes=2**20)
+    mask = os.umask(0)
+    os.umask(mask)
+    for file in [target, *tmp_path.glob("w.shard*.safetensors")]:
+        assert os.stat(file).st_mode & 0o777 == 0o666 & ~mask, file
+
+
 def test_save_is_atomic_and_leaves_no_temp_files(pipe, tmp_path):
     target = tmp_path / "w.safetensors"
     pipe.save_pretrained(target)

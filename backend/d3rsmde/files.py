@@ -63,7 +63,17 @@ def atomic_file(path: Path, *, overwrite: bool = True) -> Iterator[Path]:
     d3rsmde writes a file anyone else reads (outputs, weights, caches, reports)."""
     path = Path(path)
     with staged_output(path, overwrite=overwrite) as folder:
-        yield folder / path.name
+        staged = folder / path.name
+        yield staged
+        if staged.exists():  # some writers (safetensors, mkstemp) make private files; others must read ours
+            os.chmod(staged, _created_file_mode())
+
+
+def _created_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file under this process's umask (0o644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
