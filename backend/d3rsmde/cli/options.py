@@ -1,8 +1,12 @@
-"""Argument types shared by the commands: comma-separated numbers, as ``4,3,2`` or ``0,1,3,6``."""
+"""Argument types shared by the commands: comma-separated numbers, as ``0,1,3,6``, and band lists in the syntax
+the QGIS plugin takes too (``4,3,2`` or ``4;3;2``)."""
 
 from __future__ import annotations
 
 import argparse
+
+from ..bands import parse_bands
+from ..errors import InputError
 
 
 def _numbers(kind: type, text: str) -> list:
@@ -20,3 +24,16 @@ def ints(text: str) -> list[int]:
 def floats(text: str) -> list[float]:
     """``"-105.9,40.2,-105.5,40.5"`` -> four floats."""
     return _numbers(float, text)
+
+
+def bands(text: str) -> list[int] | None:
+    """1-based band numbers, ``"4,3,2"`` or ``"4;3;2"`` (:func:`d3rsmde.bands.parse_bands`)."""
+    try:
+        return parse_bands(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_cache_option(parser: argparse.ArgumentParser) -> None:
+    """``--cache``: where downloaded packages and the files made from them are kept."""
+    parser.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")

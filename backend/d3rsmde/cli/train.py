@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
-import dataclasses
-
 from ..config import config_names, get_config
 from ..data import BuildOptions
+from ..datasets import TileDatasets
 from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, TRAIN_BATCH_SIZE
 from ..files import atomic_write_text
 from ..metrics import format_metrics_table
 from ..progress import terminal_progress
+from ..train.coarse import COARSE_SETTINGS
+from ..train.finetune import finetune_region
+from ..train.recipe import DEFAULT_EPOCHS, train_pipeline
+from ..train.refiner import REFINER_SETTINGS
+from ..train.vae import VAE_SETTINGS
 from .options import floats
 
 
 def _cli_train(args) -> int:
-    from ..datasets import TileDatasets
-    from ..train.recipe import train_pipeline
-
     epochs = {k: v for k, v in (("vae", args.vae_epochs), ("coarse", args.coarse_epochs),
                                 ("refiner", args.refiner_epochs)) if v is not None}
     lr = {k: v for k, v in (("vae", args.vae_lr), ("coarse", args.coarse_lr), ("refiner", args.refiner_lr))
@@ -42,8 +44,6 @@ def _cli_train(args) -> int:
 
 
 def _cli_finetune(args) -> int:
-    from ..train.finetune import finetune_region
-
     result = finetune_region(
         args.image, args.dem, args.weights, args.out, extent=args.extent, epochs=args.epochs,
         refiner_epochs=args.refiner_epochs, tile=args.tile, batch_size=args.batch_size, device=args.device,
@@ -65,12 +65,14 @@ def add_cli(subparsers) -> None:
     train.add_argument("data", help="tile dataset folder(s), comma-separated (from `d3rsmde data build/world/render`): "
                                     "their train and val splits")
     train.add_argument("out", help="output weights file (.safetensors)")
-    train.add_argument("--vae-epochs", type=int, help="default 30")
-    train.add_argument("--coarse-epochs", type=int, help="per fold and for the final model; default 100")
-    train.add_argument("--refiner-epochs", type=int, help="default 100")
-    for stage, default in (("vae", "1e-4"), ("coarse", "5e-5, the paper's, for a pretrained backbone"),
-                           ("refiner", "1e-4")):
-        train.add_argument(f"--{stage}-lr", type=float, help=f"{stage} learning rate (default {default})")
+    train.add_argument("--vae-epochs", type=int, help=f"default {DEFAULT_EPOCHS['vae']}")
+    train.add_argument("--coarse-epochs", type=int,
+                       help=f"per fold and for the final model; default {DEFAULT_EPOCHS['coarse']}")
+    train.add_argument("--refiner-epochs", type=int, help=f"default {DEFAULT_EPOCHS['refiner']}")
+    for stage, settings, note in (("vae", VAE_SETTINGS, ""),
+                                  ("coarse", COARSE_SETTINGS, ", the paper's, for a pretrained backbone"),
+                                  ("refiner", REFINER_SETTINGS, "")):
+        train.add_argument(f"--{stage}-lr", type=float, help=f"{stage} learning rate (default {settings.lr:g}{note})")
     train.add_argument("--stem-weights", help="ImageNet weights of the config's CNN stem (.pth), e.g. from "
                                               "`d3rsmde data stem-weights`")
     train.add_argument("--init-weights", help="start the VAE, final coarse model and refiner from these weights "
