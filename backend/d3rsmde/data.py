@@ -20,7 +20,6 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError, WindowError
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 
@@ -32,6 +31,7 @@ from d3rsmde.errors import InputError
 from d3rsmde.datasets import INDEX_NAME, SPLITS, publish_tiles, staged_tiles
 from d3rsmde.defaults import SEED
 from d3rsmde.progress import Cancel, Progress, check_cancel, report
+from d3rsmde.raster.io import warp_onto
 
 
 @dataclass(frozen=True)
@@ -162,9 +162,7 @@ def build_dataset(
         low, high = stretch_limits(img, bands, window)
         image_dtype = np.uint8 if img.dtypes[bands[0] - 1] == "uint8" else np.uint16
         with staged_tiles(out_dir) as tmp:
-            with WarpedVRT(dem_src, crs=img.crs, transform=img.transform, width=img.width, height=img.height,
-                           resampling=Resampling.bilinear, src_nodata=dem_src.nodata, nodata=np.nan,
-                           dtype="float32") as elevation:
+            with warp_onto(dem_src, img, Resampling.bilinear) as elevation:
                 tiles, dropped = _cut_tiles(img, elevation, bands, window, (low, high), image_dtype, tmp / "tiles", o,
                                             progress, cancel)
             counts, dropped["straddling"] = _split_tiles(tiles, o, tmp / "tiles")

