@@ -24,13 +24,14 @@ class Preprocessing:
     """What a model expects of its imagery, as timm's data config: which colour each input channel shows, the
     percentiles each band is stretched between, the tile size and ground resolution it was trained at.
 
-    It lives once in the checkpoint (in the :class:`D3Config`) and the raster engine applies it.
+    It lives once in the checkpoint (in the :class:`D3Config`, whose fields and defaults it reads: see
+    :attr:`D3Config.preprocessing`) and the raster engine applies it.
     """
 
-    band_order: tuple[str, ...] = RGB
-    stretch_percentiles: tuple[float, float] = STRETCH_PERCENTILES
-    tile_size: int = 512
-    gsd_m: float | None = None
+    band_order: tuple[str, ...]
+    stretch_percentiles: tuple[float, float]
+    tile_size: int
+    gsd_m: float | None
 
 
 @dataclass

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import rasterio
 import torch
 from rasterio.enums import Resampling
 from rasterio.windows import Window
@@ -91,11 +90,8 @@ def scene_on_reference_grid(pred, reference) -> tuple[np.ndarray, np.ndarray]:
     would take 1.6 GB here).
     """
     with ExitStack() as stack:
-        try:
-            ref = stack.enter_context(rasterio.open(Path(reference).expanduser()))
-            src = stack.enter_context(rasterio.open(Path(pred).expanduser()))
-        except rasterio.errors.RasterioIOError as err:
-            raise InputError(f"cannot open raster: {err}") from err
+        ref = stack.enter_context(open_raster(Path(reference).expanduser()))
+        src = stack.enter_context(open_raster(Path(pred).expanduser()))
         if ref.crs is None or src.crs is None:
             raise InputError("whole-scene evaluation needs both rasters georeferenced (a CRS): "
                              f"{'reference' if ref.crs is None else 'prediction'} has none")

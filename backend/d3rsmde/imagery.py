@@ -28,7 +28,14 @@ def stretch_limits(src, bands: Sequence[int], window: Window,
     valid &= np.isfinite(data).all(axis=0)  # float rasters may carry NaN/inf without declaring nodata
     if not valid.any():
         raise InputError(f"{src.name} has no valid pixels in the chosen extent (all nodata or masked)")
-    low, high = np.percentile(data[:, valid].astype(np.float32), list(percentiles), axis=1)
+    return band_limits(data[:, valid], percentiles)
+
+
+def band_limits(pixels: np.ndarray,
+                percentiles: Sequence[float] = STRETCH_PERCENTILES) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band (low, high) ``percentiles`` of ``pixels`` (bands x valid pixels): the stretch :func:`stretch` applies
+    (also to rendered training tiles, which exist only as arrays)."""
+    low, high = np.percentile(pixels.astype(np.float32), list(percentiles), axis=1)
     return low, high
 
 

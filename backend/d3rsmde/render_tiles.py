@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .datasets import INDEX_NAME, SPLITS, publish_tiles, staged_tiles
-from .imagery import STRETCH_PERCENTILES, stretch
+from .imagery import band_limits, stretch
 from .dems import DEM, load_dem
 from .errors import InputError
 from .render import render_dem
@@ -76,8 +76,7 @@ def _render_job(job: dict) -> tuple[np.ndarray, dict]:
     """Render one crop and stretch it as the raster engine stretches a whole image (1-99 % per band), so a
     render tile and an inference tile reach the model in the same value range."""
     image, info = render_dem(job["height"], job["gsd_m"], job["seed"], water_level=job["sea_level"])
-    low, high = np.percentile(image.reshape(3, -1).astype(np.float32), STRETCH_PERCENTILES, axis=1)
-    return np.round(stretch(image, low, high) * 255).astype(np.uint8), info
+    return np.round(stretch(image, *band_limits(image.reshape(3, -1))) * 255).astype(np.uint8), info
 
 
 def build_render_dataset(
