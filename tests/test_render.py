@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from d3rsmde.errors import InputError
-from d3rsmde.render import CLASSES, Sun, cast_shadows, hillshade, land_cover, render_dem
+from d3rsmde.render import CLASSES, Sun, cast_shadows, hillshade, land_cover, relief_exaggeration, render_dem
 
 
 def ridge(size: int = 64, height: float = 400.0) -> np.ndarray:
@@ -48,10 +48,10 @@ def test_cast_shadows_fall_away_from_the_sun():
 def test_land_cover_respects_its_classes():
     rng = np.random.default_rng(0)
     y = np.linspace(0, 1, 96)[:, None] * np.ones((1, 96))
-    dem = 4000.0 * y  # a gentle ramp from sea level to high mountains
+    dem = 4000.0 * (1 - y)  # a gentle ramp from sea level (south) to high mountains (north), facing the sun
     cls = land_cover(dem, 1000.0, rng, Sun(135.0, 45.0), water_level=100.0)
     assert (cls[dem <= 100.0] == CLASSES.index("water")).all()
-    top = cls[-5:]
+    top = cls[:5]
     assert not np.isin(top, [CLASSES.index(c) for c in ("water", "fields")]).any()
     image, _ = render_dem(dem, 1000.0, seed=1, water_level=100.0, clouds=False)
     lum = image.astype(float).mean(axis=0)
@@ -81,3 +81,18 @@ def test_render_dataset_trains_like_real_tiles(tmp_path, monkeypatch):
     assert item["image"].shape == (3, 32, 32) and item["mask"].all()
     assert item["image"].min() == 0 and item["image"].max() == 1  # the 1-99 % stretch reaches both ends
     assert item["depth"].min() >= 200 and item["depth"].max() <= 1800  # heights untouched, metres
+
+
+def test_relief_exaggeration_gives_every_scale_visible_slopes():
+    """A 1 km grid of mountains has gentle slopes; its render must show them as a finer image would (8-25 degrees
+    median), while terrain already steep is never flattened and a flat plain is not made alpine."""
+    rng = np.random.default_rng(3)
+    y, x = np.mgrid[0:64, 0:64]
+    hills = 300.0 * np.sin(x / 6.0) * np.cos(y / 9.0)
+    for gsd in (300.0, 1000.0):
+        k = relief_exaggeration(hills, gsd, rng)
+        dz_dr, dz_dc = np.gradient(hills * k, gsd)
+        median_deg = np.degrees(np.arctan(np.median(np.hypot(dz_dr, dz_dc))))
+        assert 7.9 <= median_deg <= 25.1
+    assert relief_exaggeration(hills, 10.0, rng) == 1.0  # already steeper than 25 degrees
+    assert relief_exaggeration(0.01 * hills, 1000.0, rng) == 10.0  # nearly flat: capped

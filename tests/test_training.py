@@ -154,6 +154,32 @@ def test_resumed_training_matches_unbroken_run(tiles, tmp_path):
     torch.testing.assert_close(again.state_dict(), resumed.state_dict())
 
 
+def test_weight_averaging_keeps_the_mean_of_the_later_epochs(tiles, tmp_path):
+    """average_from=2 over 3 epochs keeps (weights after epoch 2 + after epoch 3) / 2, also across a resume."""
+    settings = COARSE_SETTINGS.replace(epochs=3, **QUICK)
+
+    def model():
+        torch.manual_seed(0)
+        return CoarseDepthModel(get_config("tiny").coarse, img_size=64)
+
+    after = {}
+    for epochs in (2, 3):
+        m = model()
+        fit(m, coarse_loss, tiles, settings=settings.replace(epochs=epochs), name="coarse")
+        after[epochs] = m.state_dict()
+    averaged = model()
+    with pytest.raises(Cancelled):
+        fit(averaged, coarse_loss, tiles, settings=settings.replace(average_from=2), work_dir=tmp_path,
+            cancel=lambda: len((tmp_path / "log.csv").read_text().splitlines()) == 3 if (tmp_path / "log.csv").is_file()
+            else False)
+    fit(averaged, coarse_loss, tiles, settings=settings.replace(average_from=2), work_dir=tmp_path)
+    state = averaged.state_dict()
+    assert any(not torch.equal(after[2][k], after[3][k]) for k in state)  # the epochs differ, so the mean is news
+    for key, value in state.items():
+        expected = (after[2][key] + after[3][key]) / 2 if value.is_floating_point() else after[3][key]
+        torch.testing.assert_close(value, expected)
+
+
 def test_train_pipeline_end_to_end_cancel_and_resume(tmp_path):
     train, val = SyntheticTiles(n=6, size=64, seed=2), SyntheticTiles(n=2, size=64, seed=3)
     out, work = tmp_path / "model.safetensors", tmp_path / "work"
@@ -201,6 +227,19 @@ def test_train_pipeline_continues_from_weights(tmp_path, tiny_weights):
     with pytest.raises(InputError, match="tiny"):
         train_pipeline("lean", train, val, tmp_path / "x.safetensors", work_dir=tmp_path / "w3", epochs=0, k=2,
                        device="cpu", init_weights=tiny_weights)
+
+
+def test_coarse_only_continuation_trains_no_folds(tmp_path, tiny_weights):
+    """Refiner epochs 0: only the final coarse model trains (fold models would only feed the refiner)."""
+    train, val = SyntheticTiles(n=4, size=64, seed=2), SyntheticTiles(n=2, size=64, seed=3)
+    out = tmp_path / "coarse.safetensors"
+    train_pipeline("tiny", train, val, out, work_dir=tmp_path / "work", epochs={"vae": 0, "coarse": 1, "refiner": 0},
+                   k=2, device="cpu", init_weights=tiny_weights, batch_size=2, average_from=1)
+    assert sorted(p.name for p in (tmp_path / "work" / "coarse").iterdir()) == ["final"]
+    before = D3Pipeline.from_pretrained(tiny_weights, device="cpu").state_dict()
+    after = D3Pipeline.from_pretrained(out, device="cpu").state_dict()
+    changed = {key.split(".")[0] for key in before if not torch.equal(before[key], after[key])}
+    assert changed == {"coarse"}
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,12 @@ def land_cover(dem: np.ndarray, gsd_m: float, rng: np.random.Generator, sun: Sun
     treeline = rng.uniform(0.55, 1.2)  # >1: no tree line in this scene
     snowline = treeline + rng.uniform(0.1, 0.7)  # often above the summits: most scenes have little snow
     cls = np.full((h, w), CLASSES.index("grass"), np.uint8)
-    forest = (rel + wobble < treeline) & (slope < 38) & (smooth_noise((h, w), rng, 10) + 0.5 * wet > -0.3)
+    # Forest edges follow the terrain (wet hollows, shaded slopes) more than chance: large random blobs would
+    # teach the model brightness patches that say nothing about height.
+    horizontal = normals[:2] / (np.linalg.norm(normals[:2], axis=0, keepdims=True) + 1e-9)
+    facing_sun = np.tensordot(sun.vector()[:2] / (np.linalg.norm(sun.vector()[:2]) + 1e-9), horizontal, axes=1)
+    forest_score = 0.5 * smooth_noise((h, w), rng, 3) + 0.8 * np.clip(wet, -2, 2) - 0.4 * facing_sun
+    forest = (rel + wobble < treeline) & (slope < 38) & (forest_score > rng.uniform(-0.8, 0.2))
     cls[forest] = CLASSES.index("forest")
     flat_low = (slope < 4) & (rel < 0.5)
     fields = flat_low & (smooth_noise((h, w), rng, 20) > rng.uniform(-1.0, 1.0))
@@ -151,6 +156,20 @@ def albedo_image(cls: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return image * texture[None]
 
 
+def relief_exaggeration(dem: np.ndarray, gsd_m: float, rng: np.random.Generator) -> float:
+    """Vertical exaggeration for the shading only, drawn so the scene's median slope looks 8-25 degrees steep.
+
+    A coarse DEM is a smoothed version of steeper terrain: a 1 km grid of the Himalaya has median slopes of a few
+    degrees, yet a real image at that scale shows the shading of the true slopes under each pixel. Normalising the
+    apparent slope makes shading the cue it is in real images at every scale; nearly flat scenes stay flat-looking
+    (at most 10x), and terrain already steep is never flattened (at least 1x).
+    """
+    dz_drow, dz_dcol = np.gradient(dem, gsd_m)
+    median_slope = float(np.median(np.hypot(dz_drow, dz_dcol)))
+    target = math.tan(math.radians(rng.uniform(8.0, 25.0)))
+    return float(np.clip(target / max(median_slope, 1e-6), 1.0, 10.0))
+
+
 def render_dem(dem: np.ndarray, gsd_m: float, seed: int, *, water_level: float | None = None,
                sun: Sun | None = None, clouds: bool | None = None) -> tuple[np.ndarray, dict]:
     """An 8-bit RGB image (3 x H x W) of ``dem`` (metres, H x W, north up, ``gsd_m`` metre pixels).
@@ -167,11 +186,10 @@ def render_dem(dem: np.ndarray, gsd_m: float, seed: int, *, water_level: float |
         raise InputError(f"render_dem: gsd_m must be positive, got {gsd_m}")
     rng = np.random.default_rng(seed)
     sun = sun or draw_sun(rng)
-    # Coarse DEMs are smoothed versions of steeper terrain: exaggerate relief at random so the slopes (and hence
-    # the shading contrast) span what finer real images show. Heights (the training target) are untouched.
-    exaggeration = float(rng.uniform(1.0, 3.0))
+    exaggeration = relief_exaggeration(dem, gsd_m, rng)
     shaded_dem = dem * exaggeration
-    cls = land_cover(dem, gsd_m, rng, sun, water_level)
+    # Land cover follows the terrain as it looks (the exaggerated slopes); water_level scales with the heights.
+    cls = land_cover(shaded_dem, gsd_m, rng, sun, None if water_level is None else water_level * exaggeration)
     albedo = albedo_image(cls, rng)
     direct = hillshade(shaded_dem, gsd_m, sun) * ~cast_shadows(shaded_dem, gsd_m, sun)
     sky_view = (1.0 + surface_normals(shaded_dem, gsd_m)[2]) / 2.0

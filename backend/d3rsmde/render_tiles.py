@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .datasets import INDEX_NAME, SPLITS, publish_tiles, staged_tiles
+from .defaults import SEED
 from .imagery import band_limits, stretch
 from .dems import DEM, load_dem
 from .errors import InputError
@@ -98,6 +99,8 @@ def build_render_dataset(
 ) -> dict:
     """Render ``tiles_per_dem`` tiles per DEM and scale (fewer where a DEM is small) into ``out_dir``.
 
+    The val/test blocks of each DEM and scale do not depend on ``seed`` (only crops and renders do), so tile sets
+    rendered with other seeds add views without leaking held-out terrain into training.
     Scenes smaller than that get at least ``min_views`` renders per scale (the same crop under other suns, seasons
     and land cover). ``min_relief_px`` drops crops whose 2-98 % height range is under that many pixel widths (flat ground).
     Returns ``{"index_path", "counts"}``; the folder is replaced only once everything is written.
@@ -113,7 +116,7 @@ def build_render_dataset(
         for factor in scales:
             area = (dem.height.shape[0] // factor) * (dem.height.shape[1] // factor)
             count = min(tiles_per_dem, max(min_views, 4 * area // tile_size**2))  # small scenes: several views each
-            jobs += _crops(dem, factor, tile_size, count, rng, seed + 1000 * d + factor, val_fraction,
+            jobs += _crops(dem, factor, tile_size, count, rng, SEED + 1000 * d + factor, val_fraction,
                            test_fraction, min_relief_px)
     if not jobs:
         raise InputError("no DEM crop passed the filters: lower min_relief_px or the tile size")

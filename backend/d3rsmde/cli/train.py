@@ -1,4 +1,5 @@
-"""``d3rsmde train`` and ``d3rsmde finetune``: thin argument parsing over the recipe and the region fine-tuner."""
+"""``d3rsmde train``, ``finetune`` and ``interpolate``: thin argument parsing over the recipe, the region fine-tuner
+and weight interpolation."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from ..config import config_names, get_config
 from ..data import BuildOptions
 from ..datasets import TileDatasets
 from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, TRAIN_BATCH_SIZE
+from ..errors import InputError
 from ..files import atomic_write_text
 from ..metrics import format_metrics_table
 from ..progress import terminal_progress
 from ..train.coarse import COARSE_SETTINGS
 from ..train.finetune import finetune_region
+from ..train.interpolate import interpolate_weights
 from ..train.recipe import DEFAULT_EPOCHS, train_pipeline
 from ..train.refiner import REFINER_SETTINGS
 from ..train.vae import VAE_SETTINGS
@@ -31,11 +34,12 @@ def _cli_train(args) -> int:
     if args.stem_weights:
         config = dataclasses.replace(config, coarse=dataclasses.replace(config.coarse, stem_weights=args.stem_weights))
     out = train_pipeline(
-        config, TileDatasets(roots, "train"), TileDatasets(roots, "val"), args.out,
+        config, TileDatasets(roots, "train"),
+        TileDatasets(args.val_data.split(",") if args.val_data else roots, "val"), args.out,
         work_dir=args.work_dir or Path(args.out).with_suffix(".work"), epochs=epochs, lr=lr, k=args.k,
         fold_epochs=args.fold_epochs,
         device=args.device, resume=not args.restart, batch_size=args.batch_size, num_workers=args.workers,
-        steps_per_epoch=args.steps_per_epoch, progress=terminal_progress(),
+        steps_per_epoch=args.steps_per_epoch, average_from=args.average_from, progress=terminal_progress(),
         max_shard_bytes=int(args.max_shard_mb * 2**20) if args.max_shard_mb else None,
         init_weights=args.init_weights,
     )
@@ -57,6 +61,17 @@ def _cli_finetune(args) -> int:
     return 0
 
 
+def _cli_interpolate(args) -> int:
+    if Path(args.out).resolve() in {Path(args.start).resolve(), Path(args.tuned).resolve()}:
+        raise InputError(f"the output weights {args.out} would overwrite an input: choose another path")
+    pipe = interpolate_weights(args.start, args.tuned, args.alpha)
+    out = pipe.save_pretrained(args.out, max_shard_bytes=int(args.max_shard_mb * 2**20) if args.max_shard_mb else None,
+                               interpolated={"start": Path(args.start).name, "tuned": Path(args.tuned).name,
+                                             "alpha": args.alpha})
+    print(f"weights: {out}")
+    return 0
+
+
 def add_cli(subparsers) -> None:
     """Register ``train`` and ``finetune`` on the ``d3rsmde`` command's subparsers."""
     train = subparsers.add_parser("train", help="train a model from scratch on a tile dataset (VAE, k-fold "
@@ -65,6 +80,8 @@ def add_cli(subparsers) -> None:
     train.add_argument("data", help="tile dataset folder(s), comma-separated (from `d3rsmde data build/world/render`): "
                                     "their train and val splits")
     train.add_argument("out", help="output weights file (.safetensors)")
+    train.add_argument("--val-data", help="tile dataset folder(s) whose val split drives the schedules and the "
+                                          "choice of epoch (default: those of DATA), e.g. real pairs only")
     train.add_argument("--vae-epochs", type=int, help=f"default {DEFAULT_EPOCHS['vae']}")
     train.add_argument("--coarse-epochs", type=int,
                        help=f"per fold and for the final model; default {DEFAULT_EPOCHS['coarse']}")
@@ -82,6 +99,9 @@ def add_cli(subparsers) -> None:
     train.add_argument("--batch-size", type=int, default=TRAIN_BATCH_SIZE, help="default %(default)s")
     train.add_argument("--workers", type=int, default=0, help="data loader processes")
     train.add_argument("--steps-per-epoch", type=int, help="cap on batches per epoch (quick trial runs)")
+    train.add_argument("--average-from", type=int, metavar="EPOCH",
+                       help="each stage keeps the mean of its weights after this epoch and the later ones (weight "
+                            "averaging) instead of its best validation epoch")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (under torchrun: one GPU per rank)")
     train.add_argument("--work-dir", help="stage checkpoints and logs (default: OUT with suffix .work)")
     train.add_argument("--restart", action="store_true", help="discard stage checkpoints in the work folder")
@@ -105,3 +125,12 @@ def add_cli(subparsers) -> None:
     tune.add_argument("--work-dir", help="keep tiles and checkpoints here (a rerun resumes)")
     tune.add_argument("--json", help="also write the before/after metrics to this JSON file")
     tune.set_defaults(func=_cli_finetune)
+
+    mix = subparsers.add_parser("interpolate", help="weights between a model and its fine-tuned version "
+                                                    "(WiSE-FT): (1 - alpha) * START + alpha * TUNED")
+    mix.add_argument("start", help="weights before fine-tuning (.safetensors)")
+    mix.add_argument("tuned", help="the same config after fine-tuning")
+    mix.add_argument("out", help="output weights file (.safetensors)")
+    mix.add_argument("--alpha", type=float, default=0.5, help="share of TUNED (default %(default)s)")
+    mix.add_argument("--max-shard-mb", type=float, help="split the weights into files of at most this many MiB")
+    mix.set_defaults(func=_cli_interpolate)

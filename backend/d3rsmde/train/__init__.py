@@ -1,9 +1,10 @@
 """Training: the shared loop (common) and tile augmentation (augment), one module per stage (vae, coarse, kfold,
-refiner), the whole recipe, and region fine-tuning."""
+refiner), the whole recipe, weight interpolation, and region fine-tuning."""
 
 from .coarse import train_coarse
 from .common import TrainSettings, fit, seed_everything
 from .finetune import finetune_region, finetune_tiles
+from .interpolate import interpolate_weights
 from .kfold import kfold_coarse_predictions
 from .recipe import train_pipeline
 from .refiner import train_refiner
@@ -14,6 +15,7 @@ __all__ = [
     "finetune_region",
     "finetune_tiles",
     "fit",
+    "interpolate_weights",
     "kfold_coarse_predictions",
     "seed_everything",
     "train_coarse",

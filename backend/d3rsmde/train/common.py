@@ -60,6 +60,9 @@ class TrainSettings:
     num_workers: int = 0
     steps_per_epoch: int | None = None  # cap on batches per epoch (quick runs); None: the whole dataset
     crop: int | None = None  # train on random square crops of this size (validation sees whole tiles)
+    # Keep the mean of the weights after each epoch from this one on (stochastic weight averaging) instead of the
+    # best epoch's: with few, noisy validation tiles the "best" epoch is partly chance, an average is not.
+    average_from: int | None = None
 
     def replace(self, **overrides) -> "TrainSettings":
         """A copy with ``overrides``; unknown names raise InputError instead of being ignored."""
@@ -120,7 +123,8 @@ def fit(
     """Train ``model``'s parameters that require grad; returns one history row per epoch.
 
     With ``val_ds`` the plateau schedule follows the validation loss and the best epoch's weights are kept;
-    without it, the training loss drives the schedule and the last weights are kept.
+    without it, the training loss drives the schedule and the last weights are kept. ``settings.average_from``
+    keeps the mean of the weights of that epoch and the later ones instead.
     """
     if len(train_ds) == 0:
         raise InputError(f"{name}: the training set is empty")
@@ -144,7 +148,7 @@ def fit(
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, factor=settings.plateau_factor, patience=settings.plateau_patience
     )
-    start, history, best_loss, best_state = 0, [], math.inf, None
+    start, history, best_loss, best_state, average = 0, [], math.inf, None, None
     if stage_dir is not None and (stage_dir / "last.pt").is_file():
         state = torch.load(stage_dir / "last.pt", map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
@@ -152,6 +156,7 @@ def fit(
         scheduler.load_state_dict(state["scheduler"])
         start, history = state["epoch"] + 1, state["history"]
         best_loss, best_state = state["best_loss"], state["best_model"]
+        average = state.get("average")
 
     trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
@@ -199,16 +204,20 @@ def fit(
         scheduler.step(monitored)
         if val_loss is not None and val_loss < best_loss:
             best_loss, best_state = val_loss, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if settings.average_from is not None and epoch + 1 >= settings.average_from:
+            average = _running_mean(average, model.state_dict(), epoch + 2 - settings.average_from)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - began}
         history.append(row)
         if main and stage_dir is not None:
             atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
-                         "best_loss": best_loss, "best_model": best_state}, stage_dir / "last.pt")
+                         "best_loss": best_loss, "best_model": best_state, "average": average}, stage_dir / "last.pt")
         if logger:
             logger.write(row)
-    if best_state is not None:
+    if average is not None:
+        model.load_state_dict(average)
+    elif best_state is not None:
         model.load_state_dict(best_state)
     if main and stage_dir is not None:
         atomic_save({"model": model.state_dict(), "history": history}, stage_dir / "final.pt")
@@ -238,6 +247,14 @@ def evaluate_loss(model, loss_fn, dataset, settings, device, world=1, cancel=Non
             total += torch.stack([loss.float() * len(batch["image"]), torch.tensor(float(len(batch["image"])),
                                                                                    device=device)])
     return _mean_across_ranks(total, world)
+
+
+def _running_mean(mean: dict | None, state: dict, count: int) -> dict:
+    """``mean`` of ``count - 1`` state dicts updated with ``state``; integer buffers (counters) take the latest."""
+    current = {k: v.detach().cpu().clone() for k, v in state.items()}
+    if mean is None:
+        return current
+    return {k: mean[k] + (v - mean[k]) / count if v.is_floating_point() else v for k, v in current.items()}
 
 
 def _use_bf16(settings: TrainSettings, device: torch.device) -> bool:

@@ -21,6 +21,8 @@ from ..errors import InputError
 from ..pipeline import D3Pipeline
 from ..plbr import PLBRSchedule
 from ..progress import Cancel, Progress, check_cancel, scaled_progress
+from ..models import CoarseDepthModel
+from .coarse import train_coarse
 from .common import distributed_context, seed_everything
 from .kfold import kfold_coarse_predictions, predict_coarse
 from .refiner import train_refiner
@@ -70,7 +72,8 @@ def train_pipeline(
     come from a TileDataset's index. ``resume=False`` discards earlier stage folders in ``work_dir``.
     ``lr={"coarse": 3e-4}`` overrides a stage's learning rate (the paper's 5e-5 assumes a pretrained backbone).
     ``epochs={"vae": 0}`` keeps the VAE as built (e.g. a pretrained one named by ``config.vae.pretrained_path``).
-    ``fold_epochs`` trains the k fold models shorter than the final coarse model (see ``kfold``).
+    ``fold_epochs`` trains the k fold models shorter than the final coarse model (see ``kfold``); with
+    ``epochs["refiner"] == 0`` no fold is trained (their maps only feed the refiner).
     ``max_shard_bytes`` splits the weights file into shards of at most that size (see ``checkpoint``).
     ``init_weights`` (a weights file of the same config) starts the VAE, the final coarse model and the refiner
     from its networks instead of from scratch: more training for shipped weights. The fold models still start
@@ -111,20 +114,28 @@ def train_pipeline(
             module.load_state_dict(start.components[name].state_dict())
     train_vae(pipe.codec.vae, train_ds, val_ds, work_dir=work / "vae", epochs=epochs["vae"],
               progress=part["vae"], cancel=cancel, **shared, **stage_lr["vae"])
-    maps, final = kfold_coarse_predictions(config, train_ds, k, val_ds=val_ds, fold_epochs=fold_epochs,
-                                           work_dir=work / "coarse",
-                                           final_init=pipe.coarse.state_dict() if init_weights else None,
-                                           epochs=epochs["coarse"], progress=part["coarse"], cancel=cancel, **shared,
-                                           **stage_lr["coarse"])
-    pipe.coarse.load_state_dict(final.state_dict())
-    val_maps = None
-    if val_ds is not None:
-        size = tuple(val_ds[0]["image"].shape[-2:])
-        val_maps = predict_coarse(final, val_ds, np.empty((len(val_ds), *size), np.float16),
-                                  batch_size=overrides.get("batch_size", TRAIN_BATCH_SIZE), cancel=cancel)
-    train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val_ds,
-                  val_maps, work_dir=work / "refiner", epochs=epochs["refiner"], progress=part["refiner"],
-                  cancel=cancel, **shared, **stage_lr["refiner"])
+    if epochs["refiner"] > 0:
+        maps, final = kfold_coarse_predictions(config, train_ds, k, val_ds=val_ds, fold_epochs=fold_epochs,
+                                               work_dir=work / "coarse",
+                                               final_init=pipe.coarse.state_dict() if init_weights else None,
+                                               epochs=epochs["coarse"], progress=part["coarse"], cancel=cancel,
+                                               **shared, **stage_lr["coarse"])
+        pipe.coarse.load_state_dict(final.state_dict())
+        val_maps = None
+        if val_ds is not None:
+            size = tuple(val_ds[0]["image"].shape[-2:])
+            val_maps = predict_coarse(final, val_ds, np.empty((len(val_ds), *size), np.float16),
+                                      batch_size=overrides.get("batch_size", TRAIN_BATCH_SIZE), cancel=cancel)
+        train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val_ds,
+                      val_maps, work_dir=work / "refiner", epochs=epochs["refiner"], progress=part["refiner"],
+                      cancel=cancel, **shared, **stage_lr["refiner"])
+    else:  # no refiner training: the k fold models only make its training maps, so train the final model alone
+        if init_weights is None:
+            torch.manual_seed(overrides.get("seed", SEED))
+            pipe.coarse.load_state_dict(CoarseDepthModel(config.coarse, img_size=config.tile_size).state_dict())
+        train_coarse(pipe.coarse, train_ds, val_ds, work_dir=work / "coarse" / "final", epochs=epochs["coarse"],
+                     progress=part["coarse"], cancel=cancel, **shared,
+                     **stage_lr["coarse"])
     check_cancel(cancel, "training")
 
     # The stem's ImageNet file only initialises training; the checkpoint carries the trained stem itself.
