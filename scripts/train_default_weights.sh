@@ -12,10 +12,13 @@
 #      (--coarse-epochs 0): 8 more epochs lowered the validation HDN (0.954 -> 0.913) but worsened every real
 #      held-out pair (see the model card), i.e. they fitted the renders.
 #   3. renders made with relief-normalised shading and terrain-driven land cover (render.py since 0.3.0; stages 1-2
-#      used the earlier renderer: their tiles are $work/render), two render seeds: the coarse model continued 16
+#      used the earlier renderer: their tiles are $work/render; to redo them exactly, run stages 1-2 at commit
+#      0941e6e), two render seeds: the coarse model continued 16
 #      epochs, validated on the real world tiles only, keeping the mean of its weights from epoch 5 on (the
 #      "best" epoch of 14 validation tiles is chance); then fresh k = 3 folds of 4 epochs for the refiner's
-#      maps and 12 refiner epochs, again averaged from epoch 5.
+#      maps and 12 refiner epochs, again averaged from epoch 5; the shipped file is every weight halfway between
+#      stage 2 and stage 3 (WiSE-FT). Stage 3a ran as `train_coarse` with these settings in a one-off script
+#      before the CLI had --val-data; the line below is its CLI form.
 # One "epoch" is STEPS batches of 8 tiles. On a GPU raise STEPS and the epochs toward the paper's (coarse 100,
 # refiner 100, k 5).
 set -euo pipefail
@@ -38,7 +41,8 @@ mkdir -p "$work/run2/coarse"
 for part in fold0 fold1 fold2 coarse_maps.npy; do
   [ -e "$work/run2/coarse/$part" ] || cp -r "$work/run/coarse/$part" "$work/run2/coarse/"
 done
-d3rsmde train lean "$work/render,$work/world" "$out" --init-weights "$work/stage1.safetensors" --work-dir "$work/run2" \
+d3rsmde train lean "$work/render,$work/world" "$work/stage2.safetensors" --init-weights "$work/stage1.safetensors" \
+  --work-dir "$work/run2" \
   "${common[@]}" --vae-lr 2e-4 --coarse-lr 1e-4 --refiner-lr 2e-4 \
   --vae-epochs "${VAE_EPOCHS:-25}" --coarse-epochs "${COARSE_EPOCHS:-0}" --refiner-epochs "${REFINER_EPOCHS:-20}"
 log "stage 2: ${SECONDS}s"
@@ -47,9 +51,10 @@ log "stage 2: ${SECONDS}s"
   --seed 7
 log "stage 3 render tiles: ${SECONDS}s"
 stage3=("$work/render2,$work/render3,$work/world" "${common[@]}" --average-from 5 --vae-epochs 0)
-d3rsmde train lean "${stage3[@]}" "$work/stage3-coarse.safetensors" --init-weights "$out" --work-dir "$work/run3a" \
-  --val-data "$work/world" --coarse-lr 1e-4 --coarse-epochs 16 --refiner-epochs 0
-d3rsmde train lean "${stage3[@]}" "$out" --init-weights "$work/stage3-coarse.safetensors" --work-dir "$work/run3b" \
-  --fold-epochs 4 --coarse-epochs 0 --refiner-lr 2e-4 --refiner-epochs 12
+d3rsmde train lean "${stage3[@]}" "$work/stage3-coarse.safetensors" --init-weights "$work/stage2.safetensors" \
+  --work-dir "$work/run3a" --val-data "$work/world" --coarse-lr 1e-4 --coarse-epochs 16 --refiner-epochs 0
+d3rsmde train lean "${stage3[@]}" "$work/stage3.safetensors" --init-weights "$work/stage3-coarse.safetensors" \
+  --work-dir "$work/run3b" --fold-epochs 4 --coarse-epochs 0 --refiner-lr 2e-4 --refiner-epochs 12
+d3rsmde interpolate "$work/stage2.safetensors" "$work/stage3.safetensors" "$out" --alpha 0.5 --max-shard-mb 16
 log "stage 3: ${SECONDS}s"
 d3rsmde info "$out"

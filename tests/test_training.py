@@ -242,6 +242,26 @@ def test_coarse_only_continuation_trains_no_folds(tmp_path, tiny_weights):
     assert changed == {"coarse"}
 
 
+def test_interpolate_cli_mixes_weights_and_keeps_its_inputs(tmp_path, tiny_weights):
+    """`d3rsmde interpolate START TUNED OUT --alpha a`: (1 - a) * START + a * TUNED, network by network."""
+    tuned = D3Pipeline.from_pretrained(tiny_weights, device="cpu")
+    with torch.no_grad():
+        for p in tuned.refiner.parameters():
+            p.add_(1.0)
+    tuned_path = tuned.save_pretrained(tmp_path / "tuned.safetensors", dtype=None)
+    out = tmp_path / "mix.safetensors"
+    args = parse(["interpolate", str(tiny_weights), str(tuned_path), str(out), "--alpha", "0.25"])
+    assert args.func(args) == 0
+    start = D3Pipeline.from_pretrained(tiny_weights, device="cpu").state_dict()
+    mixed = D3Pipeline.from_pretrained(out, device="cpu").state_dict()
+    for key in start:
+        shift = 0.25 if key.startswith("refiner.") and start[key].is_floating_point() else 0.0
+        torch.testing.assert_close(mixed[key], start[key] + shift, atol=2e-3, rtol=2e-3, msg=key)
+    with pytest.raises(InputError, match="overwrite"):
+        args = parse(["interpolate", str(tiny_weights), str(tuned_path), str(tuned_path)])
+        args.func(args)
+
+
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory, tiny_weights):
     """`d3rsmde finetune` on the sample rasters, keeping its tiles for the train CLI test."""
