@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             with rasterio.open(out) as ds:
                 worst = worst_lines(ds.read(1).astype(np.float64))
             print(f"tile {stats['tile']}, overlap {overlap}, edge margin {stats['edge_margin']}: worst border line "
-                  f"{worst['border']:.1f}x, worst interior line {worst['interior']:.1f}x the median", flush=True)
+                  f"{worst['border']:.2f}x, worst interior line {worst['interior']:.2f}x the median", flush=True)
 
 
 if __name__ == "__main__":

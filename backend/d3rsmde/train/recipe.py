@@ -21,7 +21,6 @@ from ..errors import InputError
 from ..pipeline import D3Pipeline
 from ..plbr import PLBRSchedule
 from ..progress import Cancel, Progress, check_cancel, scaled_progress
-from ..models import CoarseDepthModel
 from .coarse import train_coarse
 from .common import distributed_context, seed_everything
 from .kfold import kfold_coarse_predictions, predict_coarse
@@ -99,7 +98,8 @@ def train_pipeline(
     if val_ds is not None and len(val_ds) == 0:
         val_ds = None
     shared = dict(device=device, **overrides)
-    cost = {"vae": epochs["vae"], "coarse": (fold_epochs or epochs["coarse"]) * k + epochs["coarse"],
+    folds = k if epochs["refiner"] > 0 else 0  # fold models only make the refiner's training maps
+    cost = {"vae": epochs["vae"], "coarse": (fold_epochs or epochs["coarse"]) * folds + epochs["coarse"],
             "refiner": epochs["refiner"]}
     bounds = np.cumsum([0] + [cost[s] for s in STAGES]) / max(sum(cost.values()), 1)
     part = {s: scaled_progress(progress, bounds[i], bounds[i + 1]) for i, s in enumerate(STAGES)}
@@ -114,7 +114,7 @@ def train_pipeline(
             module.load_state_dict(start.components[name].state_dict())
     train_vae(pipe.codec.vae, train_ds, val_ds, work_dir=work / "vae", epochs=epochs["vae"],
               progress=part["vae"], cancel=cancel, **shared, **stage_lr["vae"])
-    if epochs["refiner"] > 0:
+    if folds:
         maps, final = kfold_coarse_predictions(config, train_ds, k, val_ds=val_ds, fold_epochs=fold_epochs,
                                                work_dir=work / "coarse",
                                                final_init=pipe.coarse.state_dict() if init_weights else None,
@@ -130,9 +130,6 @@ def train_pipeline(
                       val_maps, work_dir=work / "refiner", epochs=epochs["refiner"], progress=part["refiner"],
                       cancel=cancel, **shared, **stage_lr["refiner"])
     else:  # no refiner training: the k fold models only make its training maps, so train the final model alone
-        if init_weights is None:
-            torch.manual_seed(overrides.get("seed", SEED))
-            pipe.coarse.load_state_dict(CoarseDepthModel(config.coarse, img_size=config.tile_size).state_dict())
         train_coarse(pipe.coarse, train_ds, val_ds, work_dir=work / "coarse" / "final", epochs=epochs["coarse"],
                      progress=part["coarse"], cancel=cancel, **shared,
                      **stage_lr["coarse"])
