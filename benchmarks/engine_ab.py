@@ -3,7 +3,8 @@ each run in a fresh process, so whatever else loads the machine falls on all of 
 with the first variant's, and with the reference DEM when there is one.
 
 A variant is ``NAME`` or ``NAME:key=value;key=value``: ``threads`` (torch intra-op threads), ``tile``, ``overlap``,
-``batch``, ``autocast`` (``fp32`` | ``bf16``: the pipeline's CPU autocast, overriding its own choice), and any
+``batch``, ``autocast`` (``fp32`` | ``bf16``: the pipeline's CPU autocast, overriding its own choice), ``weights``
+(another weights file than ``--weights``, e.g. the same model with a narrower decoder), and any
 upper-case key as an environment variable of the run (``OMP_WAIT_POLICY=PASSIVE``). ``--load N`` keeps N busy
 processes running through the whole A/B (one per core: a machine someone else is using) and records their CPU share.
 
@@ -29,7 +30,7 @@ from benchmarks import common
 
 REPO = Path(__file__).resolve().parents[1]
 RMNP = (REPO / "resources" / "sample" / "rmnp-rgb.tif", REPO / "resources" / "sample" / "rmnp-dem.tif")
-OPTIONS = {"threads": int, "tile": int, "overlap": int, "batch": int, "autocast": str}
+OPTIONS = {"threads": int, "tile": int, "overlap": int, "batch": int, "autocast": str, "weights": str}
 
 
 def parse_variant(text: str) -> dict:
@@ -63,7 +64,8 @@ def child(spec: dict) -> dict:
         dtype = torch.bfloat16 if options["autocast"] == "bf16" else None
         pipeline_module.autocast_dtype = lambda device: dtype
     torch.manual_seed(0)  # the same random weights in every run of a config
-    pipe, source = common.load_ours(spec["weights"], spec["config"])
+    pipe, source = (common.load_ours(options["weights"]) if "weights" in options
+                    else common.load_ours(spec["weights"], spec["config"]))
     tile = options.get("tile", pipe.config.tile_size)
     pipe(torch.rand(options.get("batch", 2), 3, tile, tile), refine_steps=spec["steps"])  # oneDNN primitives
     before = resource.getrusage(resource.RUSAGE_SELF)

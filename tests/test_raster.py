@@ -24,6 +24,7 @@ from rasterio.warp import calculate_default_transform, reproject
 from rasterio.windows import Window
 
 from d3rsmde.config import D3Config
+from d3rsmde.defaults import OVERLAP_FRACTION
 from d3rsmde.errors import Cancelled, InputError
 from d3rsmde.evaluation import evaluate_rasters
 from d3rsmde.raster import NODATA, height_profile, predict_raster
@@ -282,7 +283,8 @@ def test_memory_stays_flat_on_a_large_raster(tmp_path):
     # + tiles in flight (3 batches x 4 tiles x 3 x 256^2 x 4 B, 9 MiB) + the decimated percentile sample
     # (<= 1024^2 x 3 bands) and allocator slack: well under 2 full-raster buffers.
     print(f"4000 x 4000: peak RSS growth {result['growth'] / 2**20:.0f} MiB (one float32 band: 61 MiB)")
-    assert result["tiles"] == 441
+    overlap = round(256 * OVERLAP_FRACTION)
+    assert result["tiles"] == len(TileGrid(n, n, 256, overlap, overlap // 4)) == 324  # 18 x 18 at the defaults
     assert result["growth"] < 2 * full_raster, f"peak RSS grew {result['growth'] / 2**20:.0f} MiB"
     with rasterio.open(tmp_path / "out.tif") as ds:
         assert (ds.width, ds.height) == (n, n)
@@ -425,7 +427,8 @@ def test_resampling_to_the_model_gsd_and_back(tmp_path):
     model = Oracle(gsd_m=2.0)
     stats = predict_raster(src, tmp_path / "out.tif", model, tile=TILE, resample_to_gsd=True)
     assert stats["gsd_factor"] == pytest.approx(0.5)
-    assert stats["tiles"] == len(TileGrid(100, 120, TILE, TILE // 4))  # the model saw a 2 m grid
+    overlap = round(TILE * OVERLAP_FRACTION)  # the default
+    assert stats["tiles"] == len(TileGrid(100, 120, TILE, overlap, overlap // 4))  # the model saw a 2 m grid
     with rasterio.open(src) as a, rasterio.open(tmp_path / "out.tif") as b:
         assert (b.crs, b.transform, b.width, b.height) == (a.crs, a.transform, a.width, a.height)
         out = b.read(1)

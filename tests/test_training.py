@@ -2,6 +2,8 @@
 fine-tuner produce loadable weights, cancelling leaves no output, and the CLI drives both. All tiny, all on CPU."""
 
 import argparse
+import copy
+import dataclasses
 import hashlib
 
 import numpy as np
@@ -22,7 +24,7 @@ from d3rsmde.train.coarse import COARSE_SETTINGS, coarse_loss
 from d3rsmde.train.augment import flip_rotate, random_crop
 from d3rsmde.train.common import evaluate_loss
 from d3rsmde.train.refiner import REFINER_SETTINGS, RefinerLoss, WithCoarse
-from d3rsmde.train.vae import VAE_SETTINGS, Autoencoding, _gradient_l1, vae_loss
+from d3rsmde.train.vae import VAE_SETTINGS, Autoencoding, _gradient_l1, train_depth_decoder, vae_loss
 
 from conftest import SAMPLE_DEM, SAMPLE_RGB
 
@@ -106,6 +108,46 @@ def test_vae_training_lowers_reconstruction_loss(tiles):
     after = evaluate_loss(Autoencoding(vae), vae_loss, tiles, settings, CPU)
     assert after < 0.8 * before, (before, after)
     assert not any(p.requires_grad for p in vae.parameters())  # frozen again for the refiner
+
+
+def test_depth_decoder_is_distilled_and_replaces_only_the_decoder(tiles, tmp_path):
+    """`train_depth_decoder`: a narrower decoder learns to draw what the pipeline's own decoder draws; every other
+    weight (encoder, coarse model, refiner) stays, and the new config travels with the weights."""
+    torch.manual_seed(0)
+    teacher = D3Pipeline.from_config("tiny")
+    x = torch.stack([tiles[i]["image"] for i in range(2)])
+    wanted = teacher(x, refine_steps=2)
+    kept = {k: v.clone() for k, v in teacher.state_dict().items() if ".decoder." not in k and "post_quant" not in k}
+    gaps = {}
+    for epochs in (0, 20):
+        pipe = copy.deepcopy(teacher)
+        torch.manual_seed(1)
+        train_depth_decoder(pipe, tiles, channels=(4, 8, 8, 8), epochs=epochs, **QUICK)
+        gaps[epochs] = (pipe(x, refine_steps=2) - wanted).abs().mean().item()
+    assert gaps[20] < 0.7 * gaps[0], gaps  # a random teacher is hard to copy: 0.115 -> 0.062 here
+    assert pipe.codec.vae.decoder.conv_out.in_channels == 4 and pipe.config.vae.depth_decoder_channels == (4, 8, 8, 8)
+    state = pipe.state_dict()
+    for key, value in kept.items():
+        torch.testing.assert_close(state[key], value, msg=key)
+    assert not any(p.requires_grad for p in pipe.codec.vae.parameters())
+    path = pipe.save_pretrained(tmp_path / "slim.safetensors", dtype=None)
+    again = D3Pipeline.from_pretrained(path, device="cpu")
+    torch.testing.assert_close(again(x, refine_steps=2), pipe(x, refine_steps=2))
+    with pytest.raises(InputError, match="already have a height-map decoder"):
+        train_depth_decoder(again, tiles, channels=(4, 8, 8, 8), epochs=1, **QUICK)
+
+
+def test_depth_decoder_config_is_checked():
+    from d3rsmde.vae import build_vae
+
+    vae = get_config("tiny").vae
+    with pytest.raises(InputError, match="4 widths"):
+        build_vae(dataclasses.replace(vae, depth_decoder_channels=(8, 8)))
+    with pytest.raises(InputError, match="multiples of 4"):
+        build_vae(dataclasses.replace(vae, depth_decoder_channels=(6, 8, 8, 8)))
+    with pytest.raises(InputError, match="kind 'kl'"):
+        build_vae(dataclasses.replace(vae, kind="tiny", block_out_channels=(8, 8, 8, 8),
+                                      depth_decoder_channels=(4, 8, 8, 8)))
 
 
 def test_refiner_training_lowers_latent_loss(tiles):
@@ -309,6 +351,19 @@ def test_train_cli_on_built_tiles(finetuned, tmp_path):
     info = describe_checkpoint(out)
     assert "rmnp-rgb.tif" in info["data"] and info["gsd_m"] > 100
     assert (tmp_path / "cli.work" / "refiner" / "final.pt").is_file()
+
+
+def test_train_decoder_cli_on_built_tiles(finetuned, tiny_weights, tmp_path):
+    out = tmp_path / "slim.safetensors"
+    args = parse(["train-decoder", str(tiny_weights), str(finetuned / "work" / "tiles"), str(out), "--channels",
+                  "4,8,8,8", "--epochs", "1", "--steps-per-epoch", "1", "--device", "cpu"])
+    assert args.func(args) == 0
+    info = describe_checkpoint(out)
+    assert info["metadata"]["depth_decoder_from"] == tiny_weights.name
+    assert D3Pipeline.from_pretrained(out, device="cpu").config.vae.depth_decoder_channels == (4, 8, 8, 8)
+    with pytest.raises(InputError, match="overwrite"):
+        args = parse(["train-decoder", str(out), str(finetuned / "work" / "tiles"), str(out)])
+        args.func(args)
 
 
 DDP_SCRIPT = """

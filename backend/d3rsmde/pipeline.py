@@ -165,6 +165,15 @@ class D3Pipeline:
         ``on_step(done, total)`` is called after each step; it may raise (e.g.
         :class:`~d3rsmde.errors.Cancelled`) to stop.
         """
+        z_0 = self.refine_latents(images, coarse01, refine_steps, on_step)
+        with self._autocast():
+            depth = self.codec.decode_depth(z_0.to(self.dtype))
+        return depth.float()
+
+    @torch.no_grad()
+    def refine_latents(self, images: Tensor, coarse01: Tensor, refine_steps: int | None = None,
+                       on_step: StepCallback | None = None) -> Tensor:
+        """The refinement loop of :meth:`refine` up to its last latent, the one the VAE decodes."""
         steps = self.config.num_steps if refine_steps is None else refine_steps
         schedule = PLBRSchedule(steps, self.config.eps)
         images = self._as_input(images)
@@ -178,8 +187,7 @@ class D3Pipeline:
                 z_t = schedule.step(z0_hat, t, z_c)
                 if on_step is not None:
                     on_step(done, steps)
-            depth = self.codec.decode_depth(z_t.to(self.dtype))
-        return depth.float()
+        return z_t
 
     @torch.no_grad()
     def __call__(self, images: Tensor, refine_steps: int | None = None,

@@ -11,6 +11,7 @@ import math
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny
+from diffusers.models.autoencoders.vae import Decoder
 from torch import Tensor, nn
 
 from .config import VAEConfig
@@ -57,7 +58,7 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL | AutoencoderTiny:
             )
         return vae
     if cfg.kind == "kl":
-        return AutoencoderKL(
+        vae = AutoencoderKL(
             down_block_types=("DownEncoderBlock2D",) * n,
             up_block_types=("UpDecoderBlock2D",) * n,
             block_out_channels=tuple(cfg.block_out_channels),
@@ -66,6 +67,11 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL | AutoencoderTiny:
             norm_num_groups=cfg.norm_num_groups,
             scaling_factor=cfg.scaling_factor,
         )
+        if cfg.depth_decoder_channels:
+            vae.decoder = build_depth_decoder(cfg)
+        return vae
+    if cfg.depth_decoder_channels:
+        raise InputError("a separate height-map decoder needs VAE kind 'kl'")
     if len(set(cfg.block_out_channels)) != 1:
         raise InputError(f"VAE kind 'tiny' needs one width for all levels, got {tuple(cfg.block_out_channels)}")
     blocks = (1,) + (cfg.layers_per_block,) * (n - 1)
@@ -76,6 +82,26 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL | AutoencoderTiny:
         num_decoder_blocks=blocks[::-1],
         latent_channels=cfg.latent_channels,
         scaling_factor=cfg.scaling_factor,
+    )
+
+
+def build_depth_decoder(cfg: VAEConfig) -> Decoder:
+    """The diffusers VAE decoder at ``cfg.depth_decoder_channels`` (same levels and latent as the encoder), which
+    replaces the autoencoder's own: see :func:`d3rsmde.train.vae.train_depth_decoder`."""
+    widths = tuple(cfg.depth_decoder_channels)
+    if len(widths) != len(cfg.block_out_channels):
+        raise InputError(f"the height-map decoder needs {len(cfg.block_out_channels)} widths (one per level, as the "
+                         f"encoder's {tuple(cfg.block_out_channels)}), got {widths}")
+    if any(w % cfg.norm_num_groups for w in widths):
+        raise InputError(f"height-map decoder widths {widths} must be multiples of {cfg.norm_num_groups} "
+                         "(the VAE's group-norm groups)")
+    return Decoder(
+        in_channels=cfg.latent_channels,
+        out_channels=3,
+        up_block_types=("UpDecoderBlock2D",) * len(widths),
+        block_out_channels=widths,
+        layers_per_block=cfg.depth_decoder_layers_per_block,
+        norm_num_groups=cfg.norm_num_groups,
     )
 
 

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--weights", help="checkpoint (.safetensors); default: the shipped weights")
     predict.add_argument("--refine-steps", type=int, help="PLBR steps (0: coarse model only; default: the model's)")
     predict.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
-    predict.add_argument("--overlap", type=int, help="tile overlap in pixels (default: a quarter tile)")
+    predict.add_argument("--overlap", type=int, help="tile overlap in pixels (default: an eighth of the tile)")
     predict.add_argument("--batch-size", type=int, help="tiles per batch (default: chosen for the device)")
     predict.add_argument("--bands", type=bands, help="1-based bands to use as RGB, e.g. 4,3,2 or 4;3;2, or one band "
                          "used as grey (default: red, green, blue from the raster's colour interpretation or band "

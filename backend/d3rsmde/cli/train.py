@@ -1,11 +1,13 @@
-"""``d3rsmde train``, ``finetune`` and ``interpolate``: thin argument parsing over the recipe, the region fine-tuner
-and weight interpolation."""
+"""``d3rsmde train``, ``finetune``, ``interpolate`` and ``train-decoder``: thin argument parsing over the recipe,
+the region fine-tuner, weight interpolation and the height-map decoder."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
+
+import torch
 
 from ..config import config_names, get_config
 from ..data import BuildOptions
@@ -20,8 +22,9 @@ from ..train.finetune import finetune_region
 from ..train.interpolate import interpolate_weights
 from ..train.recipe import DEFAULT_EPOCHS, train_pipeline
 from ..train.refiner import REFINER_SETTINGS
-from ..train.vae import VAE_SETTINGS
-from .options import floats
+from ..pipeline import D3Pipeline
+from ..train.vae import DEPTH_DECODER_CHANNELS, VAE_SETTINGS, train_depth_decoder
+from .options import floats, ints
 
 
 def _cli_train(args) -> int:
@@ -68,6 +71,22 @@ def _cli_interpolate(args) -> int:
     out = pipe.save_pretrained(args.out, max_shard_bytes=int(args.max_shard_mb * 2**20) if args.max_shard_mb else None,
                                interpolated={"start": Path(args.start).name, "tuned": Path(args.tuned).name,
                                              "alpha": args.alpha})
+    print(f"weights: {out}")
+    return 0
+
+
+def _cli_train_decoder(args) -> int:
+    if Path(args.out).resolve() == Path(args.weights).resolve():
+        raise InputError(f"the output weights {args.out} would overwrite the input: choose another path")
+    roots = args.data.split(",")
+    pipe = D3Pipeline.from_pretrained(args.weights, device=args.device, dtype=torch.float32)
+    val = TileDatasets(args.val_data.split(",") if args.val_data else roots, "val")
+    train_depth_decoder(pipe, TileDatasets(roots, "train"), val, channels=tuple(args.channels),
+                        layers_per_block=args.layers_per_block, epochs=args.epochs, lr=args.lr,
+                        batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, device=args.device,
+                        work_dir=args.work_dir or Path(args.out).with_suffix(".work"), progress=terminal_progress())
+    out = pipe.save_pretrained(args.out, max_shard_bytes=int(args.max_shard_mb * 2**20) if args.max_shard_mb else None,
+                               depth_decoder_from=Path(args.weights).name)
     print(f"weights: {out}")
     return 0
 
@@ -134,3 +153,25 @@ def add_cli(subparsers) -> None:
     mix.add_argument("--alpha", type=float, default=0.5, help="share of TUNED (default %(default)s)")
     mix.add_argument("--max-shard-mb", type=float, help="split the weights into files of at most this many MiB")
     mix.set_defaults(func=_cli_interpolate)
+
+    dec = subparsers.add_parser("train-decoder", help="replace a model's VAE decoder by a narrower one distilled "
+                                                      "from it (faster inference; encoder, coarse model and refiner "
+                                                      "unchanged)")
+    dec.add_argument("weights", help="trained weights (.safetensors) with the VAE's own decoder (the teacher)")
+    dec.add_argument("data", help="tile dataset folder(s), comma-separated: their train splits' images and heights")
+    dec.add_argument("--val-data", help="tile dataset folder(s) whose val split is scored each epoch "
+                                        "(default: those of DATA)")
+    dec.add_argument("out", help="output weights file (.safetensors)")
+    dec.add_argument("--channels", type=ints, default=list(DEPTH_DECODER_CHANNELS),
+                     help="decoder widths, one per VAE level, finest first (default "
+                          f"{','.join(map(str, DEPTH_DECODER_CHANNELS))})")
+    dec.add_argument("--layers-per-block", type=int, default=0,
+                     help="extra residual blocks per level (default %(default)s: one block per level)")
+    dec.add_argument("--epochs", type=int, default=10, help="default %(default)s")
+    dec.add_argument("--lr", type=float, default=2e-4, help="default %(default)s")
+    dec.add_argument("--batch-size", type=int, default=TRAIN_BATCH_SIZE, help="default %(default)s")
+    dec.add_argument("--steps-per-epoch", type=int, help="cap on batches per epoch")
+    dec.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    dec.add_argument("--work-dir", help="checkpoints and log (default: OUT with suffix .work); a rerun resumes")
+    dec.add_argument("--max-shard-mb", type=float, help="split the weights into files of at most this many MiB")
+    dec.set_defaults(func=_cli_train_decoder)

@@ -24,6 +24,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from ..bands import select_bands
+from ..defaults import OVERLAP_FRACTION
 from ..device import default_batch_size, is_out_of_memory
 from ..errors import InputError, OutputError
 from ..files import describe_write_error, staged_output
@@ -61,8 +62,9 @@ def predict_raster(
     given. The image is prepared as the weights' preprocessing config says (``pipeline.config.preprocessing``:
     band order, stretch percentiles, tile size, GSD). ``bands``: 1-based band numbers in the model's channel order
     (one band is replicated to three).
-    ``tile``/``overlap``/``batch_size`` default to the model's tile size, a quarter of it, and a size suited to
-    the device. ``resample_to_gsd`` runs the model at its training ground resolution and resamples back.
+    ``tile``/``overlap``/``batch_size`` default to the model's tile size, an eighth of it
+    (:data:`~d3rsmde.defaults.OVERLAP_FRACTION`), and a size suited to the device. ``resample_to_gsd`` runs the
+    model at its training ground resolution and resamples back.
     ``progress(fraction, message)`` is called and ``cancel()`` polled once per batch. The output is read back and
     checked before it replaces a previous ``dst``; on cancel or failure no output or scratch file is left behind,
     and ``dst`` may be no file any input reads (a VRT's sources included); ``overwrite=False`` refuses an existing
@@ -77,7 +79,7 @@ def predict_raster(
     tile = _whole_number("tile size", prep.tile_size if tile is None else tile, multiple)
     if tile % multiple:
         raise InputError(f"tile size {tile} must be a positive multiple of {multiple} for this model")
-    overlap = tile // 4 if overlap is None else _whole_number("overlap", overlap, 0)
+    overlap = round(tile * OVERLAP_FRACTION) if overlap is None else _whole_number("overlap", overlap, 0)
     batch_size = _whole_number("batch size", default_batch_size(pipeline.device, tile) if batch_size is None
                                else batch_size, 1)
     steps = _whole_number("refinement steps", pipeline.config.num_steps if refine_steps is None else refine_steps, 0)

@@ -1,5 +1,6 @@
 """Stage 0: the autoencoder behind the latent codec, trained on RGB tiles AND height tiles, each prepared exactly
-as :class:`~d3rsmde.vae.LatentCodec` encodes them, since the refiner works on both kinds of latent.
+as :class:`~d3rsmde.vae.LatentCodec` encodes them, since the refiner works on both kinds of latent; and, after
+everything else, an optional narrower decoder for height maps alone (:func:`train_depth_decoder`).
 
 No pretrained SD VAE can be downloaded here, so it is trained from scratch: L1 reconstruction, L1 of the
 reconstruction's finite differences (an L1 autoencoder alone smooths slopes away, and slopes are what a height map
@@ -9,6 +10,8 @@ crops (it is convolutional; a 256 tile costs ten times a 128 crop on a CPU) and 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 
 import torch
@@ -16,12 +19,16 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..vae import minmax_per_tile
+from ..vae import build_depth_decoder, minmax_per_tile
+from ..errors import InputError
 from ..progress import Cancel, Progress
 from .common import TrainSettings, fit
 
 VAE_SETTINGS = TrainSettings(lr=1e-4, weight_decay=1e-2, plateau_factor=0.5, plateau_patience=5, crop=128)
 KL_WEIGHT = 1e-6  # the Stable Diffusion VAE's value: enough to regularise, too small to blur
+# The shipped height-map decoder: half the lean VAE's widths at the finest levels, one residual block per level
+# (T = 6 tile on a 2-core CPU 126 -> 101 ms; README, Performance).
+DEPTH_DECODER_CHANNELS = (8, 16, 32, 64)
 
 
 class Autoencoding(nn.Module):
@@ -89,3 +96,80 @@ def train_vae(
     finally:
         vae.requires_grad_(False)
         vae.eval()
+
+
+class DecoderDistillation(nn.Module):
+    """``forward(batch)`` -> (student heights, teacher heights) on the latents a pipeline decodes: each batch's
+    images refined with 1..T steps from the pipeline's own coarse maps, plus the encoded true heights.
+
+    Only ``student`` (the pipeline's VAE, holding the new decoder) is a submodule: the frozen teacher and the rest
+    of the pipeline stay in eval mode and out of the training checkpoints.
+    """
+
+    def __init__(self, pipeline, teacher: AutoencoderKL):
+        super().__init__()
+        self.student = pipeline.codec.vae
+        self._frozen = (pipeline, teacher)
+
+    def forward(self, batch: dict) -> tuple[Tensor, Tensor]:
+        pipeline, teacher = self._frozen
+        images = batch["image"]
+        steps = int(torch.randint(1, pipeline.config.num_steps + 1, ()))
+        with torch.no_grad():
+            coarse = pipeline.coarse_depth(images)
+            mask = batch["mask"]
+            truth = torch.where(mask, minmax_per_tile(batch["depth"], mask), coarse)
+            scale = pipeline.codec.scaling_factor
+            z = torch.cat([pipeline.refine_latents(images, coarse, steps),
+                           pipeline.codec.encode_depth(truth.to(pipeline.dtype))]).float() / scale
+            target = teacher.decode(z).sample.float().mean(1, keepdim=True)
+        return self.student.decode(z).sample.float().mean(1, keepdim=True), target
+
+
+def decoder_distillation_loss(model: nn.Module, batch: dict) -> Tensor:
+    """L1 plus L1 of the finite differences (as :func:`vae_loss`) between student and teacher heights."""
+    student, teacher = model(batch)
+    err = student - teacher
+    weight = torch.ones_like(err)
+    return err.abs().mean() + _gradient_l1(err, weight)
+
+
+def train_depth_decoder(
+    pipeline,
+    train_ds: Dataset,
+    val_ds: Dataset | None = None,
+    *,
+    channels: tuple[int, ...] = DEPTH_DECODER_CHANNELS,
+    layers_per_block: int = 0,
+    settings: TrainSettings | None = None,
+    work_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    cancel: Cancel | None = None,
+    **overrides,
+) -> list[dict]:
+    """Give ``pipeline`` (a trained :class:`~d3rsmde.pipeline.D3Pipeline`, changed in place) a decoder of
+    ``channels`` widths distilled from its own: the new one learns to draw what the old one draws from the latents
+    the pipeline decodes (:class:`DecoderDistillation`), so results stay those of the validated model, faster.
+    The encoder, the coarse model and the refiner are untouched. Settings as :func:`train_vae`'s."""
+    vae = pipeline.codec.vae
+    if not isinstance(vae, AutoencoderKL):
+        raise InputError("a separate height-map decoder needs VAE kind 'kl'")
+    if pipeline.config.vae.depth_decoder_channels:
+        raise InputError("these weights already have a height-map decoder; start from the weights with the VAE's "
+                         "own decoder, which teaches the new one")
+    cfg = dataclasses.replace(pipeline.config.vae, depth_decoder_channels=tuple(channels),
+                              depth_decoder_layers_per_block=layers_per_block)
+    teacher = copy.deepcopy(vae).eval()
+    vae.decoder = build_depth_decoder(cfg).to(next(vae.parameters()).device)
+    pipeline.config = dataclasses.replace(pipeline.config, vae=cfg)
+    settings = (settings or VAE_SETTINGS).replace(**overrides)
+    trainable = [vae.decoder, vae.post_quant_conv] if vae.post_quant_conv is not None else [vae.decoder]
+    for module in trainable:
+        module.requires_grad_(True)
+    pipeline.eval()
+    try:
+        return fit(DecoderDistillation(pipeline, teacher), decoder_distillation_loss, train_ds, val_ds,
+                   settings=settings, work_dir=work_dir, name="depth decoder", progress=progress, cancel=cancel)
+    finally:
+        vae.requires_grad_(False)
+        pipeline.to(pipeline.device).eval()  # channels-last for the new decoder too
