@@ -24,7 +24,8 @@ from d3rsmde.train.coarse import COARSE_SETTINGS, coarse_loss
 from d3rsmde.train.augment import flip_rotate, random_crop
 from d3rsmde.train.common import evaluate_loss
 from d3rsmde.train.refiner import REFINER_SETTINGS, RefinerLoss, WithCoarse
-from d3rsmde.train.vae import VAE_SETTINGS, Autoencoding, _gradient_l1, train_depth_decoder, vae_loss
+from d3rsmde.train.vae import (VAE_SETTINGS, Autoencoding, _gradient_l1, mirrored_border, train_depth_decoder,
+                               vae_loss)
 
 from conftest import SAMPLE_DEM, SAMPLE_RGB
 
@@ -135,6 +136,29 @@ def test_depth_decoder_is_distilled_and_replaces_only_the_decoder(tiles, tmp_pat
     torch.testing.assert_close(again(x, refine_steps=2), pipe(x, refine_steps=2))
     with pytest.raises(InputError, match="already have a height-map decoder"):
         train_depth_decoder(again, tiles, channels=(4, 8, 8, 8), epochs=1, **QUICK)
+
+
+def test_mirrored_border_is_the_engines_padding_of_an_overhanging_tile(tiles):
+    """Distillation also shows the decoder tiles that overhang a raster's border: cut on one side and one end,
+    mirrored back (what raster.tiles.Source.read does)."""
+    batch = {k: torch.stack([tiles[i][k] for i in range(2)]) for k in ("image", "depth", "mask")}
+    torch.manual_seed(3)
+    out = mirrored_border(batch)
+    for key in batch:
+        assert out[key].shape == batch[key].shape and out[key].dtype == batch[key].dtype
+    image, original = out["image"][0, 0].numpy(), batch["image"][0, 0].numpy()
+    kept = [(r, c) for r in (slice(None, 16), slice(-16, None)) for c in (slice(None, 16), slice(-16, None))
+            if np.array_equal(image[r, c], original[r, c])]
+    assert len(kept) == 1  # the corner on the kept sides is untouched; the other three are mirrored
+    (keep_rows, keep_cols), = kept
+    for axis, (a, b) in enumerate(((image[:, keep_cols], original[:, keep_cols]),
+                                   (image[keep_rows].T, original[keep_rows].T))):
+        changed = np.flatnonzero(~np.isclose(a, b).all(axis=1))  # lines mirrored along this axis only
+        cut, size = len(changed), image.shape[axis]
+        assert 0 < cut < size // 2
+        mirror = cut if changed[0] == 0 else size - cut - 1  # the last kept row/column: the mirror line
+        j = np.arange(1, cut + 1)
+        np.testing.assert_allclose(np.take(image, mirror - j, axis=axis), np.take(image, mirror + j, axis=axis))
 
 
 def test_depth_decoder_config_is_checked():
@@ -269,6 +293,22 @@ def test_train_pipeline_continues_from_weights(tmp_path, tiny_weights):
     with pytest.raises(InputError, match="tiny"):
         train_pipeline("lean", train, val, tmp_path / "x.safetensors", work_dir=tmp_path / "w3", epochs=0, k=2,
                        device="cpu", init_weights=tiny_weights)
+
+
+def test_train_pipeline_continues_from_weights_with_a_distilled_decoder(tmp_path, tiles):
+    """Shipped weights carry a narrower height-map decoder than their named config builds; training on from them
+    keeps that decoder instead of failing to load it."""
+    slim = D3Pipeline.from_config("tiny")
+    train_depth_decoder(slim, tiles, channels=(4, 8, 8, 8), epochs=0, **QUICK)
+    start = slim.save_pretrained(tmp_path / "slim.safetensors")
+    out = tmp_path / "more.safetensors"
+    train_pipeline("tiny", SyntheticTiles(n=4, size=64, seed=2), None, out, work_dir=tmp_path / "work", epochs=0,
+                   k=2, device="cpu", init_weights=start, data="synthetic hills", gsd_m=30.0)
+    after = D3Pipeline.from_pretrained(out, device="cpu")
+    assert after.config.vae.depth_decoder_channels == (4, 8, 8, 8)
+    before = D3Pipeline.from_pretrained(start, device="cpu").state_dict()
+    for key, value in after.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)
 
 
 def test_coarse_only_continuation_trains_no_folds(tmp_path, tiny_weights):

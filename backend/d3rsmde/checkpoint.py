@@ -122,6 +122,12 @@ def _parse_config(path: Path, meta: dict[str, str]) -> D3Config:
         raise CheckpointError(f"{path}: the model config stored in the checkpoint is missing or unusable: {e}") from e
 
 
+def checkpoint_config(path: str | os.PathLike) -> D3Config:
+    """The model config stored in the checkpoint at ``path``, read from its header alone."""
+    path = Path(path)
+    return _parse_config(path, _read_metadata(path))
+
+
 def _checkpoint_files(path: Path, meta: dict[str, str]) -> list[Path]:
     """The checkpoint's files: ``path`` then the shards its ``meta`` lists, each checked to exist and to belong
     to ``path``."""

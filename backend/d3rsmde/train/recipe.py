@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..checkpoint import checkpoint_config
 from ..config import D3Config, get_config
 from ..defaults import SEED, TRAIN_BATCH_SIZE
 from ..errors import InputError
@@ -104,12 +105,15 @@ def train_pipeline(
     bounds = np.cumsum([0] + [cost[s] for s in STAGES]) / max(sum(cost.values()), 1)
     part = {s: scaled_progress(progress, bounds[i], bounds[i + 1]) for i, s in enumerate(STAGES)}
 
+    if init_weights is not None:
+        stored = checkpoint_config(init_weights)
+        if stored.name != config.name:
+            raise InputError(f"{init_weights} holds a {stored.name!r} model, not {config.name!r}")
+        config = dataclasses.replace(config, vae=stored.vae)  # e.g. with a distilled height-map decoder
     seed_everything(overrides.get("seed", SEED))
     pipe = D3Pipeline.from_config(config)
     if init_weights is not None:
         start = D3Pipeline.from_pretrained(init_weights, device="cpu")
-        if start.config.name != config.name:
-            raise InputError(f"{init_weights} holds a {start.config.name!r} model, not {config.name!r}")
         for name, module in pipe.components.items():
             module.load_state_dict(start.components[name].state_dict())
     train_vae(pipe.codec.vae, train_ds, val_ds, work_dir=work / "vae", epochs=epochs["vae"],

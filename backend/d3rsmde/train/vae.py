@@ -15,6 +15,7 @@ import dataclasses
 import os
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -113,6 +114,8 @@ class DecoderDistillation(nn.Module):
 
     def forward(self, batch: dict) -> tuple[Tensor, Tensor]:
         pipeline, teacher = self._frozen
+        if torch.rand(()) < 0.5:
+            batch = mirrored_border(batch)
         images = batch["image"]
         steps = int(torch.randint(1, pipeline.config.num_steps + 1, ()))
         with torch.no_grad():
@@ -124,6 +127,21 @@ class DecoderDistillation(nn.Module):
                            pipeline.codec.encode_depth(truth.to(pipeline.dtype))]).float() / scale
             target = teacher.decode(z).sample.float().mean(1, keepdim=True)
         return self.student.decode(z).sample.float().mean(1, keepdim=True), target
+
+
+def mirrored_border(batch: dict, most: float = 0.5) -> dict:
+    """``batch`` as the raster engine sees a raster's border: each map cut by a random width (up to ``most`` of
+    the tile) on one side and one end, and mirrored back to full size, as a tile overhanging the raster is."""
+    size = batch["image"].shape[-1]
+    cut = int(torch.randint(size // 16, int(size * most), ()))  # reflection needs cut < the inner size
+    left, top = (int(v) for v in torch.randint(0, 2, (2,)))
+    pad = (cut * left, cut * (1 - left), cut * top, cut * (1 - top))
+    inner = (slice(None), slice(None), slice(pad[2], size - pad[3]), slice(pad[0], size - pad[1]))
+    out = dict(batch)
+    for key in ("image", "depth", "mask"):
+        maps = batch[key][inner]
+        out[key] = F.pad(maps.float(), pad, mode="reflect").to(batch[key].dtype)
+    return out
 
 
 def decoder_distillation_loss(model: nn.Module, batch: dict) -> Tensor:
