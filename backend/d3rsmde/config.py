@@ -67,8 +67,8 @@ class VAEConfig:
     norm_num_groups: int = 32
     scaling_factor: float = 0.18215
     pretrained_path: str | None = None  # local diffusers folder (e.g. an SD VAE) to start from
-    # A narrower decoder ("kl" only), trained for height maps alone behind the frozen encoder: inference never
-    # decodes an image, and the decoder's full-resolution layers are a quarter of a tile's CPU time at full width.
+    # A narrower decoder ("kl" only), distilled from the VAE's own for height maps alone (train.vae.
+    # train_depth_decoder): inference never decodes an image, and the decoder is a quarter of a tile's CPU time.
     depth_decoder_channels: tuple[int, ...] | None = None
     depth_decoder_layers_per_block: int = 0
 
