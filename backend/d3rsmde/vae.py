@@ -40,7 +40,15 @@ def minmax_per_tile(x: Tensor, mask: Tensor | None = None, eps: float = 1e-6) ->
 
 def build_vae(cfg: VAEConfig) -> AutoencoderKL | AutoencoderTiny:
     """A randomly initialised autoencoder of ``cfg``'s shape, or the one in ``cfg.pretrained_path`` (checked to
-    match ``cfg``, since the rest of the model is sized from the config)."""
+    match ``cfg``, since the rest of the model is sized from the config), with ``cfg``'s height-map decoder in
+    place of its own if it names one."""
+    vae = _autoencoder(cfg)
+    if cfg.depth_decoder_channels:
+        vae.decoder = build_depth_decoder(cfg)
+    return vae
+
+
+def _autoencoder(cfg: VAEConfig) -> AutoencoderKL | AutoencoderTiny:
     if cfg.kind not in VAE_KINDS:
         raise InputError(f"VAE kind must be one of {VAE_KINDS}, got {cfg.kind!r}")
     n = len(cfg.block_out_channels)
@@ -58,7 +66,7 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL | AutoencoderTiny:
             )
         return vae
     if cfg.kind == "kl":
-        vae = AutoencoderKL(
+        return AutoencoderKL(
             down_block_types=("DownEncoderBlock2D",) * n,
             up_block_types=("UpDecoderBlock2D",) * n,
             block_out_channels=tuple(cfg.block_out_channels),
@@ -67,11 +75,6 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL | AutoencoderTiny:
             norm_num_groups=cfg.norm_num_groups,
             scaling_factor=cfg.scaling_factor,
         )
-        if cfg.depth_decoder_channels:
-            vae.decoder = build_depth_decoder(cfg)
-        return vae
-    if cfg.depth_decoder_channels:
-        raise InputError("a separate height-map decoder needs VAE kind 'kl'")
     if len(set(cfg.block_out_channels)) != 1:
         raise InputError(f"VAE kind 'tiny' needs one width for all levels, got {tuple(cfg.block_out_channels)}")
     blocks = (1,) + (cfg.layers_per_block,) * (n - 1)
@@ -88,6 +91,8 @@ def build_vae(cfg: VAEConfig) -> AutoencoderKL | AutoencoderTiny:
 def build_depth_decoder(cfg: VAEConfig) -> Decoder:
     """The diffusers VAE decoder at ``cfg.depth_decoder_channels`` (same levels and latent as the encoder), which
     replaces the autoencoder's own: see :func:`d3rsmde.train.vae.train_depth_decoder`."""
+    if cfg.kind != "kl":
+        raise InputError("a separate height-map decoder needs VAE kind 'kl'")
     widths = tuple(cfg.depth_decoder_channels)
     if len(widths) != len(cfg.block_out_channels):
         raise InputError(f"the height-map decoder needs {len(cfg.block_out_channels)} widths (one per level, as the "

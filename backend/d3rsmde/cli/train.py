@@ -7,8 +7,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
-
 from ..config import config_names, get_config
 from ..data import BuildOptions
 from ..datasets import TileDatasets
@@ -16,13 +14,13 @@ from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, TRAIN_BATCH_SIZE
 from ..errors import InputError
 from ..files import atomic_write_text
 from ..metrics import format_metrics_table
+from ..pipeline import D3Pipeline
 from ..progress import terminal_progress
 from ..train.coarse import COARSE_SETTINGS
 from ..train.finetune import finetune_region
 from ..train.interpolate import interpolate_weights
 from ..train.recipe import DEFAULT_EPOCHS, train_pipeline
 from ..train.refiner import REFINER_SETTINGS
-from ..pipeline import D3Pipeline
 from ..train.vae import DEPTH_DECODER_CHANNELS, VAE_SETTINGS, train_depth_decoder
 from .options import floats, ints
 
@@ -37,14 +35,12 @@ def _cli_train(args) -> int:
     if args.stem_weights:
         config = dataclasses.replace(config, coarse=dataclasses.replace(config.coarse, stem_weights=args.stem_weights))
     out = train_pipeline(
-        config, TileDatasets(roots, "train"),
-        TileDatasets(args.val_data.split(",") if args.val_data else roots, "val"), args.out,
+        config, TileDatasets(roots, "train"), _val_sets(args, roots), args.out,
         work_dir=args.work_dir or Path(args.out).with_suffix(".work"), epochs=epochs, lr=lr, k=args.k,
         fold_epochs=args.fold_epochs,
         device=args.device, resume=not args.restart, batch_size=args.batch_size, num_workers=args.workers,
         steps_per_epoch=args.steps_per_epoch, average_from=args.average_from, progress=terminal_progress(),
-        max_shard_bytes=int(args.max_shard_mb * 2**20) if args.max_shard_mb else None,
-        init_weights=args.init_weights,
+        max_shard_bytes=_shard_bytes(args), init_weights=args.init_weights,
     )
     print(f"weights: {out}")
     return 0
@@ -68,8 +64,7 @@ def _cli_interpolate(args) -> int:
     if Path(args.out).resolve() in {Path(args.start).resolve(), Path(args.tuned).resolve()}:
         raise InputError(f"the output weights {args.out} would overwrite an input: choose another path")
     pipe = interpolate_weights(args.start, args.tuned, args.alpha)
-    out = pipe.save_pretrained(args.out, max_shard_bytes=int(args.max_shard_mb * 2**20) if args.max_shard_mb else None,
-                               interpolated={"start": Path(args.start).name, "tuned": Path(args.tuned).name,
+    out = pipe.save_pretrained(args.out, max_shard_bytes=_shard_bytes(args), interpolated={"start": Path(args.start).name, "tuned": Path(args.tuned).name,
                                              "alpha": args.alpha})
     print(f"weights: {out}")
     return 0
@@ -79,20 +74,27 @@ def _cli_train_decoder(args) -> int:
     if Path(args.out).resolve() == Path(args.weights).resolve():
         raise InputError(f"the output weights {args.out} would overwrite the input: choose another path")
     roots = args.data.split(",")
-    pipe = D3Pipeline.from_pretrained(args.weights, device=args.device, dtype=torch.float32)
-    val = TileDatasets(args.val_data.split(",") if args.val_data else roots, "val")
-    train_depth_decoder(pipe, TileDatasets(roots, "train"), val, channels=tuple(args.channels),
+    pipe = D3Pipeline.from_pretrained(args.weights, device=args.device)
+    train_depth_decoder(pipe, TileDatasets(roots, "train"), _val_sets(args, roots), channels=tuple(args.channels),
                         layers_per_block=args.layers_per_block, epochs=args.epochs, lr=args.lr,
                         batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch, device=args.device,
                         work_dir=args.work_dir or Path(args.out).with_suffix(".work"), progress=terminal_progress())
-    out = pipe.save_pretrained(args.out, max_shard_bytes=int(args.max_shard_mb * 2**20) if args.max_shard_mb else None,
-                               depth_decoder_from=Path(args.weights).name)
+    out = pipe.save_pretrained(args.out, max_shard_bytes=_shard_bytes(args), depth_decoder_from=Path(args.weights).name)
     print(f"weights: {out}")
     return 0
 
 
+def _val_sets(args, roots: list[str]) -> TileDatasets:
+    """The val splits that drive schedules and epoch choice: those of ``--val-data`` if given, else of DATA."""
+    return TileDatasets(args.val_data.split(",") if args.val_data else roots, "val")
+
+
+def _shard_bytes(args) -> int | None:
+    return int(args.max_shard_mb * 2**20) if args.max_shard_mb else None
+
+
 def add_cli(subparsers) -> None:
-    """Register ``train`` and ``finetune`` on the ``d3rsmde`` command's subparsers."""
+    """Register ``train``, ``finetune``, ``interpolate`` and ``train-decoder`` on the ``d3rsmde`` subparsers."""
     train = subparsers.add_parser("train", help="train a model from scratch on a tile dataset (VAE, k-fold "
                                                 "coarse, refiner)")
     train.add_argument("config", choices=config_names(), help="model size")

@@ -135,8 +135,7 @@ def train_pipeline(
                       cancel=cancel, **shared, **stage_lr["refiner"])
     else:  # no refiner training: the k fold models only make its training maps, so train the final model alone
         train_coarse(pipe.coarse, train_ds, val_ds, work_dir=work / "coarse" / "final", epochs=epochs["coarse"],
-                     progress=part["coarse"], cancel=cancel, **shared,
-                     **stage_lr["coarse"])
+                     progress=part["coarse"], cancel=cancel, **shared, **stage_lr["coarse"])
     check_cancel(cancel, "training")
 
     # The stem's ImageNet file only initialises training; the checkpoint carries the trained stem itself.

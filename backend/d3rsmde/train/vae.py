@@ -169,16 +169,15 @@ def train_depth_decoder(
     ``channels`` widths distilled from its own: the new one learns to draw what the old one draws from the latents
     the pipeline decodes (:class:`DecoderDistillation`), so results stay those of the validated model, faster.
     The encoder, the coarse model and the refiner are untouched. Settings as :func:`train_vae`'s."""
-    vae = pipeline.codec.vae
-    if not isinstance(vae, AutoencoderKL):
-        raise InputError("a separate height-map decoder needs VAE kind 'kl'")
     if pipeline.config.vae.depth_decoder_channels:
         raise InputError("these weights already have a height-map decoder; start from the weights with the VAE's "
                          "own decoder, which teaches the new one")
     cfg = dataclasses.replace(pipeline.config.vae, depth_decoder_channels=tuple(channels),
                               depth_decoder_layers_per_block=layers_per_block)
+    vae = pipeline.codec.vae
+    student = build_depth_decoder(cfg).to(next(vae.parameters()).device)
     teacher = copy.deepcopy(vae).eval()
-    vae.decoder = build_depth_decoder(cfg).to(next(vae.parameters()).device)
+    vae.decoder = student
     pipeline.config = dataclasses.replace(pipeline.config, vae=cfg)
     settings = (settings or VAE_SETTINGS).replace(**overrides)
     trainable = [vae.decoder, vae.post_quant_conv] if vae.post_quant_conv is not None else [vae.decoder]
