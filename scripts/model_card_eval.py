@@ -152,8 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     results = {name: scene_rows(pipe, image, dem, steps, out, args.overlap) for name, (image, dem) in scenes.items()}
     for root in filter(None, args.tiles.split(",")):
         results[f"held-out tiles: {Path(root).name}"] = tile_rows(pipe, Path(root), steps)
-    default = pipe.config.num_steps if pipe.config.num_steps in steps else steps[-1]
-    examples_png(scenes, out, default, out / "examples.png")
     machine = f"{describe_device(pipe.device)}; {platform.platform()}; torch {torch.__version__}"
     atomic_write_text(out / "results.json", json.dumps({"weights": str(args.weights), "machine": machine,
                                                         "seconds": time.perf_counter() - start, **results},
@@ -165,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         md += f"\n**{name}** ({n} {unit})\n\n" + format_metrics_table(rows)
     atomic_write_text(out / "results.md", md)
     print(md)
+    if 0 in steps:  # the picture sets the coarse map beside the refined one
+        default = pipe.config.num_steps if pipe.config.num_steps in steps else steps[-1]
+        examples_png(scenes, out, default, out / "examples.png")
     return 0
 
 

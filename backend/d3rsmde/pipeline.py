@@ -19,7 +19,7 @@ from .config import D3Config, get_config
 from .device import autocast_dtype, resolve_device
 from .errors import CheckpointError, InputError
 from .models import CoarseDepthModel, Refiner
-from .plbr import PLBRSchedule
+from .plbr import PLBRSchedule, refine_step
 from .vae import LatentCodec, build_vae, minmax_per_tile
 
 
@@ -182,9 +182,7 @@ class D3Pipeline:
             z_c = self.codec.encode_depth(self._as_input(coarse01))
             z_t = z_c
             for done, t in enumerate(schedule.timesteps.tolist(), start=1):
-                t_batch = torch.full((len(z_c),), t, dtype=torch.int64, device=z_c.device)
-                z0_hat = self.refiner(torch.cat([z_x, z_t], dim=1), self.refiner.conditioning(schedule, t_batch))
-                z_t = schedule.step(z0_hat, t, z_c)
+                z_t = refine_step(self.refiner, z_x, z_t, z_c, t, schedule)
                 if on_step is not None:
                     on_step(done, steps)
         return z_t

@@ -11,7 +11,7 @@ from pure noise; this is what makes 6 steps enough.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import InputError
 
@@ -50,3 +50,11 @@ class PLBRSchedule:
             return z0_hat
         a = float(self.alpha_bar[t - 1])
         return a * z0_hat + (1 - a) * z_c
+
+
+def refine_step(refiner: nn.Module, z_x: Tensor, z_t: Tensor, z_c: Tensor, t: int, schedule: PLBRSchedule) -> Tensor:
+    """One sampling step at ``t``: the refiner's z0 estimate from ``[z_x, z_t]``, blended into its next input
+    (:meth:`PLBRSchedule.step`). The pipeline's loop and the refiner's own-input training share it."""
+    t_batch = torch.full((len(z_t),), t, dtype=torch.int64, device=z_t.device)
+    z0_hat = refiner(torch.cat([z_x, z_t], dim=1), refiner.conditioning(schedule, t_batch))
+    return schedule.step(z0_hat, t, z_c)

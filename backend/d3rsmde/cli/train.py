@@ -37,7 +37,7 @@ def _cli_train(args) -> int:
     out = train_pipeline(
         config, TileDatasets(roots, "train"), _val_sets(args, roots), args.out,
         work_dir=args.work_dir or Path(args.out).with_suffix(".work"), epochs=epochs, lr=lr, k=args.k,
-        fold_epochs=args.fold_epochs,
+        fold_epochs=args.fold_epochs, refiner_own_inputs=args.refiner_own_inputs,
         device=args.device, resume=not args.restart, batch_size=args.batch_size, num_workers=args.workers,
         steps_per_epoch=args.steps_per_epoch, average_from=args.average_from, progress=terminal_progress(),
         max_shard_bytes=_shard_bytes(args), init_weights=args.init_weights,
@@ -115,6 +115,9 @@ def add_cli(subparsers) -> None:
                                               "`d3rsmde data stem-weights`")
     train.add_argument("--init-weights", help="start the VAE, final coarse model and refiner from these weights "
                                               "(same config) instead of from scratch")
+    train.add_argument("--refiner-own-inputs", type=float, default=0.0, metavar="SHARE",
+                       help="share of refiner batches trained on its own sampling-loop inputs instead of blends of "
+                            "the true map (default %(default)s)")
     train.add_argument("--k", type=int, default=5, help="coarse folds (default %(default)s)")
     train.add_argument("--fold-epochs", type=int, help="epochs of each fold's coarse model (default: --coarse-epochs)")
     train.add_argument("--batch-size", type=int, default=TRAIN_BATCH_SIZE, help="default %(default)s")

@@ -61,6 +61,7 @@ def train_pipeline(
     gsd_m: float | None = None,
     max_shard_bytes: int | None = None,
     init_weights: str | os.PathLike | None = None,
+    refiner_own_inputs: float = 0.0,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     **overrides,
@@ -77,7 +78,8 @@ def train_pipeline(
     ``max_shard_bytes`` splits the weights file into shards of at most that size (see ``checkpoint``).
     ``init_weights`` (a weights file of the same config) starts the VAE, the final coarse model and the refiner
     from its networks instead of from scratch: more training for shipped weights. The fold models still start
-    from scratch, since each must never have seen the tiles it predicts.
+    from scratch, since each must never have seen the tiles it predicts. ``refiner_own_inputs`` is the share of
+    refiner batches trained on its own sampling-loop inputs (see ``train.refiner``).
     """
     config = get_config(config) if isinstance(config, str) else config
     index = getattr(train_ds, "index", {})
@@ -131,8 +133,8 @@ def train_pipeline(
             val_maps = predict_coarse(final, val_ds, np.empty((len(val_ds), *size), np.float16),
                                       batch_size=overrides.get("batch_size", TRAIN_BATCH_SIZE), cancel=cancel)
         train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val_ds,
-                      val_maps, work_dir=work / "refiner", epochs=epochs["refiner"], progress=part["refiner"],
-                      cancel=cancel, **shared, **stage_lr["refiner"])
+                      val_maps, own_inputs=refiner_own_inputs, work_dir=work / "refiner", epochs=epochs["refiner"],
+                      progress=part["refiner"], cancel=cancel, **shared, **stage_lr["refiner"])
     else:  # no refiner training: the k fold models only make its training maps, so train the final model alone
         train_coarse(pipe.coarse, train_ds, val_ds, work_dir=work / "coarse" / "final", epochs=epochs["coarse"],
                      progress=part["coarse"], cancel=cancel, **shared, **stage_lr["coarse"])
@@ -148,6 +150,7 @@ def train_pipeline(
             "epochs": epochs, "k": k, "fold_epochs": fold_epochs or epochs["coarse"],
             "tiles": {"train": len(train_ds), "val": len(val_ds) if val_ds else 0},
             **({"init_weights": Path(init_weights).name} if init_weights else {}),
+            **({"refiner_own_inputs": refiner_own_inputs} if refiner_own_inputs else {}),
         })
     if world > 1:
         torch.distributed.barrier()

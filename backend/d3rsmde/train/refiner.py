@@ -4,6 +4,11 @@ after 5 epochs without improvement).
 One sample: a uniform step t, the blend z_t = alpha_bar_t * z_0 + (1 - alpha_bar_t) * z_c of the true and the
 coarse latents, and the U-Net asked for z_0 from [z_x, z_t]. The coarse maps must be held-out predictions
 (see kfold.py), or the refiner learns to correct errors it will never meet.
+
+At inference, though, z_t blends the refiner's own earlier estimate, not the truth, with z_c: a refiner trained
+only on true blends trusts its input at small t and carries its first estimate's errors to the end (exposure
+bias). ``own_inputs`` is the share of batches whose z_t comes from running the sampling loop itself, without
+gradients, from z_c down to t, so that later steps learn to correct earlier ones.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..errors import InputError
-from ..plbr import PLBRSchedule
+from ..plbr import PLBRSchedule, refine_step
 from ..progress import Cancel, Progress
 from ..vae import LatentCodec, minmax_per_tile
 from .common import TrainSettings, distributed_context, fit, unwrap
@@ -43,10 +48,22 @@ class WithCoarse(Dataset):
 
 class RefinerLoss:
     """Latent L1 between the refiner's z_0 estimate and the true z_0, weighted by the valid share of each latent
-    cell; nodata pixels of the target take the coarse value, so they carry no made-up relief."""
+    cell; nodata pixels of the target take the coarse value, so they carry no made-up relief. A share
+    ``own_inputs`` of the batches takes z_t from the refiner's own sampling loop (see the module docstring)."""
 
-    def __init__(self, codec: LatentCodec, schedule: PLBRSchedule):
-        self.codec, self.schedule = codec, schedule
+    def __init__(self, codec: LatentCodec, schedule: PLBRSchedule, own_inputs: float = 0.0):
+        if not 0.0 <= own_inputs <= 1.0:
+            raise InputError(f"own_inputs is a share of batches in [0, 1], got {own_inputs}")
+        self.codec, self.schedule, self.own_inputs = codec, schedule, float(own_inputs)
+
+    def own_chain(self, refiner: nn.Module, z_x: Tensor, z_c: Tensor, t: Tensor) -> Tensor:
+        """Each sample's input at its step ``t`` when sampling starts from ``z_c``, as at inference."""
+        z_t, z = z_c.clone(), z_c
+        for step in range(self.schedule.num_steps - 1, int(t.min()), -1):
+            z = refine_step(refiner, z_x, z, z_c, step, self.schedule)  # the input of step - 1
+            here = t == step - 1
+            z_t[here] = z[here].to(z_t.dtype)
+        return z_t
 
     def __call__(self, model: nn.Module, batch: dict) -> Tensor:
         mask, coarse = batch["mask"], batch["coarse"]
@@ -56,7 +73,10 @@ class RefinerLoss:
             z_0 = self.codec.encode_depth(target)
             z_c = self.codec.encode_depth(coarse)
             t = torch.randint(self.schedule.num_steps, (len(z_0),), device=z_0.device)
-            z_t = self.schedule.q_sample(z_0, z_c, t)
+            if self.own_inputs and float(torch.rand(())) < self.own_inputs:
+                z_t = self.own_chain(unwrap(model), z_x, z_c, t)
+            else:
+                z_t = self.schedule.q_sample(z_0, z_c, t)
             weight = F.adaptive_avg_pool2d(mask.float(), z_0.shape[-2:])
         z_hat = model(torch.cat([z_x, z_t], dim=1), unwrap(model).conditioning(self.schedule, t))
         return ((z_hat.float() - z_0.float()).abs() * weight).sum() / (weight.sum() * z_0.shape[1]).clamp_min(1e-6)
@@ -72,6 +92,7 @@ def train_refiner(
     val_coarse_maps: np.ndarray | None = None,
     *,
     settings: TrainSettings | None = None,
+    own_inputs: float = 0.0,
     work_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
@@ -79,11 +100,12 @@ def train_refiner(
 ) -> list[dict]:
     """Train ``refiner`` in place on ``dataset`` with its held-out ``coarse_maps`` (``maps[i]`` for tile ``i``);
     ``codec`` stays frozen. Validation needs ``val_coarse_maps`` too (the final coarse model's maps).
+    ``own_inputs``: share of batches trained on the refiner's own sampling-loop inputs (:class:`RefinerLoss`).
     ``overrides`` change :data:`REFINER_SETTINGS` fields. Returns the per-epoch history."""
     settings = (settings or REFINER_SETTINGS).replace(**overrides)
     if (val_ds is None) != (val_coarse_maps is None):
         raise InputError("refiner validation needs both val_ds and val_coarse_maps (or neither)")
     codec.to(distributed_context(settings.device)[2])
     val = WithCoarse(val_ds, val_coarse_maps) if val_ds is not None else None
-    return fit(refiner, RefinerLoss(codec, schedule), WithCoarse(dataset, coarse_maps), val, settings=settings,
-               work_dir=work_dir, name="refiner", progress=progress, cancel=cancel)
+    return fit(refiner, RefinerLoss(codec, schedule, own_inputs), WithCoarse(dataset, coarse_maps), val,
+               settings=settings, work_dir=work_dir, name="refiner", progress=progress, cancel=cancel)
