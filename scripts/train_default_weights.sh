@@ -19,9 +19,10 @@
 #      maps and 12 refiner epochs, again averaged from epoch 5; the shipped file is every weight halfway between
 #      stage 2 and stage 3 (WiSE-FT). Stage 3a ran as `train_coarse` with these settings in a one-off script
 #      before the CLI had --val-data; the line below is its CLI form.
-#   4. the refiner of that halfway file continued 10 epochs (lr 1e-4, mean of epochs 3-10) on stage 3b's fold maps
-#      with every batch on its own sampling-loop inputs (--refiner-own-inputs 1, train/refiner.py), so that the
-#      later of the 6 steps learn to correct the earlier ones instead of trusting them (17 min here).
+#   4. the refiner of that halfway file continued twice 10 epochs (lr 1e-4, each round keeping the mean of its
+#      epochs 3-10) on stage 3b's fold maps with every batch on its own sampling-loop inputs (--refiner-own-inputs 1,
+#      train/refiner.py), so that the later of the 6 steps learn to correct the earlier ones instead of trusting
+#      them (17 min per round here).
 # One "epoch" is STEPS batches of 8 tiles. On a GPU raise STEPS and the epochs toward the paper's (coarse 100,
 # refiner 100, k 5).
 set -euo pipefail
@@ -61,9 +62,17 @@ d3rsmde train lean "${stage3[@]}" "$work/stage3.safetensors" --init-weights "$wo
 d3rsmde interpolate "$work/stage2.safetensors" "$work/stage3.safetensors" "$work/stage3-mix.safetensors" --alpha 0.5 \
   --max-shard-mb 16
 log "stage 3: ${SECONDS}s"
-mkdir -p "$work/run4/coarse"  # stage 4 refines on stage 3b's fold maps: link them instead of training new folds
-for f in fold0 fold1 fold2 coarse_maps.npy; do ln -sfn "$(realpath "$work/run3b/coarse/$f")" "$work/run4/coarse/$f"; done
-d3rsmde train lean "${stage3[@]}" "$out" --init-weights "$work/stage3-mix.safetensors" --work-dir "$work/run4" \
-  --fold-epochs 4 --coarse-epochs 0 --refiner-lr 1e-4 --refiner-epochs 10 --average-from 3 --refiner-own-inputs 1
+# Stage 4 refines on stage 3b's fold maps (linked, not retrained), in two rounds: 3-mix -> 4a -> the shipped file.
+start="$work/stage3-mix.safetensors"
+for round in 4a 4b; do
+  mkdir -p "$work/run$round/coarse"
+  for f in fold0 fold1 fold2 coarse_maps.npy; do
+    ln -sfn "$(realpath "$work/run3b/coarse/$f")" "$work/run$round/coarse/$f"
+  done
+  result="$work/stage$round.safetensors"; [ "$round" = 4b ] && result="$out"
+  d3rsmde train lean "${stage3[@]}" "$result" --init-weights "$start" --work-dir "$work/run$round" --fold-epochs 4 \
+    --coarse-epochs 0 --refiner-lr 1e-4 --refiner-epochs 10 --average-from 3 --refiner-own-inputs 1
+  start="$result"
+done
 log "stage 4: ${SECONDS}s"
 d3rsmde info "$out"
