@@ -23,6 +23,7 @@ from d3rsmde.cli.train import add_cli
 from d3rsmde.train.coarse import COARSE_SETTINGS, coarse_loss
 from d3rsmde.train.augment import flip_rotate, random_crop
 from d3rsmde.train.common import evaluate_loss
+from d3rsmde.train.finetune import trained_own_inputs
 from d3rsmde.train.refiner import REFINER_SETTINGS, RefinerLoss, WithCoarse
 from d3rsmde.train.vae import (VAE_SETTINGS, Autoencoding, _gradient_l1, mirrored_border, train_depth_decoder,
                                vae_loss)
@@ -395,7 +396,18 @@ def test_finetune_region_writes_new_weights(finetuned):
     info = describe_checkpoint(finetuned / "tuned.safetensors")
     assert "fine-tuned on" in info["data"] and info["gsd_m"] == pytest.approx(130, rel=0.2)
     assert json.loads(info["metadata"]["finetune"])["tile"] == 32
+    assert json.loads(info["metadata"]["finetune"])["refiner_own_inputs"] == 0.0  # as the tiny weights were trained
     D3Pipeline.from_pretrained(finetuned / "tuned.safetensors", device="cpu")
+
+
+def test_finetuning_trains_the_refiner_as_the_weights_were_trained(tmp_path):
+    """The own-input share comes from the weights' metadata: a fine-tune's record wins over the training's."""
+    pipe = D3Pipeline.from_config("tiny")
+    plain, own, tuned = (tmp_path / f"{name}.safetensors" for name in ("plain", "own", "tuned"))
+    pipe.save_pretrained(plain)
+    pipe.save_pretrained(own, training={"epochs": {"refiner": 1}, "refiner_own_inputs": 1.0})
+    pipe.save_pretrained(tuned, training={"refiner_own_inputs": 1.0}, finetune={"refiner_own_inputs": 0.5})
+    assert [trained_own_inputs(w) for w in (plain, own, tuned, "")] == [0.0, 1.0, 0.5, 0.0]
 
 
 def test_finetune_refuses_to_overwrite_its_input(tiny_weights):

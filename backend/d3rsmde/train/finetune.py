@@ -10,6 +10,7 @@ without k extra trainings).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import tempfile
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import describe_checkpoint
 from ..data import BuildOptions, build_dataset
 from ..datasets import TileDataset
 from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS
@@ -118,10 +120,11 @@ def finetune_tiles(
     val_maps = None if val is None else predict_coarse(
         pipe.coarse, val, np.empty((len(val), tile, tile), np.float16), batch_size=batch_size, cancel=cancel)
     config = pipe.config
+    own_inputs = trained_own_inputs(finetuned_from)
     train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val,
-                  val_maps, epochs=refiner_epochs or epochs, batch_size=batch_size, device=device,
-                  work_dir=work / "refiner" if work else None, progress=scaled_progress(progress, 0.5, 0.95),
-                  cancel=cancel)
+                  val_maps, own_inputs=own_inputs, epochs=refiner_epochs or epochs, batch_size=batch_size,
+                  device=device, work_dir=work / "refiner" if work else None,
+                  progress=scaled_progress(progress, 0.5, 0.95), cancel=cancel)
     pipe.eval()
     after = evaluate_tiles(pipe, held_out, batch_size=batch_size, cancel=cancel)
     check_cancel(cancel, "fine-tuning")
@@ -129,11 +132,23 @@ def finetune_tiles(
     pipe.config = dataclasses.replace(config, data="; ".join(filter(None, [config.data, region])),
                                       gsd_m=train_ds.index.get("gsd_m", config.gsd_m))
     pipe.save_pretrained(weights_out, finetuned_from=str(finetuned_from), finetune={
-        "epochs": epochs, "refiner_epochs": refiner_epochs or epochs, "tile": tile,
+        "epochs": epochs, "refiner_epochs": refiner_epochs or epochs, "tile": tile, "refiner_own_inputs": own_inputs,
         "tiles": train_ds.index["counts"], "before": _finite(before), "after": _finite(after),
     })
     report(progress, 1.0, f"saved {weights_out}")
     return {"before": before, "after": after, "weights": str(weights_out), "held_out": held_name}
+
+
+def trained_own_inputs(weights: str | os.PathLike) -> float:
+    """The share of refiner batches on its own sampling-loop inputs that ``weights`` were last trained with (their
+    fine-tune or training metadata; 0 where not recorded): fine-tuning goes on the same way instead of undoing it."""
+    if not weights:
+        return 0.0
+    meta = describe_checkpoint(weights)["metadata"]
+    for key in ("finetune", "training"):
+        if key in meta:
+            return float(json.loads(meta[key]).get("refiner_own_inputs", 0.0))
+    return 0.0
 
 
 def _check_args(weights_in, weights_out, epochs: int) -> None:
