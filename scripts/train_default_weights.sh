@@ -22,7 +22,7 @@
 #   4. the refiner of that halfway file continued twice 10 epochs (lr 1e-4, each round keeping the mean of its
 #      epochs 3-10) on stage 3b's fold maps with every batch on its own sampling-loop inputs (--refiner-own-inputs 1,
 #      train/refiner.py), so that the later of the 6 steps learn to correct the earlier ones instead of trusting
-#      them (17 min per round here).
+#      them (16-23 min per round here).
 # One "epoch" is STEPS batches of 8 tiles. On a GPU raise STEPS and the epochs toward the paper's (coarse 100,
 # refiner 100, k 5).
 set -euo pipefail

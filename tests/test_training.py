@@ -5,6 +5,7 @@ import argparse
 import copy
 import dataclasses
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -192,7 +193,7 @@ def test_refiner_training_lowers_latent_loss(tiles):
 
 def test_refiner_own_inputs_are_the_sampling_loops(tiles):
     """Own-input training feeds each step exactly what inference feeds it: one more step from the chain's input at
-    t = 0 is the pipeline's final latent; with own_inputs=0 the batch is the true blend, and 1.5 is refused."""
+    t = 0 is the pipeline's final latent, and a share outside [0, 1] is refused."""
     torch.manual_seed(0)
     pipe = D3Pipeline.from_config("tiny").eval()
     schedule = PLBRSchedule(6, 0.8)
@@ -387,8 +388,6 @@ def parse(argv):
 
 
 def test_finetune_region_writes_new_weights(finetuned):
-    import json
-
     result = json.loads((finetuned / "result.json").read_text())
     assert result["held_out"] in ("test", "val") and result["tiles"]["train"] > 0
     for key in ("before", "after"):
@@ -423,6 +422,7 @@ def test_train_cli_on_built_tiles(finetuned, tmp_path):
     assert args.refiner_own_inputs == 1.0 and args.func(args) == 0
     info = describe_checkpoint(out)
     assert "rmnp-rgb.tif" in info["data"] and info["gsd_m"] > 100
+    assert json.loads(info["metadata"]["training"])["refiner_own_inputs"] == 1.0  # the flag reached the refiner
     assert (tmp_path / "cli.work" / "refiner" / "final.pt").is_file()
 
 

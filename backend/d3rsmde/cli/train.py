@@ -64,8 +64,8 @@ def _cli_interpolate(args) -> int:
     if Path(args.out).resolve() in {Path(args.start).resolve(), Path(args.tuned).resolve()}:
         raise InputError(f"the output weights {args.out} would overwrite an input: choose another path")
     pipe = interpolate_weights(args.start, args.tuned, args.alpha)
-    out = pipe.save_pretrained(args.out, max_shard_bytes=_shard_bytes(args), interpolated={"start": Path(args.start).name, "tuned": Path(args.tuned).name,
-                                             "alpha": args.alpha})
+    out = pipe.save_pretrained(args.out, max_shard_bytes=_shard_bytes(args), interpolated={
+        "start": Path(args.start).name, "tuned": Path(args.tuned).name, "alpha": args.alpha})
     print(f"weights: {out}")
     return 0
 

@@ -20,9 +20,9 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..vae import build_depth_decoder, minmax_per_tile
 from ..errors import InputError
 from ..progress import Cancel, Progress
+from ..vae import build_depth_decoder, minmax_per_tile
 from .common import TrainSettings, fit
 
 VAE_SETTINGS = TrainSettings(lr=1e-4, weight_decay=1e-2, plateau_factor=0.5, plateau_patience=5, crop=128)
