@@ -88,6 +88,20 @@ def test_coarse_depends_on_input_and_trains(coarse):
     assert [n for n, p in model.named_parameters() if p.grad is None] == []  # no dead weights: DDP-safe
 
 
+def test_coarse_weights_load_at_another_tile_size(coarse):
+    """Weights of a model built for 64-px tiles load into one built for 128 (fine-tuning at a larger tile): the
+    stored position grid is resampled, and the new model predicts as the old one does on 128-px input."""
+    bigger = CoarseDepthModel(TINY.coarse, img_size=128).eval()
+    assert bigger.backbone.pos_embed.shape != coarse.backbone.pos_embed.shape
+    bigger.load_state_dict(coarse.state_dict())
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(bigger(x), coarse(x), rtol=1e-4, atol=1e-4)
+    wrong = {**coarse.state_dict(), "backbone.pos_embed": torch.zeros(1, 7, coarse.backbone.embed_dim)}
+    with pytest.raises(InputError, match="position embeddings"):
+        bigger.load_state_dict(wrong)
+
+
 def test_coarse_rejects_non_patch_multiple(coarse):
     with pytest.raises(InputError, match="multiple of the patch size 16"):
         coarse(torch.rand(1, 3, 60, 64))

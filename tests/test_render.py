@@ -83,6 +83,31 @@ def test_render_dataset_trains_like_real_tiles(tmp_path, monkeypatch):
     assert item["depth"].min() >= 200 and item["depth"].max() <= 1800  # heights untouched, metres
 
 
+def test_render_sets_of_two_tile_sizes_hold_out_the_same_terrain(tmp_path, monkeypatch):
+    """With ``split_block`` a set of larger tiles keeps the held-out blocks of a smaller-tile set: no tile of one
+    set's training split lies in a block the other set holds out."""
+    from d3rsmde import dems
+    from d3rsmde.datasets import TileDataset
+    from d3rsmde.render_tiles import build_render_dataset
+
+    y, x = np.mgrid[0:512, 0:512] / 512
+    hills = dems.DEM("hills", (800 * np.sin(9 * x) * np.cos(7 * y) + 1000).astype(np.float32), 30.0, "a test")
+    monkeypatch.setitem(dems.READERS, "hills", lambda cache, progress: hills)
+    blocks = {}
+    for tile in (16, 32):
+        build_render_dataset(tmp_path / f"t{tile}", dems=["hills"], tile_size=tile, scales=[1], tiles_per_dem=200,
+                             split_block=64, val_fraction=0.3, test_fraction=0.3, workers=1)
+        index = TileDataset(tmp_path / f"t{tile}", "train").index
+        assert index["render"]["split_block"] == 64
+        for t in index["tiles"]:
+            r, c = (int(part[1:]) for part in t["file"].split("_")[2:4])
+            assert (r // 64 == (r + tile - 1) // 64) and (c // 64 == (c + tile - 1) // 64)  # inside one block
+            blocks.setdefault((r // 64, c // 64), set()).add(t["split"])
+    assert len(blocks) > 8 and all(len(splits) == 1 for splits in blocks.values())
+    with pytest.raises(InputError, match="cannot hold"):
+        build_render_dataset(tmp_path / "bad", dems=["hills"], tile_size=32, split_block=16, workers=1)
+
+
 def test_relief_exaggeration_gives_every_scale_visible_slopes():
     """A 1 km grid of mountains has gentle slopes; its render must show them as a finer image would (8-25 degrees
     median), while terrain already steep is never flattened and a flat plain is not made alpine."""

@@ -38,21 +38,33 @@ def downsample(height: np.ndarray, factor: int) -> np.ndarray:
     return height[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
 
 
+def split_blocks(shape: tuple[int, int], block: int, seed: int, val_fraction: float,
+                 test_fraction: float) -> np.ndarray:
+    """Split of each ``block`` x ``block`` block of a ``shape`` grid: 0 train, 1 val, 2 test (index into SPLITS).
+
+    A scene of a single block trains whole. Depends only on its arguments, never on the render seed, so held-out
+    terrain can be found again (e.g. to render whole held-out scenes for evaluation)."""
+    draws = np.random.default_rng(seed).random((math.ceil(shape[0] / block), math.ceil(shape[1] / block)))
+    split = np.where(draws < val_fraction, 1, np.where(draws < val_fraction + test_fraction, 2, 0))
+    if split.size == 1:
+        split[:] = 0
+    return split
+
+
+def split_seed(dem_position: int, factor: int) -> int:
+    """The seed of :func:`split_blocks` for the DEM at ``dem_position`` in the render list, at ``factor``."""
+    return SEED + 1000 * dem_position + factor
+
+
 def _crops(dem: DEM, factor: int, tile: int, count: int, rng: np.random.Generator, split_rng_seed: int,
-           val_fraction: float, test_fraction: float, min_relief_px: float) -> list[dict]:
+           val_fraction: float, test_fraction: float, min_relief_px: float, block: int) -> list[dict]:
     """Up to ``count`` crop jobs of ``dem`` at ``factor``: origin, split, and the crop itself."""
     height = downsample(dem.height, factor)
     gsd = dem.gsd_m * factor
     rows, cols = height.shape
     if rows < tile or cols < tile:
         return []
-    block = tile * BLOCK_TILES
-    split_rng = np.random.default_rng(split_rng_seed)
-    n_blocks = (math.ceil(rows / block), math.ceil(cols / block))
-    draws = split_rng.random(n_blocks)
-    block_split = np.where(draws < val_fraction, 1, np.where(draws < val_fraction + test_fraction, 2, 0))
-    if block_split.size == 1:  # a single scene: all of it trains
-        block_split[:] = 0
+    block_split = split_blocks((rows, cols), block, split_rng_seed, val_fraction, test_fraction)
     jobs, tries = [], 0
     while len(jobs) < count and tries < count * 20:
         tries += 1
@@ -91,6 +103,7 @@ def build_render_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     min_relief_px: float = 0.3,
+    split_block: int | None = None,
     seed: int = 42,
     workers: int | None = None,
     cache=None,
@@ -102,11 +115,16 @@ def build_render_dataset(
     The val/test blocks of each DEM and scale do not depend on ``seed`` (only crops and renders do), so tile sets
     rendered with other seeds add views without leaking held-out terrain into training.
     Scenes smaller than that get at least ``min_views`` renders per scale (the same crop under other suns, seasons
-    and land cover). ``min_relief_px`` drops crops whose 2-98 % height range is under that many pixel widths (flat ground).
+    and land cover). ``split_block``: side of the split blocks in pixels (default ``BLOCK_TILES`` tiles); give
+    another tile size the blocks of an existing set (1024 for sets of 256 tiles) to hold out the same terrain.
+    ``min_relief_px`` drops crops whose 2-98 % height range is under that many pixel widths (flat ground).
     Returns ``{"index_path", "counts"}``; the folder is replaced only once everything is written.
     """
     if tile_size < 16:
         raise InputError(f"tile_size must be at least 16, got {tile_size}")
+    block = split_block or tile_size * BLOCK_TILES
+    if block < tile_size:
+        raise InputError(f"split blocks of {block} px cannot hold tiles of {tile_size} px")
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     jobs, sources = [], {}
@@ -116,8 +134,8 @@ def build_render_dataset(
         for factor in scales:
             area = (dem.height.shape[0] // factor) * (dem.height.shape[1] // factor)
             count = min(tiles_per_dem, max(min_views, 4 * area // tile_size**2))  # small scenes: several views each
-            jobs += _crops(dem, factor, tile_size, count, rng, SEED + 1000 * d + factor, val_fraction,
-                           test_fraction, min_relief_px)
+            jobs += _crops(dem, factor, tile_size, count, rng, split_seed(d, factor), val_fraction,
+                           test_fraction, min_relief_px, block)
     if not jobs:
         raise InputError("no DEM crop passed the filters: lower min_relief_px or the tile size")
     tiles = []
@@ -141,7 +159,8 @@ def build_render_dataset(
             "tile_size": tile_size,
             "image_dtype": "uint8",
             "depth_units": "metres",
-            "render": {"dems": list(dems), "scales": list(scales), "seed": seed, "min_relief_px": min_relief_px},
+            "render": {"dems": list(dems), "scales": list(scales), "seed": seed, "min_relief_px": min_relief_px,
+                       "split_block": block},
             "counts": {s: counts.get(s, 0) for s in SPLITS},
             "tiles": tiles,
         }

@@ -63,8 +63,8 @@ def _cli_world(args) -> int:
 def _cli_render(args) -> int:
     result = build_render_dataset(
         args.out, dems=args.dems.split(","), tile_size=args.tile, scales=ints(args.scales),
-        tiles_per_dem=args.tiles_per_dem, min_views=args.min_views, seed=args.seed, workers=args.workers,
-        cache=args.cache, progress=terminal_progress(0.1))
+        tiles_per_dem=args.tiles_per_dem, min_views=args.min_views, split_block=args.split_block, seed=args.seed,
+        workers=args.workers, cache=args.cache, progress=terminal_progress(0.1))
     return _report(result)
 
 
@@ -116,6 +116,9 @@ def add_cli(subparsers) -> None:
     render.add_argument("--min-views", type=int, default=16,
                         help="renders per scale of a DEM smaller than that (default %(default)s)")
     render.add_argument("--workers", type=int, help="render processes (default: one per CPU)")
+    render.add_argument("--split-block", type=int,
+                        help="side of the train/val/test blocks in pixels (default 4 tiles; 1024 holds out the "
+                             "terrain of the 256-pixel sets at any tile size)")
     render.add_argument("--seed", type=int, default=SEED, help="render seed (default %(default)s)")
     add_cache_option(render)
     render.set_defaults(func=_cli_render)

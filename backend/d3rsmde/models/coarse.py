@@ -7,10 +7,11 @@ intermediate token maps into a 1/4..1/32 pyramid and fuses it back up so the map
 from __future__ import annotations
 
 import functools
+import math
 
 import timm
 import torch
-from timm.layers import HybridEmbed
+from timm.layers import HybridEmbed, resample_abs_pos_embed
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -132,6 +133,21 @@ class CoarseDepthModel(nn.Module):
         # Start the output well above zero: with the final ReLU, a head that starts negative everywhere has no
         # gradient and never learns (seen for several seeds, 42 among them).
         nn.init.constant_(self.head[-1].bias, 1.0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Weights trained at another tile size carry another grid of position embeddings: resample it (as timm
+        does for its own checkpoints), so a model can be fine-tuned or rebuilt at a new tile size."""
+        key = prefix + "backbone.pos_embed"
+        stored, own = state_dict.get(key), self.backbone.pos_embed
+        if stored is not None and stored.shape != own.shape:
+            prefix_tokens = 0 if self.backbone.no_embed_class else self.backbone.num_prefix_tokens
+            side = math.isqrt(stored.shape[1] - prefix_tokens)
+            if side * side + prefix_tokens != stored.shape[1] or stored.shape[2] != own.shape[2]:
+                raise InputError(f"position embeddings of shape {tuple(stored.shape)} do not fit this model "
+                                 f"({tuple(own.shape)})")
+            state_dict[key] = resample_abs_pos_embed(stored, list(self.backbone.patch_embed.grid_size), [side, side],
+                                                     num_prefix_tokens=prefix_tokens)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def stem(self) -> nn.Module | None:
