@@ -7,7 +7,8 @@ synthetic metric grid (image and DEM share it, so nothing is reprojected); the r
 (Blue Marble over ETOPO5, sea floor set to sea level as in the world tiles) cut as whole scenes from ``--world``'s
 test tiles; plus any ``--scene NAME=IMAGE,DEM``.
 Each scene is predicted with ``predict_raster`` at every ``--tiles`` size (overlap an eighth of the tile, the
-default) and refinement steps, then scored as a whole (``evaluate_scene``: MAE / SSIM / LPIPS / gradient r).
+default; a scene smaller than the tile is run as one tile) and refinement steps, then scored as a whole
+(``evaluate_scene``: MAE / SSIM / LPIPS / gradient r).
 
     python scripts/scene_tile_eval.py --weights W --tiles 256,512 --steps 0,6 --world build/default-weights/world \
         --out build/scene-tiles
@@ -101,6 +102,13 @@ def held_out_world_scenes(out: Path, world: Path) -> dict[str, tuple[Path, Path]
     return scenes
 
 
+def whole_scene_tile(image: Path, pipe: D3Pipeline) -> int:
+    """The largest tile ``predict_raster`` accepts for ``image`` (the scene as one tile, or the model's tile)."""
+    with rasterio.open(image) as src:
+        side = -(-max(src.width, src.height) // pipe.size_multiple) * pipe.size_multiple
+    return max(side, pipe.config.preprocessing.tile_size)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True)
@@ -129,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             for t in steps:
                 pred = out / f"{name}-tile{tile}-T{t}.tif"
                 began = time.perf_counter()
-                predict_raster(image, pred, pipe, tile=tile, refine_steps=t)
-                m = {**evaluate_scene(pred, dem), "seconds": time.perf_counter() - began}
+                run = predict_raster(image, pred, pipe, tile=min(tile, whole_scene_tile(image, pipe)),
+                                     refine_steps=t)
+                m = {**evaluate_scene(pred, dem), "seconds": time.perf_counter() - began, "tile_used": run["tile"]}
                 results.setdefault(name, {})[f"tile {tile}, T={t}"] = m
                 print(f"{name} tile {tile} T={t}: " + " / ".join(f"{k} {m[k]:.3f}" for k in METRICS)
                       + f" ({m['seconds']:.1f} s)", flush=True)

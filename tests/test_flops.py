@@ -17,3 +17,16 @@ def test_default_config_fits_the_flop_budget():
     assert cost["tile"] == get_config(name).tile_size and cost["refine_steps"] == 6
     assert cost["total"] <= BUDGET_FLOP_PER_PIXEL, cost
     assert flops_per_pixel(name, refine_steps=0)["total"] < cost["total"]  # refinement is counted, not skipped
+
+
+def test_attention_is_counted_on_the_cpu():
+    """torch's counter has no formula for the CPU attention kernel (it counted 0): the ViT's and the U-Nets'
+    attention must be in the budget. Q K^T and the weighted sum of V: 2 x (2 N^2 d) per head."""
+    import torch
+    import torch.nn.functional as F
+
+    from d3rsmde.flops import count_flops
+
+    heads, tokens, dim = 3, 256, 64
+    q = torch.rand(1, heads, tokens, dim)
+    assert count_flops(lambda: F.scaled_dot_product_attention(q, q, q)) == heads * 4 * tokens**2 * dim

@@ -8,10 +8,17 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
 
 from .config import D3Config, get_config
 from .plbr import PLBRSchedule
+
+
+_CPU_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+if _CPU_ATTENTION not in flop_registry:  # torch counts its CUDA attention kernels but not the CPU one (0 FLOPs)
+    @register_flop_formula(_CPU_ATTENTION)
+    def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
