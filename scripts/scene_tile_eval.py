@@ -46,6 +46,8 @@ TRAIN_TILE = 256  # the tile size the render sets were split with (block = BLOCK
 
 def held_out_globe_scenes(out: Path, max_scenes: int, max_sea: float = 0.2) -> dict[str, tuple[Path, Path]]:
     """Render each whole GLOBE test block (up to ``max_scenes``, coarsest scale first) to image + DEM GeoTIFFs."""
+    if max_scenes <= 0:
+        return {}
     dem = load_dem("globe-g")
     position = DEFAULT_DEMS.index("globe-g")
     block = TRAIN_TILE * BLOCK_TILES
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", required=True)
     parser.add_argument("--tiles", default="256,384,512")
     parser.add_argument("--steps", default="0,6")
-    parser.add_argument("--max-scenes", type=int, default=8)
+    parser.add_argument("--max-scenes", type=int, default=8, help="GLOBE scenes at most (0: none)")
     parser.add_argument("--world", type=Path, help="the world tile set whose test blocks become scenes")
     parser.add_argument("--scene", action="append", default=[], metavar="NAME=IMAGE,DEM")
     parser.add_argument("--out", default="build/scene-tiles")
