@@ -297,6 +297,30 @@ def test_train_pipeline_end_to_end_cancel_and_resume(tmp_path):
     assert torch.isfinite(pred).all() and pred.min() >= 0 and pred.max() <= 1
 
 
+def test_refiner_can_learn_from_the_final_coarse_models_maps(tmp_path, monkeypatch):
+    """``refiner_maps="final"``: no fold model is trained, the refiner's training maps are the final coarse model's
+    own (those of the saved weights), and the weights record where its maps came from."""
+    from d3rsmde.train import recipe
+    from d3rsmde.train.kfold import predict_coarse
+
+    seen = {}
+    original = recipe.train_refiner
+    monkeypatch.setattr(recipe, "train_refiner", lambda *a, **kw: (seen.setdefault("maps", np.array(a[3])),
+                                                                    original(*a, **kw))[1])
+    train, val = SyntheticTiles(n=4, size=64, seed=2), SyntheticTiles(n=2, size=64, seed=3)
+    out, work = tmp_path / "final-maps.safetensors", tmp_path / "work"
+    train_pipeline("tiny", train, val, out, work_dir=work, epochs={"vae": 0, "coarse": 1, "refiner": 1}, k=2,
+                   device="cpu", batch_size=2, refiner_maps="final", data="synthetic hills", gsd_m=30.0)
+    assert sorted(d.name for d in (work / "coarse").iterdir()) == ["final"]  # no fold
+    coarse = D3Pipeline.from_pretrained(out, device="cpu").coarse.float()
+    expected = predict_coarse(coarse, train, np.empty((4, 64, 64), np.float16))
+    np.testing.assert_allclose(seen["maps"], expected, atol=2e-3)
+    assert json.loads(describe_checkpoint(out)["metadata"]["training"])["refiner_maps"] == "final"
+    with pytest.raises(InputError, match="refiner_maps"):
+        train_pipeline("tiny", train, val, tmp_path / "x.safetensors", work_dir=tmp_path / "w2", epochs=0,
+                       refiner_maps="folds", device="cpu")
+
+
 def test_train_pipeline_continues_from_weights(tmp_path, tiny_weights):
     """``init_weights``: with no epochs to train, the VAE, final coarse model and refiner come out as they went in."""
     train, val = SyntheticTiles(n=4, size=64, seed=2), SyntheticTiles(n=2, size=64, seed=3)

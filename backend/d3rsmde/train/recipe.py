@@ -30,6 +30,7 @@ from .vae import train_vae
 
 STAGES = ("vae", "coarse", "refiner")
 DEFAULT_EPOCHS = {"vae": 30, "coarse": 100, "refiner": 100}
+REFINER_MAPS = ("kfold", "final")  # where the refiner's training maps come from (see train_pipeline)
 
 
 def stage_epochs(epochs: int | dict[str, int] | None) -> dict[str, int]:
@@ -62,6 +63,7 @@ def train_pipeline(
     max_shard_bytes: int | None = None,
     init_weights: str | os.PathLike | None = None,
     refiner_own_inputs: float = 0.0,
+    refiner_maps: str = "kfold",
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     **overrides,
@@ -80,7 +82,13 @@ def train_pipeline(
     from its networks instead of from scratch: more training for shipped weights. The fold models still start
     from scratch, since each must never have seen the tiles it predicts. ``refiner_own_inputs`` is the share of
     refiner batches trained on its own sampling-loop inputs (see ``train.refiner``).
+    ``refiner_maps``: the refiner's training maps come from ``"kfold"`` models that never saw their tiles (the
+    paper's way), or from the ``"final"`` coarse model itself (no fold is trained): when the final model is much
+    better than fold models a CPU can afford, fold maps carry errors it does not make and teach the refiner to
+    rewrite good maps; its own maps of seen tiles err the other way (the refiner learns to change little).
     """
+    if refiner_maps not in REFINER_MAPS:
+        raise InputError(f"refiner_maps must be one of {REFINER_MAPS}, got {refiner_maps!r}")
     config = get_config(config) if isinstance(config, str) else config
     index = getattr(train_ds, "index", {})
     if index.get("tile_size"):  # the model predicts best at the tile size it was trained on
@@ -101,7 +109,8 @@ def train_pipeline(
     if val_ds is not None and len(val_ds) == 0:
         val_ds = None
     shared = dict(device=device, **overrides)
-    folds = k if epochs["refiner"] > 0 else 0  # fold models only make the refiner's training maps
+    # fold models only make the refiner's training maps
+    folds = k if epochs["refiner"] > 0 and refiner_maps == "kfold" else 0
     cost = {"vae": epochs["vae"], "coarse": (fold_epochs or epochs["coarse"]) * folds + epochs["coarse"],
             "refiner": epochs["refiner"]}
     bounds = np.cumsum([0] + [cost[s] for s in STAGES]) / max(sum(cost.values()), 1)
@@ -127,17 +136,23 @@ def train_pipeline(
                                                epochs=epochs["coarse"], progress=part["coarse"], cancel=cancel,
                                                **shared, **stage_lr["coarse"])
         pipe.coarse.load_state_dict(final.state_dict())
-        val_maps = None
-        if val_ds is not None:
-            size = tuple(val_ds[0]["image"].shape[-2:])
-            val_maps = predict_coarse(final, val_ds, np.empty((len(val_ds), *size), np.float16),
-                                      batch_size=overrides.get("batch_size", TRAIN_BATCH_SIZE), cancel=cancel)
+    else:  # no fold models: train the final model alone
+        train_coarse(pipe.coarse, train_ds, val_ds, work_dir=work / "coarse" / "final", epochs=epochs["coarse"],
+                     progress=part["coarse"], cancel=cancel, **shared, **stage_lr["coarse"])
+    if epochs["refiner"] > 0:
+        batch = overrides.get("batch_size", TRAIN_BATCH_SIZE)
+
+        def final_maps(dataset: Dataset) -> np.ndarray:
+            size = tuple(dataset[0]["image"].shape[-2:])
+            return predict_coarse(pipe.coarse, dataset, np.empty((len(dataset), *size), np.float16),
+                                  batch_size=batch, cancel=cancel)
+
+        if not folds:
+            maps = final_maps(train_ds)
+        val_maps = final_maps(val_ds) if val_ds is not None else None
         train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val_ds,
                       val_maps, own_inputs=refiner_own_inputs, work_dir=work / "refiner", epochs=epochs["refiner"],
                       progress=part["refiner"], cancel=cancel, **shared, **stage_lr["refiner"])
-    else:  # no refiner training: the k fold models only make its training maps, so train the final model alone
-        train_coarse(pipe.coarse, train_ds, val_ds, work_dir=work / "coarse" / "final", epochs=epochs["coarse"],
-                     progress=part["coarse"], cancel=cancel, **shared, **stage_lr["coarse"])
     check_cancel(cancel, "training")
 
     # The stem's ImageNet file only initialises training; the checkpoint carries the trained stem itself.
@@ -151,6 +166,7 @@ def train_pipeline(
             "tiles": {"train": len(train_ds), "val": len(val_ds) if val_ds else 0},
             **({"init_weights": Path(init_weights).name} if init_weights else {}),
             **({"refiner_own_inputs": refiner_own_inputs} if refiner_own_inputs else {}),
+            **({"refiner_maps": refiner_maps} if epochs["refiner"] > 0 else {}),
         })
     if world > 1:
         torch.distributed.barrier()
