@@ -96,9 +96,11 @@ def held_out_world_scenes(out: Path, world: Path) -> dict[str, tuple[Path, Path]
                 bounds = rasterio.windows.bounds(window, src.transform)
             with rasterio.open(index["sources"]["dem"]) as src:
                 w = from_bounds(*bounds, src.transform).round_offsets().round_lengths()
-                height = np.maximum(src.read(1, window=w), index.get("sea_level", 0.0)).astype(np.float32)
+                height = src.read(1, window=w, masked=True).astype(np.float32).filled(np.nan)
                 dem_transform = src.window_transform(w)
-            pairs.write_geotiff(dem_path, height, dem_transform, crs=str(crs))
+            sea = index.get("sea_level")
+            height = height if sea is None else np.where(np.isnan(height), np.nan, np.maximum(height, sea))
+            pairs.write_geotiff(dem_path, height.astype(np.float32), dem_transform, crs=str(crs), nodata=np.nan)
             pairs.write_geotiff(image, rgb, transform, crs=str(crs))
         scenes[name] = (image, dem_path)
     return scenes

@@ -38,3 +38,31 @@ def test_model_card_rows_and_picture(model_card_eval, tiny_weights, tmp_path):
     md = (out / "results.md").read_text()
     assert "**RMNP** (" in md and "whole scene" in md and "| baseline: luminance |" in md and "CPU" in md
     assert (out / "examples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scene_tile_eval_scores_tile_sizes_on_held_out_blocks(tiny_weights, tmp_path):
+    """scripts/scene_tile_eval.py: a tile set's test blocks become whole scenes (image and DEM over the same ground,
+    the DEM's nodata kept), and every scene is scored at every tile size and step count."""
+    import rasterio
+
+    spec = importlib.util.spec_from_file_location("scene_tile_eval", REPO / "scripts" / "scene_tile_eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiles = tmp_path / "tiles"
+    build_dataset(SAMPLE_RGB, SAMPLE_DEM, tiles, BuildOptions(tile_size=64, stride=32, block_size=128,
+                                                              test_fraction=0.3))
+    out = tmp_path / "scenes"
+    assert module.main(["--weights", str(tiny_weights), "--max-scenes", "0", "--world", str(tiles),
+                        "--scene", f"RMNP={SAMPLE_RGB},{SAMPLE_DEM}", "--tiles", "64,128", "--steps", "0,1",
+                        "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    blocks = [n for n in results["scenes"] if n.startswith("world-b")]
+    assert blocks and "RMNP" in results["scenes"]
+    for scene in results["scenes"].values():
+        assert set(scene) == {"tile 64, T=0", "tile 64, T=1", "tile 128, T=0", "tile 128, T=1"}
+        assert all(0 <= row["mae"] <= 255 and row["pixels"] > 1 for row in scene.values())
+    with rasterio.open(out / f"{blocks[0]}-rgb.tif") as image, rasterio.open(out / f"{blocks[0]}-dem.tif") as dem:
+        assert rasterio.coords.disjoint_bounds(image.bounds, dem.bounds) is False
+        assert dem.nodata is not None and dem.nodata != dem.nodata  # NaN: a DEM's nodata never becomes a summit
+        assert 2000 < dem.read(1, masked=True).mean() < 4500  # the sample's heights, metres
+    assert f"mean of {len(blocks)} held-out world blocks" in (out / "results.md").read_text()
