@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from .datasets import INDEX_NAME, SPLITS, publish_tiles, staged_tiles
 from .defaults import SEED
@@ -30,8 +31,15 @@ DEFAULT_SCALES = (1, 2, 4)
 BLOCK_TILES = 4  # split blocks are this many tiles across (at each scale)
 
 
-def downsample(height: np.ndarray, factor: int) -> np.ndarray:
-    """Block mean over ``factor`` x ``factor`` pixels (what a coarser sensor grid of the same ground sees)."""
+def downsample(height: np.ndarray, factor: float) -> np.ndarray:
+    """Block mean over ``factor`` x ``factor`` pixels (what a coarser sensor grid of the same ground sees); a
+    factor 1/n (0.5, 0.25) interpolates n times finer (cubic), so DEMs smaller than a tile still give tiles."""
+    if factor < 1:
+        zoom = round(1 / factor)
+        if not math.isclose(zoom * factor, 1.0):
+            raise InputError(f"a scale below 1 must be 1/n (0.5, 0.25...), got {factor}")
+        return ndimage.zoom(height, zoom, order=3)
+    factor = int(factor)
     if factor == 1:
         return height
     h, w = (s // factor * factor for s in height.shape)
@@ -51,12 +59,14 @@ def split_blocks(shape: tuple[int, int], block: int, seed: int, val_fraction: fl
     return split
 
 
-def split_seed(dem_position: int, factor: int) -> int:
+def split_seed(dem_position: int, factor: float) -> int:
     """The seed of :func:`split_blocks` for the DEM at ``dem_position`` in the render list, at ``factor``."""
-    return SEED + 1000 * dem_position + factor
+    if factor < 1:  # 1/n scales: seeds no integer factor uses
+        return SEED + 1000 * dem_position + 500 + round(1 / factor)
+    return SEED + 1000 * dem_position + int(factor)
 
 
-def _crops(dem: DEM, factor: int, tile: int, count: int, rng: np.random.Generator, split_rng_seed: int,
+def _crops(dem: DEM, factor: float, tile: int, count: int, rng: np.random.Generator, split_rng_seed: int,
            val_fraction: float, test_fraction: float, min_relief_px: float, block: int) -> list[dict]:
     """Up to ``count`` crop jobs of ``dem`` at ``factor``: origin, split, and the crop itself."""
     height = downsample(dem.height, factor)
@@ -97,7 +107,7 @@ def build_render_dataset(
     *,
     dems: Sequence[str] = DEFAULT_DEMS,
     tile_size: int = 256,
-    scales: Sequence[int] = DEFAULT_SCALES,
+    scales: Sequence[float] = DEFAULT_SCALES,
     tiles_per_dem: int = 600,
     min_views: int = 16,
     val_fraction: float = 0.1,
@@ -122,6 +132,7 @@ def build_render_dataset(
     """
     if tile_size < 16:
         raise InputError(f"tile_size must be at least 16, got {tile_size}")
+    scales = [int(f) if float(f).is_integer() else float(f) for f in scales]  # tile names say x2, not x2.0
     block = split_block or tile_size * BLOCK_TILES
     if block < tile_size:
         raise InputError(f"split blocks of {block} px cannot hold tiles of {tile_size} px")
@@ -132,7 +143,7 @@ def build_render_dataset(
         dem = load_dem(name, cache, progress)
         sources[f"{name}_package"] = dem.source
         for factor in scales:
-            area = (dem.height.shape[0] // factor) * (dem.height.shape[1] // factor)
+            area = int(dem.height.shape[0] / factor) * int(dem.height.shape[1] / factor)
             count = min(tiles_per_dem, max(min_views, 4 * area // tile_size**2))  # small scenes: several views each
             jobs += _crops(dem, factor, tile_size, count, rng, split_seed(d, factor), val_fraction,
                            test_fraction, min_relief_px, block)

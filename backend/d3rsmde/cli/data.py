@@ -12,7 +12,7 @@ from ..pairs import WORLD_OPTIONS, build_world_dataset
 from ..progress import terminal_progress
 from ..sources import EFFICIENTNET_LITE0, fetch
 from ..render_tiles import DEFAULT_DEMS, DEFAULT_SCALES, build_render_dataset
-from .options import add_cache_option, bands, floats, ints
+from .options import add_cache_option, bands, floats
 
 
 def _add_build_options(parser: argparse.ArgumentParser, defaults: BuildOptions) -> None:
@@ -62,7 +62,7 @@ def _cli_world(args) -> int:
 
 def _cli_render(args) -> int:
     result = build_render_dataset(
-        args.out, dems=args.dems.split(","), tile_size=args.tile, scales=ints(args.scales),
+        args.out, dems=args.dems.split(","), tile_size=args.tile, scales=floats(args.scales),
         tiles_per_dem=args.tiles_per_dem, min_views=args.min_views, split_block=args.split_block, seed=args.seed,
         workers=args.workers, cache=args.cache, progress=terminal_progress(0.1))
     return _report(result)
@@ -111,7 +111,8 @@ def add_cli(subparsers) -> None:
                         help=f"comma-separated DEMs from {dem_names()} (default: all)")
     render.add_argument("--tile", type=int, default=256, help="tile size in pixels (default %(default)s)")
     render.add_argument("--scales", default=",".join(map(str, DEFAULT_SCALES)),
-                        help="down-sampling factors per DEM (default %(default)s)")
+                        help="down-sampling factors per DEM; 0.5 interpolates twice finer, for DEMs smaller than a "
+                             "tile (default %(default)s)")
     render.add_argument("--tiles-per-dem", type=int, default=600, help="tiles per DEM and scale (default %(default)s)")
     render.add_argument("--min-views", type=int, default=16,
                         help="renders per scale of a DEM smaller than that (default %(default)s)")
