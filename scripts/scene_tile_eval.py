@@ -37,7 +37,8 @@ from d3rsmde.imagery import band_limits, stretch
 from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.raster import predict_raster
 from d3rsmde.render import render_dem
-from d3rsmde.render_tiles import BLOCK_TILES, DEFAULT_DEMS, DEFAULT_SCALES, downsample, split_blocks, split_seed
+from d3rsmde.render_tiles import (BLOCK_TILES, DEFAULT_DEMS, DEFAULT_SCALES, at_scale, split_blocks,
+                                  split_seed)
 
 TEST = 2  # split_blocks' code for the test split
 METRICS = ("mae", "ssim", "lpips", "grad_r")
@@ -53,7 +54,7 @@ def held_out_globe_scenes(out: Path, max_scenes: int, max_sea: float = 0.2) -> d
     block = TRAIN_TILE * BLOCK_TILES
     scenes = {}
     for factor in sorted(DEFAULT_SCALES, reverse=True):
-        height = downsample(dem.height, factor)
+        height = at_scale(dem.height, factor)
         split = split_blocks(height.shape, block, split_seed(position, factor), 0.1, 0.1)
         for br, bc in zip(*np.nonzero(split == TEST)):
             crop = height[br * block:(br + 1) * block, bc * block:(bc + 1) * block]

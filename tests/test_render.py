@@ -111,18 +111,18 @@ def test_render_sets_of_two_tile_sizes_hold_out_the_same_terrain(tmp_path, monke
 def test_half_scale_interpolates_a_small_dem_into_tiles():
     """Scale 0.5 doubles the grid (cubic: the heights' level and range are kept), so a DEM
     smaller than the tile still gives tiles; fractional scales split with seeds no integer scale uses."""
-    from d3rsmde.render_tiles import downsample, split_seed
+    from d3rsmde.render_tiles import at_scale, split_seed
 
     y, x = np.mgrid[0:40, 0:48] / 40
     height = 800 * np.sin(5 * x) * np.cos(3 * y) + 1000
-    finer = downsample(height, 0.5)
+    finer = at_scale(height, 0.5)
     assert finer.shape == (80, 96)
     assert abs(finer.mean() - height.mean()) < 5
     assert abs(finer.max() - height.max()) < 20 and abs(finer.min() - height.min()) < 20
-    assert downsample(height, 2).shape == (20, 24)
+    assert at_scale(height, 2).shape == (20, 24)
     assert len({split_seed(0, f) for f in (0.5, 0.25, 1, 2, 4)} | {split_seed(1, 1)}) == 6
     with pytest.raises(InputError, match="1/n"):
-        downsample(height, 0.4)
+        at_scale(height, 0.4)
 
 
 def test_relief_exaggeration_gives_every_scale_visible_slopes():

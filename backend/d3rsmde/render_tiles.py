@@ -1,7 +1,7 @@
 """Training tiles rendered from real DEMs (``d3rsmde data render``), in the same format as real image/DEM tiles
 (:class:`d3rsmde.datasets.TileDataset` reads both).
 
-Each DEM is used at several ground sampling distances (block-mean down-sampling), crops are drawn at random
+Each DEM is used at several ground sampling distances (block means, or interpolation for 1/n), crops are drawn at random
 inside split blocks (a crop never spans two blocks, so validation terrain is never seen in training), and every
 crop gets its own render seed: the same ridge seen twice comes with another sun, season and land cover.
 """
@@ -31,9 +31,10 @@ DEFAULT_SCALES = (1, 2, 4)
 BLOCK_TILES = 4  # split blocks are this many tiles across (at each scale)
 
 
-def downsample(height: np.ndarray, factor: float) -> np.ndarray:
-    """Block mean over ``factor`` x ``factor`` pixels (what a coarser sensor grid of the same ground sees); a
-    factor 1/n (0.5, 0.25) interpolates n times finer (cubic), so DEMs smaller than a tile still give tiles."""
+def at_scale(height: np.ndarray, factor: float) -> np.ndarray:
+    """``height`` on a grid of ``factor`` times its pixel size: the block mean over ``factor`` x ``factor`` pixels
+    (what a coarser sensor grid of the same ground sees), or for a factor 1/n (0.5, 0.25) a cubic interpolation n
+    times finer, so DEMs smaller than a tile still give tiles."""
     if factor < 1:
         zoom = round(1 / factor)
         if not math.isclose(zoom * factor, 1.0):
@@ -69,7 +70,7 @@ def split_seed(dem_position: int, factor: float) -> int:
 def _crops(dem: DEM, factor: float, tile: int, count: int, rng: np.random.Generator, split_rng_seed: int,
            val_fraction: float, test_fraction: float, min_relief_px: float, block: int) -> list[dict]:
     """Up to ``count`` crop jobs of ``dem`` at ``factor``: origin, split, and the crop itself."""
-    height = downsample(dem.height, factor)
+    height = at_scale(dem.height, factor)
     gsd = dem.gsd_m * factor
     rows, cols = height.shape
     if rows < tile or cols < tile:
