@@ -1,9 +1,9 @@
 """Training tiles rendered from real DEMs (``d3rsmde data render``), in the same format as real image/DEM tiles
 (:class:`d3rsmde.datasets.TileDataset` reads both).
 
-Each DEM is used at several ground sampling distances (block means, or interpolation for 1/n), crops are drawn at random
-inside split blocks (a crop never spans two blocks, so validation terrain is never seen in training), and every
-crop gets its own render seed: the same ridge seen twice comes with another sun, season and land cover.
+Each DEM is used at several ground sampling distances (block means, or interpolation for 1/n), crops are drawn
+at random inside split blocks (a crop never spans two blocks, so validation terrain is never seen in training), and
+every crop gets its own render seed: the same ridge seen twice comes with another sun, season and land cover.
 """
 
 from __future__ import annotations
