@@ -4,9 +4,10 @@
 #   5a: the refiner, 10 epochs at 512 on stage 3b's fold models' maps of the new tiles (own inputs);
 #   5b: the coarse model, 8 epochs at 512, validated on the world tiles;
 #   5c: the refiner, 10 more epochs on the 5b coarse model's own maps (--refiner-maps final; the measured 5c ran
-#       before that option, through fold folders that each held the 5b coarse model: the same maps).
+#       before that option, through fold folders that each held the 5b coarse model: the same maps);
+#   5d: as 5c for 6 epochs, with 500 more tiles rendered from the user-scale DEMs interpolated twice finer.
 # Then: python scripts/scene_tile_eval.py --weights "$WORK/stage5b.safetensors" --tiles 512 --steps 0,1,6 ...
-# Wall time on the 2-core EPYC: renders 3.5 min, 5a 34 min, 5b 19 min, 5c 35 min.
+# Wall time on the 2-core EPYC: renders 3.3 + 3 min, 5a 34 min, 5b 19 min, 5c 35 min, 5d 21 min.
 set -euo pipefail
 work=${WORK:-build/default-weights}
 start=${START:-resources/weights/d3rsmde-lean.safetensors}
@@ -36,3 +37,9 @@ d3rsmde train lean "$data" "$work/stage5c.safetensors" "${common[@]}" --init-wei
   --work-dir "$work/run5c" --refiner-maps final --coarse-epochs 0 --refiner-lr 1e-4 --refiner-epochs 10 \
   --refiner-own-inputs 1
 log "5c: ${SECONDS}s"
+[ -f "$work/small512/index.json" ] || d3rsmde data render "$work/small512" --tile 512 --scales 0.5 \
+  --dems jacksboro,fuji,st-helens,terrarium,lidar-1m --tiles-per-dem 150 --min-views 100 --split-block 1024 --seed 13
+d3rsmde train lean "$data,$work/small512" "$work/stage5d.safetensors" "${common[@]}" \
+  --init-weights "$work/stage5b.safetensors" --work-dir "$work/run5d" --refiner-maps final --coarse-epochs 0 \
+  --refiner-lr 1e-4 --refiner-epochs 6 --refiner-own-inputs 1
+log "5d: ${SECONDS}s"
