@@ -39,7 +39,7 @@ d3rsmde train lean "$data" "$work/stage5c.safetensors" "${common[@]}" --init-wei
 log "5c: ${SECONDS}s"
 [ -f "$work/small512/index.json" ] || d3rsmde data render "$work/small512" --tile 512 --scales 0.5 \
   --dems jacksboro,fuji,st-helens,terrarium,lidar-1m --tiles-per-dem 150 --min-views 100 --split-block 1024 --seed 13
-d3rsmde train lean "$data,$work/small512" "$work/stage5d.safetensors" "${common[@]}" \
+d3rsmde train lean "$work/render512,$work/small512,$work/world512" "$work/stage5d.safetensors" "${common[@]}" \
   --init-weights "$work/stage5b.safetensors" --work-dir "$work/run5d" --refiner-maps final --coarse-epochs 0 \
   --refiner-lr 1e-4 --refiner-epochs 6 --refiner-own-inputs 1
 log "5d: ${SECONDS}s"
