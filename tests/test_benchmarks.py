@@ -1,6 +1,5 @@
 """Benchmark scripts, smoke-sized: tiny models on the CPU, real measurements, valid JSON, markdown and plot."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
