@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                 began = time.perf_counter()
                 run = predict_raster(image, pred, pipe, tile=min(tile, whole_scene_tile(image, pipe)),
                                      refine_steps=t)
-                m = {**evaluate_scene(pred, dem), "seconds": time.perf_counter() - began, "tile_used": run["tile"]}
+                m = evaluate_scene(pred, dem)
+                m.update({k: float("nan") for k in METRICS if m[k] is None},  # LPIPS without its weights
+                         seconds=time.perf_counter() - began, tile_used=run["tile"])
                 results.setdefault(name, {})[f"tile {tile}, T={t}"] = m
                 print(f"{name} tile {tile} T={t}: " + " / ".join(f"{k} {m[k]:.3f}" for k in METRICS)
                       + f" ({m['seconds']:.1f} s)", flush=True)
