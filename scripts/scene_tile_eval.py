@@ -33,12 +33,10 @@ from d3rsmde.device import describe_device
 from d3rsmde.dems import load_dem
 from d3rsmde.evaluation import evaluate_scene
 from d3rsmde.files import atomic_write_text
-from d3rsmde.imagery import band_limits, stretch
 from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.raster import predict_raster
-from d3rsmde.render import render_dem
-from d3rsmde.render_tiles import (BLOCK_TILES, DEFAULT_DEMS, DEFAULT_SCALES, at_scale, split_blocks,
-                                  split_seed)
+from d3rsmde.render_tiles import (BLOCK_TILES, DEFAULT_DEMS, DEFAULT_SCALES, TEST_FRACTION, VAL_FRACTION,
+                                  at_scale, split_blocks, split_seed, stretched_render)
 
 TEST = 2  # split_blocks' code for the test split
 METRICS = ("mae", "ssim", "lpips", "grad_r")
@@ -55,7 +53,7 @@ def held_out_globe_scenes(out: Path, max_scenes: int, max_sea: float = 0.2) -> d
     scenes = {}
     for factor in sorted(DEFAULT_SCALES, reverse=True):
         height = at_scale(dem.height, factor)
-        split = split_blocks(height.shape, block, split_seed(position, factor), 0.1, 0.1)
+        split = split_blocks(height.shape, block, split_seed(position, factor), VAL_FRACTION, TEST_FRACTION)
         for br, bc in zip(*np.nonzero(split == TEST)):
             crop = height[br * block:(br + 1) * block, bc * block:(bc + 1) * block]
             if crop.shape != (block, block) or np.mean(crop <= dem.sea_level) > max_sea:
@@ -64,8 +62,7 @@ def held_out_globe_scenes(out: Path, max_scenes: int, max_sea: float = 0.2) -> d
             image, dem_path = out / f"{name}-rgb.tif", out / f"{name}-dem.tif"
             if not image.exists():
                 gsd = dem.gsd_m * factor
-                rgb, _ = render_dem(crop, gsd, seed=1000 + len(scenes), water_level=dem.sea_level)
-                rgb = np.round(stretch(rgb, *band_limits(rgb.reshape(3, -1))) * 255).astype(np.uint8)
+                rgb, _ = stretched_render(crop, gsd, seed=1000 + len(scenes), water_level=dem.sea_level)
                 transform = from_origin(0.0, block * gsd, gsd, gsd)  # synthetic, shared by image and DEM
                 pairs.write_geotiff(dem_path, crop.astype(np.float32), transform, crs="EPSG:3857")
                 pairs.write_geotiff(image, rgb, transform, crs="EPSG:3857")

@@ -29,6 +29,7 @@ from .progress import Progress, check_cancel, report
 DEFAULT_DEMS = ("globe-g", "jacksboro", "fuji", "st-helens", "terrarium", "lidar-1m")
 DEFAULT_SCALES = (1, 2, 4)
 BLOCK_TILES = 4  # split blocks are this many tiles across (at each scale)
+VAL_FRACTION, TEST_FRACTION = 0.1, 0.1  # shares of the split blocks held out for validation and test
 
 
 def at_scale(height: np.ndarray, factor: float) -> np.ndarray:
@@ -96,11 +97,16 @@ def _crops(dem: DEM, factor: float, tile: int, count: int, rng: np.random.Genera
     return jobs
 
 
-def _render_job(job: dict) -> tuple[np.ndarray, dict]:
-    """Render one crop and stretch it as the raster engine stretches a whole image (1-99 % per band), so a
-    render tile and an inference tile reach the model in the same value range."""
-    image, info = render_dem(job["height"], job["gsd_m"], job["seed"], water_level=job["sea_level"])
+def stretched_render(height: np.ndarray, gsd_m: float, seed: int,
+                     water_level: float | None = None) -> tuple[np.ndarray, dict]:
+    """:func:`~d3rsmde.render.render_dem` stretched as the raster engine stretches a whole image (1-99 % per
+    band) into uint8, so a render and an inference tile reach the model in the same value range."""
+    image, info = render_dem(height, gsd_m, seed, water_level=water_level)
     return np.round(stretch(image, *band_limits(image.reshape(3, -1))) * 255).astype(np.uint8), info
+
+
+def _render_job(job: dict) -> tuple[np.ndarray, dict]:
+    return stretched_render(job["height"], job["gsd_m"], job["seed"], job["sea_level"])
 
 
 def build_render_dataset(
@@ -111,8 +117,8 @@ def build_render_dataset(
     scales: Sequence[float] = DEFAULT_SCALES,
     tiles_per_dem: int = 600,
     min_views: int = 16,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
     min_relief_px: float = 0.3,
     split_block: int | None = None,
     seed: int = 42,
