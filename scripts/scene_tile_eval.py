@@ -35,6 +35,7 @@ from d3rsmde.evaluation import evaluate_scene
 from d3rsmde.files import atomic_write_text
 from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.raster import predict_raster
+from d3rsmde.raster.predict import largest_tile
 from d3rsmde.render_tiles import (BLOCK_TILES, DEFAULT_DEMS, DEFAULT_SCALES, TEST_FRACTION, VAL_FRACTION,
                                   at_scale, split_blocks, split_seed, stretched_render)
 
@@ -107,8 +108,7 @@ def held_out_world_scenes(out: Path, world: Path) -> dict[str, tuple[Path, Path]
 def whole_scene_tile(image: Path, pipe: D3Pipeline) -> int:
     """The largest tile ``predict_raster`` accepts for ``image`` (the scene as one tile, or the model's tile)."""
     with rasterio.open(image) as src:
-        side = -(-max(src.width, src.height) // pipe.size_multiple) * pipe.size_multiple
-    return max(side, pipe.config.preprocessing.tile_size)
+        return largest_tile(src.width, src.height, pipe.config.preprocessing.tile_size, pipe.size_multiple)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -279,9 +279,15 @@ def _whole_number(what: str, value, minimum: int) -> int:
     return int(value)
 
 
+def largest_tile(width: int, height: int, model_tile: int, multiple: int) -> int:
+    """The largest tile worth running on a ``width`` x ``height`` raster: the raster as one tile (rounded up to the
+    model's ``multiple``), or the model's own tile if that is larger. Beyond it a tile is only padding."""
+    return max(model_tile, -(-max(width, height) // multiple) * multiple)
+
+
 def _check_tile_fits(tile: int, grid: GridSpec, model_tile: int, multiple: int) -> None:
     """A tile larger than both the model's and the raster is only padding, and can ask for terabytes."""
-    limit = max(model_tile, -(-max(grid.width, grid.height) // multiple) * multiple)
+    limit = largest_tile(grid.width, grid.height, model_tile, multiple)
     if tile > limit:
         raise InputError(f"tile size {tile} is larger than this {grid.width} x {grid.height} raster needs; "
                          f"give at most {limit}")
