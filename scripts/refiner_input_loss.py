@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 
 import d3rsmde  # noqa: F401  (thread policy before torch)
-import numpy as np
 import torch
 
 from d3rsmde.datasets import TileDatasets
@@ -29,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     val = TileDatasets(args.tiles.split(","), "val")
     pipes = [D3Pipeline.from_pretrained(w, device="cpu") for w in args.weights]
-    size = tuple(val[0]["image"].shape[-2:])
-    maps = predict_coarse(pipes[0].coarse, val, np.empty((len(val), *size), np.float16), batch_size=8)
+    maps = predict_coarse(pipes[0].coarse, val, batch_size=8)
     settings = REFINER_SETTINGS.replace(device="cpu", batch_size=8)
     for path, pipe in zip(args.weights, pipes):
         schedule = PLBRSchedule(pipe.config.num_steps, pipe.config.eps)

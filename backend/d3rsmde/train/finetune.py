@@ -16,7 +16,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..checkpoint import describe_checkpoint
@@ -112,13 +111,11 @@ def finetune_tiles(
     work = Path(work_dir) if work_dir is not None else None
     before = evaluate_tiles(pipe, held_out, batch_size=batch_size, cancel=cancel)
 
-    maps = predict_coarse(pipe.coarse, train_ds, np.empty((len(train_ds), tile, tile), np.float16),
-                          batch_size=batch_size, cancel=cancel)
+    maps = predict_coarse(pipe.coarse, train_ds, batch_size=batch_size, cancel=cancel)
     train_coarse(pipe.coarse, train_ds, val, epochs=epochs, batch_size=batch_size, device=device,
                  work_dir=work / "coarse" if work else None, progress=scaled_progress(progress, 0.05, 0.5),
                  cancel=cancel)
-    val_maps = None if val is None else predict_coarse(
-        pipe.coarse, val, np.empty((len(val), tile, tile), np.float16), batch_size=batch_size, cancel=cancel)
+    val_maps = None if val is None else predict_coarse(pipe.coarse, val, batch_size=batch_size, cancel=cancel)
     config = pipe.config
     own_inputs = trained_own_inputs(finetuned_from)
     train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val,

@@ -34,11 +34,13 @@ def fold_indices(n: int, k: int) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def predict_coarse(model: nn.Module, dataset: Dataset, out: np.ndarray, *, batch_size: int = 8,
+def predict_coarse(model: nn.Module, dataset: Dataset, out: np.ndarray | None = None, *, batch_size: int = 8,
                    cancel: Cancel | None = None) -> np.ndarray:
-    """Fill ``out`` (``len(dataset) x H x W``) with the model's maps stretched to [0, 1] per tile, exactly the
-    input :meth:`~d3rsmde.pipeline.D3Pipeline.coarse_depth` gives the refiner at inference (the same function
-    computes both)."""
+    """Fill ``out`` (``len(dataset) x H x W``; default a new float16 array) with the model's maps stretched to
+    [0, 1] per tile, exactly the input :meth:`~d3rsmde.pipeline.D3Pipeline.coarse_depth` gives the refiner at
+    inference (the same function computes both)."""
+    if out is None:
+        out = np.empty((len(dataset), *dataset[0]["image"].shape[-2:]), np.float16)
     model.eval()
     start = 0
     for batch in DataLoader(dataset, batch_size=batch_size):

@@ -141,15 +141,9 @@ def train_pipeline(
                      progress=part["coarse"], cancel=cancel, **shared, **stage_lr["coarse"])
     if epochs["refiner"] > 0:
         batch = overrides.get("batch_size", TRAIN_BATCH_SIZE)
-
-        def final_maps(dataset: Dataset) -> np.ndarray:
-            size = tuple(dataset[0]["image"].shape[-2:])
-            return predict_coarse(pipe.coarse, dataset, np.empty((len(dataset), *size), np.float16),
-                                  batch_size=batch, cancel=cancel)
-
         if not folds:
-            maps = final_maps(train_ds)
-        val_maps = final_maps(val_ds) if val_ds is not None else None
+            maps = predict_coarse(pipe.coarse, train_ds, batch_size=batch, cancel=cancel)
+        val_maps = predict_coarse(pipe.coarse, val_ds, batch_size=batch, cancel=cancel) if val_ds is not None else None
         train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val_ds,
                       val_maps, own_inputs=refiner_own_inputs, work_dir=work / "refiner", epochs=epochs["refiner"],
                       progress=part["refiner"], cancel=cancel, **shared, **stage_lr["refiner"])
