@@ -16,12 +16,14 @@ from synthetic import SyntheticTiles
 from d3rsmde.checkpoint import describe_checkpoint
 from d3rsmde.config import get_config
 from d3rsmde.errors import Cancelled, InputError
+from d3rsmde.gradient_loss import gradient_matching_loss
+from d3rsmde.hdn_loss import hdn_loss
 from d3rsmde.models import CoarseDepthModel
 from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.plbr import PLBRSchedule, refine_step
 from d3rsmde.train import finetune_region, fit, train_coarse, train_pipeline, train_refiner, train_vae
 from d3rsmde.cli.train import add_cli
-from d3rsmde.train.coarse import COARSE_SETTINGS, coarse_loss
+from d3rsmde.train.coarse import COARSE_SETTINGS, CoarseLoss, coarse_loss
 from d3rsmde.train.augment import flip_rotate, random_crop
 from d3rsmde.train.common import evaluate_loss
 from d3rsmde.train.finetune import trained_own_inputs
@@ -99,6 +101,21 @@ def test_coarse_training_lowers_hdn_loss(tiles):
     after = evaluate_loss(model, coarse_loss, tiles, settings, CPU)
     assert len(history) == 12 and history[-1]["val_loss"] is None
     assert after < 0.7 * before, (before, after)
+
+
+def test_coarse_loss_adds_the_weighted_gradient_loss(tiles):
+    torch.manual_seed(0)
+    model = CoarseDepthModel(get_config("tiny").coarse, img_size=64).eval()
+    batch = {key: torch.stack([tiles[i][key] for i in range(2)]) for key in ("image", "depth", "mask")}
+    with torch.no_grad():
+        pred = model(batch["image"])
+        hdn, grad = hdn_loss(pred, batch["depth"], batch["mask"]), gradient_matching_loss(pred, batch["depth"],
+                                                                                           batch["mask"])
+        assert float(coarse_loss(model, batch)) == pytest.approx(float(hdn), rel=1e-5)  # the paper's loss alone
+        assert float(CoarseLoss(0.5)(model, batch)) == pytest.approx(float(hdn + 0.5 * grad), rel=1e-5)
+    assert float(grad) > 0.01
+    with pytest.raises(InputError, match="gradient loss weight"):
+        CoarseLoss(-1.0)
 
 
 def test_vae_training_lowers_reconstruction_loss(tiles):
@@ -359,12 +376,14 @@ def test_train_pipeline_continues_from_weights_with_a_distilled_decoder(tmp_path
 
 
 def test_coarse_only_continuation_trains_no_folds(tmp_path, tiny_weights):
-    """Refiner epochs 0: only the final coarse model trains (fold models would only feed the refiner)."""
+    """Refiner epochs 0: only the final coarse model trains (fold models would only feed the refiner); the
+    gradient loss weight is recorded with the weights."""
     train, val = SyntheticTiles(n=4, size=64, seed=2), SyntheticTiles(n=2, size=64, seed=3)
     out = tmp_path / "coarse.safetensors"
     train_pipeline("tiny", train, val, out, work_dir=tmp_path / "work", epochs={"vae": 0, "coarse": 1, "refiner": 0},
-                   k=2, device="cpu", init_weights=tiny_weights, batch_size=2, average_from=1)
+                   k=2, device="cpu", init_weights=tiny_weights, batch_size=2, average_from=1, coarse_grad_weight=0.5)
     assert sorted(p.name for p in (tmp_path / "work" / "coarse").iterdir()) == ["final"]
+    assert json.loads(describe_checkpoint(out)["metadata"]["training"])["coarse_grad_weight"] == 0.5
     before = D3Pipeline.from_pretrained(tiny_weights, device="cpu").state_dict()
     after = D3Pipeline.from_pretrained(out, device="cpu").state_dict()
     changed = {key.split(".")[0] for key in before if not torch.equal(before[key], after[key])}
@@ -442,11 +461,12 @@ def test_train_cli_on_built_tiles(finetuned, tmp_path):
     out = tmp_path / "cli.safetensors"
     args = parse(["train", "tiny", str(finetuned / "work" / "tiles"), str(out), "--vae-epochs", "1",
                   "--coarse-epochs", "1", "--refiner-epochs", "1", "--k", "2", "--batch-size", "8",
-                  "--steps-per-epoch", "1", "--device", "cpu", "--refiner-own-inputs", "1"])
+                  "--steps-per-epoch", "1", "--device", "cpu", "--refiner-own-inputs", "1", "--coarse-grad-weight", "0.25"])
     assert args.refiner_own_inputs == 1.0 and args.func(args) == 0
     info = describe_checkpoint(out)
     assert "rmnp-rgb.tif" in info["data"] and info["gsd_m"] > 100
-    assert json.loads(info["metadata"]["training"])["refiner_own_inputs"] == 1.0  # the flag reached the refiner
+    training = json.loads(info["metadata"]["training"])
+    assert training["refiner_own_inputs"] == 1.0 and training["coarse_grad_weight"] == 0.25  # the flags arrived
     assert (tmp_path / "cli.work" / "refiner" / "final.pt").is_file()
 
 

@@ -38,7 +38,7 @@ def _cli_train(args) -> int:
         config, TileDatasets(roots, "train"), _val_sets(args, roots), args.out,
         work_dir=args.work_dir or Path(args.out).with_suffix(".work"), epochs=epochs, lr=lr, k=args.k,
         fold_epochs=args.fold_epochs, refiner_own_inputs=args.refiner_own_inputs, refiner_maps=args.refiner_maps,
-        device=args.device, resume=not args.restart, batch_size=args.batch_size, num_workers=args.workers,
+        coarse_grad_weight=args.coarse_grad_weight, device=args.device, resume=not args.restart, batch_size=args.batch_size, num_workers=args.workers,
         steps_per_epoch=args.steps_per_epoch, average_from=args.average_from, progress=terminal_progress(),
         max_shard_bytes=_shard_bytes(args), init_weights=args.init_weights,
     )
@@ -121,6 +121,9 @@ def add_cli(subparsers) -> None:
     train.add_argument("--refiner-maps", choices=REFINER_MAPS, default=REFINER_MAPS[0],
                        help="the refiner's training maps: from k fold models that never saw their tiles, or from "
                             "the final coarse model (no folds; default %(default)s)")
+    train.add_argument("--coarse-grad-weight", type=float, default=0.0, metavar="W",
+                       help="add W x a multi-scale gradient-matching loss (slopes) to the coarse models' HDN loss "
+                            "(default %(default)s: the paper's HDN loss alone)")
     train.add_argument("--k", type=int, default=5, help="coarse folds (default %(default)s)")
     train.add_argument("--fold-epochs", type=int, help="epochs of each fold's coarse model (default: --coarse-epochs)")
     train.add_argument("--batch-size", type=int, default=TRAIN_BATCH_SIZE, help="default %(default)s")

@@ -63,13 +63,15 @@ def kfold_coarse_predictions(
     work_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
+    grad_weight: float = 0.0,
     **overrides,
 ) -> tuple[np.ndarray, CoarseDepthModel]:
     """Train ``k`` coarse models, each predicting the fold it did not see, then the final model on all tiles.
 
     ``fold_epochs`` (default: the settings' epochs) lets the fold models train shorter than the final one when
     compute is scarce: their maps then carry somewhat larger errors than the final model makes. ``final_init``
-    (a state dict) starts the final model from trained weights instead of the folds' common start.
+    (a state dict) starts the final model from trained weights instead of the folds' common start. Every model
+    trains with :class:`~d3rsmde.train.coarse.CoarseLoss` (``grad_weight``).
 
     Returns ``(maps, final_model)``: ``maps[i]`` is tile ``i``'s held-out coarse map in [0, 1] (float16,
     ``N x H x W``; memory-mapped from ``work_dir/coarse_maps.npy`` when a work folder is given). ``val_ds`` drives
@@ -100,7 +102,8 @@ def kfold_coarse_predictions(
             train_coarse(model, Subset(dataset, train_idx.tolist()), val_ds,
                          settings=settings.replace(epochs=fold_epochs or settings.epochs),
                          work_dir=work / f"fold{i}" if work is not None else None,
-                         progress=scaled_progress(progress, i * share, (i + 1) * share), cancel=cancel)
+                         progress=scaled_progress(progress, i * share, (i + 1) * share), cancel=cancel,
+                         grad_weight=grad_weight)
             if rank == 0:
                 predict_coarse(model, Subset(dataset, held_out.tolist()), _Rows(maps, held_out),
                                batch_size=settings.batch_size, cancel=cancel)
@@ -116,7 +119,7 @@ def kfold_coarse_predictions(
     if final_init is not None:
         final.load_state_dict(final_init)
     train_coarse(final, dataset, val_ds, settings=settings, work_dir=work / "final" if work is not None else None,
-                 progress=scaled_progress(progress, k * share, 1.0), cancel=cancel)
+                 progress=scaled_progress(progress, k * share, 1.0), cancel=cancel, grad_weight=grad_weight)
     return maps, final.to(device)
 
 

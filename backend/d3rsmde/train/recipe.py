@@ -64,6 +64,7 @@ def train_pipeline(
     init_weights: str | os.PathLike | None = None,
     refiner_own_inputs: float = 0.0,
     refiner_maps: str = "kfold",
+    coarse_grad_weight: float = 0.0,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     **overrides,
@@ -86,6 +87,7 @@ def train_pipeline(
     paper's way), or from the ``"final"`` coarse model itself (no fold is trained): when the final model is much
     better than fold models a CPU can afford, fold maps carry errors it does not make and teach the refiner to
     rewrite good maps; its own maps of seen tiles err the other way (the refiner learns to change little).
+    ``coarse_grad_weight`` adds that weight of the gradient-matching loss to the coarse models' HDN loss.
     """
     if refiner_maps not in REFINER_MAPS:
         raise InputError(f"refiner_maps must be one of {REFINER_MAPS}, got {refiner_maps!r}")
@@ -134,11 +136,12 @@ def train_pipeline(
                                                work_dir=work / "coarse",
                                                final_init=pipe.coarse.state_dict() if init_weights else None,
                                                epochs=epochs["coarse"], progress=part["coarse"], cancel=cancel,
-                                               **shared, **stage_lr["coarse"])
+                                               grad_weight=coarse_grad_weight, **shared, **stage_lr["coarse"])
         pipe.coarse.load_state_dict(final.state_dict())
     else:  # no fold models: train the final model alone
         train_coarse(pipe.coarse, train_ds, val_ds, work_dir=work / "coarse" / "final", epochs=epochs["coarse"],
-                     progress=part["coarse"], cancel=cancel, **shared, **stage_lr["coarse"])
+                     progress=part["coarse"], cancel=cancel, grad_weight=coarse_grad_weight, **shared,
+                     **stage_lr["coarse"])
     if epochs["refiner"] > 0:
         batch = overrides.get("batch_size", TRAIN_BATCH_SIZE)
         if not folds:
@@ -161,6 +164,7 @@ def train_pipeline(
             **({"init_weights": Path(init_weights).name} if init_weights else {}),
             **({"refiner_own_inputs": refiner_own_inputs} if refiner_own_inputs else {}),
             **({"refiner_maps": refiner_maps} if epochs["refiner"] > 0 else {}),
+            **({"coarse_grad_weight": coarse_grad_weight} if coarse_grad_weight and epochs["coarse"] > 0 else {}),
         })
     if world > 1:
         torch.distributed.barrier()
