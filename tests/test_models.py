@@ -9,6 +9,7 @@ from d3rsmde.config import D3Config, get_config
 from d3rsmde.device import autocast_dtype, describe_device, resolve_device
 from d3rsmde.errors import InputError
 from d3rsmde.models import CoarseDepthModel, Refiner
+from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.plbr import PLBRSchedule
 from d3rsmde.vae import LatentCodec, build_vae, minmax_per_tile
 
@@ -111,22 +112,22 @@ def test_coarse_rejects_non_patch_multiple(coarse):
 def test_refiner_alpha_conditioning():
     torch.manual_seed(0)
     ref = Refiner(TINY.refiner, latent_channels=4, sample_size=8).eval()
-    x = torch.randn(2, 8, 8, 8)
+    x = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)  # image latent, blended latent
     s6, s3 = PLBRSchedule(6), PLBRSchedule(3)
     t = torch.tensor([5, 0])
     cond = ref.conditioning(s6, t)
     torch.testing.assert_close(cond, torch.tensor([0.0, 0.8]))
     with torch.no_grad():
-        out = ref(x, cond)
+        out = ref(*x, cond)
         assert out.shape == (2, 4, 8, 8)
         # same alpha_bar -> same output, whatever T the schedule has (t=0 of T=3 and of T=6 are both 0.8)
-        torch.testing.assert_close(ref(x, ref.conditioning(s3, torch.tensor([2, 0]))), out)
-        assert not torch.allclose(ref(x, torch.tensor([0.4, 0.4])), out)
+        torch.testing.assert_close(ref(*x, ref.conditioning(s3, torch.tensor([2, 0]))), out)
+        assert not torch.allclose(ref(*x, torch.tensor([0.4, 0.4])), out)
 
 
 def test_refiner_has_no_unused_parameters():
     ref = Refiner(TINY.refiner, latent_channels=4, sample_size=8)
-    ref(torch.randn(2, 8, 8, 8), torch.tensor([0.8, 0.0])).square().mean().backward()
+    ref(torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([0.8, 0.0])).square().mean().backward()
     assert [n for n, p in ref.named_parameters() if p.grad is None] == []
 
 
@@ -137,7 +138,7 @@ def test_refiner_learned_mode_needs_trained_T():
     cond = ref.conditioning(PLBRSchedule(6), t)
     assert cond.dtype == torch.int64 and cond.tolist() == [5, 1]
     with torch.no_grad():
-        assert ref(torch.randn(2, 8, 8, 8), cond).shape == (2, 4, 8, 8)
+        assert ref(torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), cond).shape == (2, 4, 8, 8)
     with pytest.raises(InputError, match="6-step"):
         ref.conditioning(PLBRSchedule(4), t)
 
@@ -145,6 +146,29 @@ def test_refiner_learned_mode_needs_trained_T():
 def test_refiner_rejects_bad_config():
     with pytest.raises(InputError, match="timestep_mode"):
         Refiner(get_config("tiny", refiner={"timestep_mode": "fourier"}).refiner)
+    with pytest.raises(InputError, match="image_condition"):
+        Refiner(get_config("tiny", refiner={"image_condition": "clip"}).refiner)
+    with pytest.raises(InputError, match="CNN stem"):
+        Refiner(get_config("tiny", refiner={"image_condition": "stem"}).refiner)
+
+
+def test_refiner_conditioned_on_the_stem_sees_its_features_not_the_vae():
+    """image_condition "stem": z_x is a learnt projection of the coarse model's stem map at the latent's scale;
+    the VAE's image encoder is not used, and the projection trains with the U-Net."""
+    cfg = get_config("lean", refiner={"image_condition": "stem"}, tile_size=64)
+    pipe = D3Pipeline.from_config(cfg)
+    images = torch.rand(2, 3, 64, 64)
+    features = pipe.refiner.image_features(images, pipe.coarse, codec=None)  # no VAE needed
+    assert features.shape == (2, pipe.coarse.latent_feature_channels, 8, 8)  # the latent grid: 64 / 8
+    assert pipe.coarse._skips == []  # the DPT's hook state is left clean
+    torch.testing.assert_close(features, pipe.coarse.stem((images - pipe.coarse.mean) / pipe.coarse.std)[1])
+    z_t = torch.randn(2, 4, 8, 8)
+    out = pipe.refiner(features, z_t, torch.tensor([0.8, 0.0]))
+    out.square().mean().backward()
+    assert pipe.refiner.image_proj.weight.grad.abs().sum() > 0
+    other = pipe.refiner(pipe.refiner.image_features(images.flip(-1), pipe.coarse, None), z_t, torch.tensor([0.8, 0.0]))
+    assert not torch.allclose(other, out)  # the image reaches the output
+    assert pipe(images).shape == (2, 1, 64, 64)
 
 
 # ---- VAE / codec ----------------------------------------------------------------------------------------------

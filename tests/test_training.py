@@ -31,7 +31,7 @@ from d3rsmde.train.refiner import REFINER_SETTINGS, RefinerLoss, WithCoarse
 from d3rsmde.train.vae import (VAE_SETTINGS, Autoencoding, _gradient_l1, mirrored_border, train_depth_decoder,
                                vae_loss)
 
-from conftest import SAMPLE_DEM, SAMPLE_RGB
+from conftest import REPO, SAMPLE_DEM, SAMPLE_RGB
 
 CPU = torch.device("cpu")
 QUICK = dict(batch_size=4, lr=1e-3, device="cpu")
@@ -336,6 +336,28 @@ def test_refiner_can_learn_from_the_final_coarse_models_maps(tmp_path, monkeypat
     with pytest.raises(InputError, match="refiner_maps"):
         train_pipeline("tiny", train, val, tmp_path / "x.safetensors", work_dir=tmp_path / "w2", epochs=0,
                        refiner_maps="folds", device="cpu")
+
+
+def test_refiner_switched_to_the_stem_condition_continues_from_vae_conditioned_weights(tmp_path):
+    """The shipped weights (refiner conditioned on the VAE latent) continued with ``image_condition="stem"``: the
+    U-Net starts from the shipped one and the new projection trains; the coarse model, VAE and refiner stay
+    consistent (the saved file rebuilds and predicts), and the config records the condition."""
+    shipped = REPO / "resources" / "weights" / "d3rsmde-lean.safetensors"
+    config = get_config("lean", tile_size=64, refiner={"image_condition": "stem"})
+    train, val = SyntheticTiles(n=4, size=64, seed=2), SyntheticTiles(n=2, size=64, seed=3)
+    out = tmp_path / "stem.safetensors"
+    train_pipeline(config, train, val, out, work_dir=tmp_path / "work", epochs={"vae": 0, "coarse": 0, "refiner": 1},
+                   device="cpu", batch_size=2, refiner_maps="final", init_weights=shipped, data="synthetic hills",
+                   gsd_m=30.0)
+    after = D3Pipeline.from_pretrained(out, device="cpu")
+    before = D3Pipeline.from_pretrained(shipped, device="cpu")
+    assert after.config.refiner.image_condition == "stem" and after.refiner.image_proj is not None
+    unet = [(before.refiner.state_dict()[k].flatten(), v.flatten()) for k, v in after.refiner.state_dict().items()
+            if k.startswith("unet.") and v.numel() > 100]
+    a, b = torch.cat([x for x, _ in unet]), torch.cat([y for _, y in unet])
+    assert not torch.equal(a, b) and torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.99  # trained on from the shipped U-Net
+    torch.testing.assert_close(after.coarse.state_dict()["head.3.weight"], before.coarse.state_dict()["head.3.weight"])
+    assert after(torch.stack([val[0]["image"], val[1]["image"]])).shape == (2, 1, 64, 64)
 
 
 def test_train_pipeline_continues_from_weights(tmp_path, tiny_weights):

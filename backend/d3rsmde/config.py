@@ -83,6 +83,9 @@ class RefinerConfig:
 
     ``timestep_mode`` "alpha" feeds 1000 * alpha_bar to the sinusoidal time embedding, so a model trained with one
     number of steps runs with any other; "learned" is the paper's embedding table with ``num_train_steps`` entries.
+    ``image_condition``: z_x is the VAE latent of the image ("vae", the paper's, whose VAE was pretrained on real
+    photographs), or the coarse model's pretrained CNN stem map at the latent's scale through a learnt 1 x 1
+    projection ("stem": an image encoder that has seen real images when the VAE was trained on renders only).
     """
 
     block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
@@ -92,6 +95,7 @@ class RefinerConfig:
     norm_num_groups: int = 32
     timestep_mode: str = "alpha"
     num_train_steps: int = 6
+    image_condition: str = "vae"
 
     @property
     def downsample_factor(self) -> int:

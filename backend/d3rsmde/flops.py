@@ -40,11 +40,11 @@ def flops_per_pixel(config: D3Config | str, refine_steps: int | None = None, til
     with torch.no_grad():
         coarse = count_flops(lambda: pipe.coarse(images))
         total = count_flops(lambda: pipe(images, refine_steps=steps))
-        z = pipe.codec.encode_image(images)
-        latent = torch.cat([z, z], dim=1)
+        image = pipe.refiner.image_features(images, pipe.coarse, pipe.codec)
+        z = pipe.codec.encode_depth(images[:, :1])
         t = torch.zeros(1, dtype=torch.int64)
         refiner = steps * count_flops(
-            lambda: pipe.refiner(latent, pipe.refiner.conditioning(PLBRSchedule(steps, cfg.eps), t))) if steps else 0
+            lambda: pipe.refiner(image, z, pipe.refiner.conditioning(PLBRSchedule(steps, cfg.eps), t))) if steps else 0
     pixels = tile * tile
     return {"total": total / pixels, "coarse": coarse / pixels, "refiner": refiner / pixels,
             "vae": (total - coarse - refiner) / pixels, "tile": tile, "refine_steps": steps}

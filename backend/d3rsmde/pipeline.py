@@ -53,10 +53,12 @@ class D3Pipeline:
         """Randomly initialised pipeline (pretrained backbone / VAE only where the config names them)."""
         cfg = get_config(config) if isinstance(config, str) else config
         latent_size = cfg.tile_size // cfg.vae.downsample_factor
+        coarse = CoarseDepthModel(cfg.coarse, img_size=cfg.tile_size)
         pipe = cls(
-            coarse=CoarseDepthModel(cfg.coarse, img_size=cfg.tile_size),
+            coarse=coarse,
             codec=LatentCodec(build_vae(cfg.vae), cfg.vae.scaling_factor),
-            refiner=Refiner(cfg.refiner, latent_channels=cfg.vae.latent_channels, sample_size=latent_size),
+            refiner=Refiner(cfg.refiner, latent_channels=cfg.vae.latent_channels, sample_size=latent_size,
+                            stem_channels=coarse.latent_feature_channels),
             config=cfg,
         )
         pipe.eval()
@@ -178,7 +180,7 @@ class D3Pipeline:
         schedule = PLBRSchedule(steps, self.config.eps)
         images = self._as_input(images)
         with self._autocast():
-            z_x = self.codec.encode_image(images)
+            z_x = self.refiner.image_features(images, self.coarse, self.codec)
             z_c = self.codec.encode_depth(self._as_input(coarse01))
             z_t = z_c
             for done, t in enumerate(schedule.timesteps.tolist(), start=1):

@@ -53,8 +53,9 @@ class PLBRSchedule:
 
 
 def refine_step(refiner: nn.Module, z_x: Tensor, z_t: Tensor, z_c: Tensor, t: int, schedule: PLBRSchedule) -> Tensor:
-    """One sampling step at ``t``: the refiner's z0 estimate from ``[z_x, z_t]``, blended into its next input
-    (:meth:`PLBRSchedule.step`). The pipeline's loop and the refiner's own-input training share it."""
+    """One sampling step at ``t``: the refiner's z0 estimate from the image condition ``z_x`` and ``z_t``, blended
+    into its next input (:meth:`PLBRSchedule.step`). The pipeline's loop and the refiner's own-input training
+    share it."""
     t_batch = torch.full((len(z_t),), t, dtype=torch.int64, device=z_t.device)
-    z0_hat = refiner(torch.cat([z_x, z_t], dim=1), refiner.conditioning(schedule, t_batch))
+    z0_hat = refiner(z_x, z_t, refiner.conditioning(schedule, t_batch))
     return schedule.step(z0_hat, t, z_c)

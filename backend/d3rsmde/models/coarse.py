@@ -158,6 +158,20 @@ class CoarseDepthModel(nn.Module):
     def patch_size(self) -> int:
         return self.cfg.patch_size
 
+    @property
+    def latent_feature_channels(self) -> int | None:
+        """Channels of :meth:`latent_features` (None without a CNN stem)."""
+        return self.stem.feature_info.channels()[1] if self.stem is not None else None
+
+    def latent_features(self, images: Tensor) -> Tensor:
+        """The stem's 1/8 map of ``images`` (the VAE latent's scale): ImageNet-pretrained features of the image
+        for a refiner conditioned on them (``RefinerConfig.image_condition`` "stem")."""
+        if self.stem is None:
+            raise InputError("this coarse model has no CNN stem")
+        features = self.stem((images - self.mean.to(images.dtype)) / self.std.to(images.dtype))
+        self._skips.clear()
+        return features[1]
+
     def forward(self, images: Tensor) -> Tensor:
         h, w = images.shape[-2:]
         if h % self.patch_size or w % self.patch_size:

@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
+import torch
 from diffusers import UNet2DModel
 from torch import Tensor, nn
 
 from ..config import RefinerConfig
 from ..errors import InputError
 from ..plbr import PLBRSchedule
+from ..vae import LatentCodec
 
 TIMESTEP_MODES = ("alpha", "learned")
+IMAGE_CONDITIONS = ("vae", "stem")
 
 
 class Refiner(nn.Module):
-    """``forward(x, cond)``: x is ``B x 2C x h x w`` (image latent, blended latent); cond comes from
-    :meth:`conditioning` — alpha_bar in "alpha" mode, the integer step in "learned" mode."""
+    """``forward(image, z_t, cond)``: ``image`` is what :meth:`image_features` gives (the VAE latent of the image,
+    or the coarse model's stem map, projected here to the latent's channels), ``z_t`` the blended latent; cond
+    comes from :meth:`conditioning` — alpha_bar in "alpha" mode, the integer step in "learned" mode."""
 
-    def __init__(self, cfg: RefinerConfig, latent_channels: int = 4, sample_size: int = 64):
+    def __init__(self, cfg: RefinerConfig, latent_channels: int = 4, sample_size: int = 64,
+                 stem_channels: int | None = None):
         super().__init__()
         if cfg.timestep_mode not in TIMESTEP_MODES:
             raise InputError(f"refiner timestep_mode must be one of {TIMESTEP_MODES}, got {cfg.timestep_mode!r}")
         if len(cfg.attention) != len(cfg.block_out_channels):
             raise InputError("RefinerConfig.attention needs one flag per entry of block_out_channels")
+        if cfg.image_condition not in IMAGE_CONDITIONS:
+            raise InputError(f"refiner image_condition must be one of {IMAGE_CONDITIONS}, got {cfg.image_condition!r}")
+        if cfg.image_condition == "stem" and not stem_channels:
+            raise InputError("a refiner conditioned on the stem needs a coarse model with a CNN stem")
         self.cfg = cfg
+        self.image_proj = nn.Conv2d(stem_channels, latent_channels, 1) if cfg.image_condition == "stem" else None
         learned = cfg.timestep_mode == "learned"
         self.unet = UNet2DModel(
             sample_size=sample_size,
@@ -53,6 +63,14 @@ class Refiner(nn.Module):
             return t.long()
         return schedule.alpha_bar.to(t.device)[t.long()]
 
-    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+    @torch.no_grad()
+    def image_features(self, images: Tensor, coarse: nn.Module, codec: LatentCodec) -> Tensor:
+        """The frozen encoders' view of ``images`` (B x 3 x H x W in [0, 1]) that :meth:`forward` conditions on."""
+        if self.image_proj is None:
+            return codec.encode_image(images)
+        return coarse.latent_features(images)
+
+    def forward(self, image: Tensor, z_t: Tensor, cond: Tensor) -> Tensor:
+        z_x = image if self.image_proj is None else self.image_proj(image.to(self.image_proj.weight.dtype))
         timestep = cond if self.cfg.timestep_mode == "learned" else cond.float() * 1000.0
-        return self.unet(x, timestep).sample
+        return self.unet(torch.cat([z_x.to(z_t.dtype), z_t], dim=1), timestep).sample

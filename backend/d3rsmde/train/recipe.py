@@ -128,7 +128,11 @@ def train_pipeline(
     if init_weights is not None:
         start = D3Pipeline.from_pretrained(init_weights, device="cpu")
         for name, module in pipe.components.items():
-            module.load_state_dict(start.components[name].state_dict())
+            # A refiner switched to the stem's image condition keeps its U-Net and learns the new projection.
+            missing, unexpected = module.load_state_dict(start.components[name].state_dict(), strict=False)
+            if unexpected or any(not key.startswith("image_proj.") for key in missing):
+                raise InputError(f"{init_weights}: its {name} does not fit this config (missing {missing}, "
+                                 f"unexpected {unexpected})")
     train_vae(pipe.codec.vae, train_ds, val_ds, work_dir=work / "vae", epochs=epochs["vae"],
               progress=part["vae"], cancel=cancel, **shared, **stage_lr["vae"])
     if folds:
@@ -148,7 +152,8 @@ def train_pipeline(
             maps = predict_coarse(pipe.coarse, train_ds, batch_size=batch, cancel=cancel)
         val_maps = predict_coarse(pipe.coarse, val_ds, batch_size=batch, cancel=cancel) if val_ds is not None else None
         train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val_ds,
-                      val_maps, own_inputs=refiner_own_inputs, work_dir=work / "refiner", epochs=epochs["refiner"],
+                      val_maps, own_inputs=refiner_own_inputs, coarse=pipe.coarse, work_dir=work / "refiner",
+                      epochs=epochs["refiner"],
                       progress=part["refiner"], cancel=cancel, **shared, **stage_lr["refiner"])
     check_cancel(cancel, "training")
 

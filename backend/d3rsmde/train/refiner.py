@@ -51,10 +51,11 @@ class RefinerLoss:
     cell; nodata pixels of the target take the coarse value, so they carry no made-up relief. A share
     ``own_inputs`` of the batches takes z_t from the refiner's own sampling loop (see the module docstring)."""
 
-    def __init__(self, codec: LatentCodec, schedule: PLBRSchedule, own_inputs: float = 0.0):
+    def __init__(self, codec: LatentCodec, schedule: PLBRSchedule, own_inputs: float = 0.0,
+                 coarse: nn.Module | None = None):
         if not 0.0 <= own_inputs <= 1.0:
             raise InputError(f"own_inputs is a share of batches in [0, 1], got {own_inputs}")
-        self.codec, self.schedule, self.own_inputs = codec, schedule, float(own_inputs)
+        self.codec, self.schedule, self.own_inputs, self.coarse = codec, schedule, float(own_inputs), coarse
 
     def own_chain(self, refiner: nn.Module, z_x: Tensor, z_c: Tensor, t: Tensor) -> Tensor:
         """Each sample's input at its step ``t`` when sampling starts from ``z_c``, as at inference."""
@@ -69,7 +70,7 @@ class RefinerLoss:
         mask, coarse = batch["mask"], batch["coarse"]
         with torch.no_grad():
             target = torch.where(mask, minmax_per_tile(batch["depth"], mask), coarse)
-            z_x = self.codec.encode_image(batch["image"])
+            z_x = unwrap(model).image_features(batch["image"], self.coarse, self.codec)
             z_0 = self.codec.encode_depth(target)
             z_c = self.codec.encode_depth(coarse)
             t = torch.randint(self.schedule.num_steps, (len(z_0),), device=z_0.device)
@@ -78,7 +79,7 @@ class RefinerLoss:
             else:
                 z_t = self.schedule.q_sample(z_0, z_c, t)
             weight = F.adaptive_avg_pool2d(mask.float(), z_0.shape[-2:])
-        z_hat = model(torch.cat([z_x, z_t], dim=1), unwrap(model).conditioning(self.schedule, t))
+        z_hat = model(z_x, z_t, unwrap(model).conditioning(self.schedule, t))
         return ((z_hat.float() - z_0.float()).abs() * weight).sum() / (weight.sum() * z_0.shape[1]).clamp_min(1e-6)
 
 
@@ -93,19 +94,26 @@ def train_refiner(
     *,
     settings: TrainSettings | None = None,
     own_inputs: float = 0.0,
+    coarse: nn.Module | None = None,
     work_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     **overrides,
 ) -> list[dict]:
     """Train ``refiner`` in place on ``dataset`` with its held-out ``coarse_maps`` (``maps[i]`` for tile ``i``);
-    ``codec`` stays frozen. Validation needs ``val_coarse_maps`` too (the final coarse model's maps).
+    ``codec`` (and ``coarse``, whose stem a refiner conditioned on it reads) stay frozen. Validation needs
+    ``val_coarse_maps`` too (the final coarse model's maps).
     ``own_inputs``: share of batches trained on the refiner's own sampling-loop inputs (:class:`RefinerLoss`).
     ``overrides`` change :data:`REFINER_SETTINGS` fields. Returns the per-epoch history."""
     settings = (settings or REFINER_SETTINGS).replace(**overrides)
     if (val_ds is None) != (val_coarse_maps is None):
         raise InputError("refiner validation needs both val_ds and val_coarse_maps (or neither)")
-    codec.to(distributed_context(settings.device)[2])
+    device = distributed_context(settings.device)[2]
+    codec.to(device)
+    if refiner.cfg.image_condition == "stem":
+        if coarse is None:
+            raise InputError("a refiner conditioned on the coarse model's stem needs that coarse model to train")
+        coarse.to(device).eval()  # batch norm statistics stay as trained
     val = WithCoarse(val_ds, val_coarse_maps) if val_ds is not None else None
-    return fit(refiner, RefinerLoss(codec, schedule, own_inputs), WithCoarse(dataset, coarse_maps), val,
+    return fit(refiner, RefinerLoss(codec, schedule, own_inputs, coarse), WithCoarse(dataset, coarse_maps), val,
                settings=settings, work_dir=work_dir, name="refiner", progress=progress, cancel=cancel)
