@@ -490,6 +490,10 @@ def test_train_cli_on_built_tiles(finetuned, tmp_path):
     training = json.loads(info["metadata"]["training"])
     assert training["refiner_own_inputs"] == 1.0 and training["coarse_grad_weight"] == 0.25  # the flags arrived
     assert (tmp_path / "cli.work" / "refiner" / "final.pt").is_file()
+    stem = parse(["train", "tiny", str(finetuned / "work" / "tiles"), str(tmp_path / "x.safetensors"),
+                  "--refiner-image-condition", "stem", "--device", "cpu"])
+    with pytest.raises(InputError, match="CNN stem"):  # tiny has no stem to condition on
+        stem.func(stem)
 
 
 def test_train_decoder_cli_on_built_tiles(finetuned, tiny_weights, tmp_path):
