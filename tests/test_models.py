@@ -152,6 +152,27 @@ def test_refiner_rejects_bad_config():
         Refiner(get_config("tiny", refiner={"image_condition": "stem"}).refiner)
 
 
+def test_residual_refiner_starts_as_the_identity_and_learns_corrections():
+    """prediction "residual": z0_hat = z_t + U-Net output, with the last layer zeroed, so a fresh residual
+    refiner's T-step output is the VAE round trip of the coarse map; its last layer still gets gradients."""
+    torch.manual_seed(0)
+    pipe = D3Pipeline.from_config(get_config("tiny", refiner={"prediction": "residual"}))
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        coarse = pipe.coarse_depth(images)
+        round_trip = pipe.codec.decode_depth(pipe.codec.encode_depth(coarse))
+        torch.testing.assert_close(pipe(images), round_trip, atol=1e-5, rtol=0)
+    z_t = torch.randn(2, 4, 8, 8)
+    out = pipe.refiner(torch.randn(2, 4, 8, 8), z_t, torch.tensor([0.8, 0.0]))
+    torch.testing.assert_close(out, z_t)
+    (out - 1).square().mean().backward()
+    assert pipe.refiner.unet.conv_out.weight.grad.abs().sum() > 0
+    z0 = D3Pipeline.from_config(get_config("tiny"))  # the paper's refiner predicts z0 itself: not the identity
+    assert not torch.allclose(z0.refiner(torch.randn(2, 4, 8, 8), z_t, torch.tensor([0.8, 0.0])), z_t)
+    with pytest.raises(InputError, match="prediction"):
+        Refiner(get_config("tiny", refiner={"prediction": "epsilon"}).refiner)
+
+
 def test_refiner_conditioned_on_the_stem_sees_its_features_not_the_vae():
     """image_condition "stem": z_x is a learnt projection of the coarse model's stem map at the latent's scale;
     the VAE's image encoder is not used, and the projection trains with the U-Net."""

@@ -360,6 +360,23 @@ def test_refiner_switched_to_the_stem_condition_continues_from_vae_conditioned_w
     assert after(torch.stack([val[0]["image"], val[1]["image"]])).shape == (2, 1, 64, 64)
 
 
+def test_z0_refiner_continued_as_residual_starts_as_the_identity(tmp_path, tiny_weights):
+    """``prediction="residual"`` from weights whose refiner predicts z0: the U-Net is kept but its last layer is
+    zeroed (else it would add a whole map to z_t), and the weights record the new prediction."""
+    train, val = SyntheticTiles(n=4, size=64, seed=2), SyntheticTiles(n=2, size=64, seed=3)
+    out = tmp_path / "residual.safetensors"
+    train_pipeline(get_config("tiny", refiner={"prediction": "residual"}), train, val, out, work_dir=tmp_path / "w",
+                   epochs=0, device="cpu", init_weights=tiny_weights, data="synthetic hills", gsd_m=30.0)
+    before = D3Pipeline.from_pretrained(tiny_weights, device="cpu").refiner.state_dict()
+    after = D3Pipeline.from_pretrained(out, device="cpu")
+    assert after.config.refiner.prediction == "residual"
+    for key, value in after.refiner.state_dict().items():
+        if key.startswith("unet.conv_out."):
+            assert not before[key].eq(0).all() and value.eq(0).all(), key
+        else:
+            torch.testing.assert_close(value, before[key], msg=key)
+
+
 def test_train_pipeline_continues_from_weights(tmp_path, tiny_weights):
     """``init_weights``: with no epochs to train, the VAE, final coarse model and refiner come out as they went in."""
     train, val = SyntheticTiles(n=4, size=64, seed=2), SyntheticTiles(n=2, size=64, seed=3)

@@ -86,6 +86,8 @@ class RefinerConfig:
     ``image_condition``: z_x is the VAE latent of the image ("vae", the paper's, whose VAE was pretrained on real
     photographs), or the coarse model's pretrained CNN stem map at the latent's scale through a learnt 1 x 1
     projection ("stem": an image encoder that has seen real images when the VAE was trained on renders only).
+    ``prediction``: the U-Net outputs z0 itself ("z0", the paper's) or a correction added to its input z_t
+    ("residual": a refiner that is unsure changes little, and one whose last layer is zero returns the coarse map).
     """
 
     block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
@@ -96,6 +98,7 @@ class RefinerConfig:
     timestep_mode: str = "alpha"
     num_train_steps: int = 6
     image_condition: str = "vae"
+    prediction: str = "z0"
 
     @property
     def downsample_factor(self) -> int:

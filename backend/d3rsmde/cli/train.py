@@ -14,7 +14,7 @@ from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, TRAIN_BATCH_SIZE
 from ..errors import InputError
 from ..files import atomic_write_text
 from ..metrics import format_metrics_table
-from ..models.refiner import IMAGE_CONDITIONS
+from ..models.refiner import IMAGE_CONDITIONS, PREDICTIONS
 from ..pipeline import D3Pipeline
 from ..progress import terminal_progress
 from ..train.coarse import COARSE_SETTINGS
@@ -35,9 +35,9 @@ def _cli_train(args) -> int:
     config = get_config(args.config)
     if args.stem_weights:
         config = dataclasses.replace(config, coarse=dataclasses.replace(config.coarse, stem_weights=args.stem_weights))
-    if args.refiner_image_condition:
-        config = dataclasses.replace(config, refiner=dataclasses.replace(config.refiner,
-                                                                         image_condition=args.refiner_image_condition))
+    refiner = {k: v for k, v in (("image_condition", args.refiner_image_condition),
+                                 ("prediction", args.refiner_prediction)) if v}
+    config = dataclasses.replace(config, refiner=dataclasses.replace(config.refiner, **refiner))
     out = train_pipeline(
         config, TileDatasets(roots, "train"), _val_sets(args, roots), args.out,
         work_dir=args.work_dir or Path(args.out).with_suffix(".work"), epochs=epochs, lr=lr, k=args.k,
@@ -128,6 +128,10 @@ def add_cli(subparsers) -> None:
     train.add_argument("--refiner-image-condition", choices=IMAGE_CONDITIONS,
                        help="what the refiner sees of the image: the VAE latent (the paper's) or the coarse model's "
                             "pretrained stem features (default: the config's)")
+    train.add_argument("--refiner-prediction", choices=PREDICTIONS,
+                       help="the refiner's U-Net predicts z0 (the paper's) or a correction of its input "
+                            "(residual; from weights that predict z0 it starts as the identity; default: the "
+                            "config's)")
     train.add_argument("--coarse-grad-weight", type=float, default=0.0, metavar="W",
                        help="add W x a multi-scale gradient-matching loss (slopes) to the coarse models' HDN loss "
                             "(default %(default)s: the paper's HDN loss alone)")

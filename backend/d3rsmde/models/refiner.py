@@ -13,6 +13,7 @@ from ..vae import LatentCodec
 
 TIMESTEP_MODES = ("alpha", "learned")
 IMAGE_CONDITIONS = ("vae", "stem")
+PREDICTIONS = ("z0", "residual")
 
 
 class Refiner(nn.Module):
@@ -29,6 +30,8 @@ class Refiner(nn.Module):
             raise InputError("RefinerConfig.attention needs one flag per entry of block_out_channels")
         if cfg.image_condition not in IMAGE_CONDITIONS:
             raise InputError(f"refiner image_condition must be one of {IMAGE_CONDITIONS}, got {cfg.image_condition!r}")
+        if cfg.prediction not in PREDICTIONS:
+            raise InputError(f"refiner prediction must be one of {PREDICTIONS}, got {cfg.prediction!r}")
         if cfg.image_condition == "stem" and not stem_channels:
             raise InputError("a refiner conditioned on the stem needs a coarse model with a CNN stem")
         self.cfg = cfg
@@ -47,6 +50,14 @@ class Refiner(nn.Module):
             time_embedding_type="learned" if learned else "positional",
             num_train_timesteps=cfg.num_train_steps if learned else None,
         )
+        if cfg.prediction == "residual":
+            self.start_as_identity()
+
+    def start_as_identity(self) -> None:
+        """Zero the U-Net's last layer: a residual refiner then returns its input, so refinement starts from the
+        coarse map (also for a residual refiner built from the weights of a z0-predicting one)."""
+        nn.init.zeros_(self.unet.conv_out.weight)
+        nn.init.zeros_(self.unet.conv_out.bias)
 
     def conditioning(self, schedule: PLBRSchedule, t: Tensor) -> Tensor:
         """What :meth:`forward` takes for integer steps ``t`` of ``schedule``.
@@ -73,4 +84,5 @@ class Refiner(nn.Module):
     def forward(self, image: Tensor, z_t: Tensor, cond: Tensor) -> Tensor:
         z_x = image if self.image_proj is None else self.image_proj(image.to(self.image_proj.weight.dtype))
         timestep = cond if self.cfg.timestep_mode == "learned" else cond.float() * 1000.0
-        return self.unet(torch.cat([z_x.to(z_t.dtype), z_t], dim=1), timestep).sample
+        out = self.unet(torch.cat([z_x.to(z_t.dtype), z_t], dim=1), timestep).sample
+        return z_t + out if self.cfg.prediction == "residual" else out

@@ -133,6 +133,8 @@ def train_pipeline(
             if unexpected or any(not key.startswith("image_proj.") for key in missing):
                 raise InputError(f"{init_weights}: its {name} does not fit this config (missing {missing}, "
                                  f"unexpected {unexpected})")
+        if stored.refiner.prediction != config.refiner.prediction == "residual":
+            pipe.refiner.start_as_identity()  # a z0 refiner's last layer would add a whole map to z_t
     train_vae(pipe.codec.vae, train_ds, val_ds, work_dir=work / "vae", epochs=epochs["vae"],
               progress=part["vae"], cancel=cancel, **shared, **stage_lr["vae"])
     if folds:
