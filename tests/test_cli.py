@@ -30,6 +30,26 @@ def test_every_command_has_help(capsys):
         assert f"usage: d3rsmde {name}" in capsys.readouterr().out
 
 
+def test_training_scripts_use_only_flags_the_cli_has():
+    """The recipe scripts call `d3rsmde train` and friends with long options: each must exist (a renamed flag
+    would otherwise surface an hour into a training run)."""
+    import re
+
+    from conftest import REPO
+
+    known = set()
+    for parser in [build_parser(), *build_parser()._subparsers._group_actions[0].choices.values()]:
+        known |= {o for action in parser._actions for o in action.option_strings}
+        for sub in getattr(parser, "_subparsers", None) and parser._subparsers._group_actions[0].choices.values() or []:
+            known |= {o for action in sub._actions for o in action.option_strings}
+    scripts = sorted((REPO / "scripts").glob("train_*.sh"))
+    assert scripts
+    for script in scripts:
+        text = script.read_text()
+        calls = re.findall(r"--[a-z][a-z0-9-]+", "\n".join(line.split("#")[0] for line in text.splitlines()))
+        assert set(calls) - known == set(), script.name
+
+
 def test_predict_evaluate_info(tmp_path, capsys, tiny_weights, small_rgb):
     out = tmp_path / "height.tif"
     args = ["predict", str(small_rgb), str(out), "--weights", str(tiny_weights), "--refine-steps", "1",
