@@ -8,7 +8,7 @@
 #   6c: 5d's refiner continued as a residual refiner (--refiner-prediction residual; starts as the identity);
 #   6d: the shipped 0.5.0 (tile 256) continued the same way, one stage-4 round on stage 3b's fold maps.
 # Then: python scripts/scene_tile_eval.py --weights "$WORK/stage6c.safetensors" --tiles 512 --steps 1,6 ...
-# Wall time on the 2-core EPYC: 6a 20 min, 6b 20 min, 6c 21 min, 6d 25 min.
+# Wall time on the 2-core EPYC: 6a 20 min, 6b 20 min, 6c 22 min, 6d 17 min.
 set -euo pipefail
 work=${WORK:-build/default-weights}
 start=${START:-resources/weights/d3rsmde-lean.safetensors}
