@@ -6,9 +6,10 @@
 #   6a: 5b with a gradient-matching loss added to the coarse model's HDN loss (--coarse-grad-weight 0.5);
 #   6b: 5d with the refiner conditioned on the coarse model's pretrained stem (--refiner-image-condition stem);
 #   6c: 5d's refiner continued as a residual refiner (--refiner-prediction residual; starts as the identity);
-#   6d: the shipped 0.5.0 (tile 256) continued the same way, one stage-4 round on stage 3b's fold maps.
+#   6d: the shipped 0.5.0 (tile 256) continued the same way, one stage-4 round on stage 3b's fold maps;
+#   6e: as 6c on stage 5a's fold-model maps (render512 + world512 only, the tiles those maps cover).
 # Then: python scripts/scene_tile_eval.py --weights "$WORK/stage6c.safetensors" --tiles 512 --steps 1,6 ...
-# Wall time on the 2-core EPYC: 6a 20 min, 6b 20 min, 6c 22 min, 6d 17 min.
+# Wall time on the 2-core EPYC: 6a 20 min, 6b 20 min, 6c 22 min, 6d 17 min, 6e 21 min.
 set -euo pipefail
 work=${WORK:-build/default-weights}
 start=${START:-resources/weights/d3rsmde-lean.safetensors}
@@ -37,3 +38,9 @@ d3rsmde train lean "$work/render2,$work/render3,$work/world" "$work/stage6d.safe
   --init-weights "$start" --work-dir "$work/run6d" --average-from 3 --vae-epochs 0 --coarse-epochs 0 \
   --refiner-lr 1e-4 --refiner-epochs 10 --refiner-own-inputs 1 --refiner-prediction residual
 log "6d: ${SECONDS}s"
+mkdir -p "$work/run6e/coarse"
+for f in fold0 fold1 fold2 coarse_maps.npy; do ln -sfn "$(realpath "$work/run5a/coarse/$f")" "$work/run6e/coarse/$f"; done
+d3rsmde train lean "$work/render512,$work/world512" "$work/stage6e.safetensors" "${at512[@]}" --k 3 --fold-epochs 4 \
+  --init-weights "$work/stage5d.safetensors" --work-dir "$work/run6e" --coarse-epochs 0 --refiner-lr 1e-4 \
+  --refiner-epochs 6 --refiner-own-inputs 1 --refiner-prediction residual
+log "6e: ${SECONDS}s"
