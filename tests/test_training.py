@@ -375,6 +375,9 @@ def test_z0_refiner_continued_as_residual_starts_as_the_identity(tmp_path, tiny_
             assert not before[key].eq(0).all() and value.eq(0).all(), key
         else:
             torch.testing.assert_close(value, before[key], msg=key)
+    with pytest.raises(InputError, match="residual refiner"):  # its weights mean nothing to a z0 refiner
+        train_pipeline("tiny", train, val, tmp_path / "z0.safetensors", work_dir=tmp_path / "w2", epochs=0,
+                       device="cpu", init_weights=out)
 
 
 def test_train_pipeline_continues_from_weights(tmp_path, tiny_weights):

@@ -42,7 +42,8 @@ def _cli_train(args) -> int:
         config, TileDatasets(roots, "train"), _val_sets(args, roots), args.out,
         work_dir=args.work_dir or Path(args.out).with_suffix(".work"), epochs=epochs, lr=lr, k=args.k,
         fold_epochs=args.fold_epochs, refiner_own_inputs=args.refiner_own_inputs, refiner_maps=args.refiner_maps,
-        coarse_grad_weight=args.coarse_grad_weight, device=args.device, resume=not args.restart, batch_size=args.batch_size, num_workers=args.workers,
+        coarse_grad_weight=args.coarse_grad_weight, device=args.device, resume=not args.restart,
+        batch_size=args.batch_size, num_workers=args.workers,
         steps_per_epoch=args.steps_per_epoch, average_from=args.average_from, progress=terminal_progress(),
         max_shard_bytes=_shard_bytes(args), init_weights=args.init_weights,
     )

@@ -52,5 +52,5 @@ def train_coarse(
     """Train ``model`` (a CoarseDepthModel) in place with :class:`CoarseLoss` (``grad_weight``); ``overrides``
     change :data:`COARSE_SETTINGS` fields (``epochs=``, ``batch_size=``...). Returns the per-epoch history."""
     settings = (settings or COARSE_SETTINGS).replace(**overrides)
-    return fit(model, CoarseLoss(grad_weight), train_ds, val_ds, settings=settings, work_dir=work_dir, name="coarse",
-               progress=progress, cancel=cancel)
+    return fit(model, CoarseLoss(grad_weight), train_ds, val_ds, settings=settings, work_dir=work_dir,
+               name="coarse", progress=progress, cancel=cancel)

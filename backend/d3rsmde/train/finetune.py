@@ -120,8 +120,7 @@ def finetune_tiles(
     own_inputs = trained_own_inputs(finetuned_from)
     train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val,
                   val_maps, own_inputs=own_inputs, coarse=pipe.coarse, epochs=refiner_epochs or epochs,
-                  batch_size=batch_size,
-                  device=device, work_dir=work / "refiner" if work else None,
+                  batch_size=batch_size, device=device, work_dir=work / "refiner" if work else None,
                   progress=scaled_progress(progress, 0.5, 0.95), cancel=cancel)
     pipe.eval()
     after = evaluate_tiles(pipe, held_out, batch_size=batch_size, cancel=cancel)

@@ -123,6 +123,9 @@ def train_pipeline(
         if stored.name != config.name:
             raise InputError(f"{init_weights} holds a {stored.name!r} model, not {config.name!r}")
         config = dataclasses.replace(config, vae=stored.vae)  # e.g. with a distilled height-map decoder
+        if stored.refiner.prediction == "residual" != config.refiner.prediction:
+            raise InputError(f"{init_weights} holds a residual refiner; continue it with the residual prediction "
+                             f"(--refiner-prediction residual)")
     seed_everything(overrides.get("seed", SEED))
     pipe = D3Pipeline.from_config(config)
     if init_weights is not None:
@@ -155,8 +158,8 @@ def train_pipeline(
         val_maps = predict_coarse(pipe.coarse, val_ds, batch_size=batch, cancel=cancel) if val_ds is not None else None
         train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val_ds,
                       val_maps, own_inputs=refiner_own_inputs, coarse=pipe.coarse, work_dir=work / "refiner",
-                      epochs=epochs["refiner"],
-                      progress=part["refiner"], cancel=cancel, **shared, **stage_lr["refiner"])
+                      epochs=epochs["refiner"], progress=part["refiner"], cancel=cancel, **shared,
+                      **stage_lr["refiner"])
     check_cancel(cancel, "training")
 
     # The stem's ImageNet file only initialises training; the checkpoint carries the trained stem itself.
