@@ -7,9 +7,10 @@
 #   6b: 5d with the refiner conditioned on the coarse model's pretrained stem (--refiner-image-condition stem);
 #   6c: 5d's refiner continued as a residual refiner (--refiner-prediction residual; starts as the identity);
 #   6d: the shipped 0.5.0 (tile 256) continued the same way, one stage-4 round on stage 3b's fold maps;
-#   6e: as 6c on stage 5a's fold-model maps (render512 + world512 only, the tiles those maps cover).
+#   6e: as 6c on stage 5a's fold-model maps (render512 + world512 only, the tiles those maps cover);
+#   6f: 6c continued 6 more epochs.
 # Then: python scripts/scene_tile_eval.py --weights "$WORK/stage6c.safetensors" --tiles 512 --steps 1,6 ...
-# Wall time on the 2-core EPYC: 6a 20 min, 6b 20 min, 6c 22 min, 6d 17 min, 6e 21 min.
+# Wall time on the 2-core EPYC: 6a 20 min, 6b 20 min, 6c 22 min, 6d 17 min, 6e 21 min, 6f 21 min.
 set -euo pipefail
 work=${WORK:-build/default-weights}
 start=${START:-resources/weights/d3rsmde-lean.safetensors}
@@ -44,3 +45,6 @@ d3rsmde train lean "$work/render512,$work/world512" "$work/stage6e.safetensors" 
   --init-weights "$work/stage5d.safetensors" --work-dir "$work/run6e" --coarse-epochs 0 --refiner-lr 1e-4 \
   --refiner-epochs 6 --refiner-own-inputs 1 --refiner-prediction residual
 log "6e: ${SECONDS}s"
+d3rsmde train lean "$data" "$work/stage6f.safetensors" "${at512[@]}" "${refiner[@]}" \
+  --init-weights "$work/stage6c.safetensors" --work-dir "$work/run6f" --refiner-prediction residual
+log "6f: ${SECONDS}s"
