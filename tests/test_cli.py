@@ -33,15 +33,20 @@ def test_every_command_has_help(capsys):
 def test_training_scripts_use_only_flags_the_cli_has():
     """The recipe scripts call `d3rsmde train` and friends with long options: each must exist (a renamed flag
     would otherwise surface an hour into a training run)."""
+    import argparse
     import re
 
     from conftest import REPO
 
-    known = set()
-    for parser in [build_parser(), *build_parser()._subparsers._group_actions[0].choices.values()]:
-        known |= {o for action in parser._actions for o in action.option_strings}
-        for sub in getattr(parser, "_subparsers", None) and parser._subparsers._group_actions[0].choices.values() or []:
-            known |= {o for action in sub._actions for o in action.option_strings}
+    def options(parser) -> set[str]:  # of the parser and of its subcommands, at any depth
+        found = {o for action in parser._actions for o in action.option_strings}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    found |= options(sub)
+        return found
+
+    known = options(build_parser())
     scripts = sorted((REPO / "scripts").glob("train_*.sh"))
     assert scripts
     for script in scripts:

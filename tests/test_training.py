@@ -23,7 +23,7 @@ from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.plbr import PLBRSchedule, refine_step
 from d3rsmde.train import finetune_region, fit, train_coarse, train_pipeline, train_refiner, train_vae
 from d3rsmde.cli.train import add_cli
-from d3rsmde.train.coarse import COARSE_SETTINGS, CoarseLoss, coarse_loss
+from d3rsmde.train.coarse import COARSE_SETTINGS, CoarseLoss
 from d3rsmde.train.augment import flip_rotate, random_crop
 from d3rsmde.train.common import evaluate_loss
 from d3rsmde.train.finetune import trained_own_inputs
@@ -35,6 +35,7 @@ from conftest import REPO, SAMPLE_DEM, SAMPLE_RGB
 
 CPU = torch.device("cpu")
 QUICK = dict(batch_size=4, lr=1e-3, device="cpu")
+coarse_loss = CoarseLoss()  # the paper's HDN loss alone
 # Inside the sample DEM's footprint: about 240 x 220 image pixels, 42 tiles of 32 px.
 REGION = (-105.88, 40.19, -105.52, 40.52)
 

@@ -34,9 +34,6 @@ class CoarseLoss:
         return loss
 
 
-coarse_loss = CoarseLoss()
-
-
 def train_coarse(
     model: nn.Module,
     train_ds: Dataset,
