@@ -51,15 +51,17 @@ def _efficientnet_pytorch_layout(stem: torch.nn.Module) -> dict:
 
 
 @pytest.mark.parametrize("layout", ["timm", "efficientnet_pytorch"])
-def test_hybrid_config_loads_a_local_stem_file(tmp_path, layout):
+@pytest.mark.parametrize("name", sorted(sources.STEM_WEIGHTS))
+def test_hybrid_config_loads_a_local_stem_file(tmp_path, layout, name):
     torch.manual_seed(0)
-    source = build_stem("efficientnet_lite0")
+    source = build_stem(name)
     for p in source.parameters():
         torch.nn.init.normal_(p)
     state = source.state_dict() if layout == "timm" else _efficientnet_pytorch_layout(source)
     torch.save(state, tmp_path / "stem.pth")
     cfg = get_config("lean").coarse
-    model = CoarseDepthModel(type(cfg)(**{**cfg.__dict__, "stem_weights": str(tmp_path / "stem.pth")}), 64)
+    model = CoarseDepthModel(type(cfg)(**{**cfg.__dict__, "stem": name, "stem_weights": str(tmp_path / "stem.pth")}),
+                             64)
     for key, value in source.state_dict().items():
         assert torch.equal(model.stem.state_dict()[key], value), key
     assert model(torch.rand(1, 3, 64, 64)).shape == (1, 1, 64, 64)

