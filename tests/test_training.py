@@ -361,6 +361,23 @@ def test_refiner_switched_to_the_stem_condition_continues_from_vae_conditioned_w
     assert after(torch.stack([val[0]["image"], val[1]["image"]])).shape == (2, 1, 64, 64)
 
 
+def test_weights_continued_with_another_stem_keep_their_vae_and_refiner(tmp_path):
+    """``init_weights`` of a coarse model with another CNN stem (``--coarse-stem``): the VAE and refiner come from
+    the file, the coarse model is built afresh around the new stem."""
+    shipped = REPO / "resources" / "weights" / "d3rsmde-lean.safetensors"
+    config = get_config("lean", tile_size=64, coarse={"stem": "efficientnet_lite2"})
+    out = tmp_path / "lite2.safetensors"
+    train_pipeline(config, SyntheticTiles(n=4, size=64, seed=2), None, out, work_dir=tmp_path / "work", epochs=0,
+                   device="cpu", init_weights=shipped, data="synthetic hills", gsd_m=30.0)
+    after = D3Pipeline.from_pretrained(out, device="cpu")
+    before = D3Pipeline.from_pretrained(shipped, device="cpu")
+    assert after.config.coarse.stem == "efficientnet_lite2"
+    for name in ("vae", "refiner"):
+        for key, value in after.components[name].state_dict().items():
+            torch.testing.assert_close(value, before.components[name].state_dict()[key], msg=key)
+    assert after.coarse.stem.feature_info.channels() != before.coarse.stem.feature_info.channels()
+
+
 def test_z0_refiner_continued_as_residual_starts_as_the_identity(tmp_path, tiny_weights):
     """``prediction="residual"`` from weights whose refiner predicts z0: the U-Net is kept but its last layer is
     zeroed (else it would add a whole map to z_t), and the weights record the new prediction."""

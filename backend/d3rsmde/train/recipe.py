@@ -81,7 +81,9 @@ def train_pipeline(
     ``max_shard_bytes`` splits the weights file into shards of at most that size (see ``checkpoint``).
     ``init_weights`` (a weights file of the same config) starts the VAE, the final coarse model and the refiner
     from its networks instead of from scratch: more training for shipped weights. The fold models still start
-    from scratch, since each must never have seen the tiles it predicts. ``refiner_own_inputs`` is the share of
+    from scratch, since each must never have seen the tiles it predicts. A config whose coarse model has another
+    CNN stem than ``init_weights``' takes only the VAE and refiner from it (its coarse model starts from the
+    stem's ImageNet weights). ``refiner_own_inputs`` is the share of
     refiner batches trained on its own sampling-loop inputs (see ``train.refiner``).
     ``refiner_maps``: the refiner's training maps come from ``"kfold"`` models that never saw their tiles (the
     paper's way), or from the ``"final"`` coarse model itself (no fold is trained): when the final model is much
@@ -131,6 +133,8 @@ def train_pipeline(
     if init_weights is not None:
         start = D3Pipeline.from_pretrained(init_weights, device="cpu")
         for name, module in pipe.components.items():
+            if name == "coarse" and stored.coarse.stem != config.coarse.stem:
+                continue
             # A refiner switched to the stem's image condition keeps its U-Net and learns the new projection.
             missing, unexpected = module.load_state_dict(start.components[name].state_dict(), strict=False)
             if unexpected or any(not key.startswith("image_proj.") for key in missing):
