@@ -18,3 +18,15 @@ for stem in efficientnet_lite2 efficientnet_lite0; do
     --coarse-lr 2e-4 --coarse-epochs "${EPOCHS:-12}" --average-from 5
   log "stage 7 $tag: ${SECONDS}s"
 done
+# 7b: a whole model around the Lite2 coarse model: the shipped VAE and refiner (--init-weights), k = 3 fold models
+# trained as the final one (4 epochs each) for the refiner's maps, then the refiner continued as in stage 4 (10
+# epochs on its own sampling-loop inputs, averaged from epoch 3). The final coarse model is 7's (linked).
+start=${START:-resources/weights/d3rsmde-lean.safetensors}
+mkdir -p "$work/run7b-lite2/coarse"
+ln -sfn "$(realpath "$work/run7-lite2/coarse/final")" "$work/run7b-lite2/coarse/final"
+d3rsmde train lean "$work/render2,$work/render3,$work/world" "$work/stage7b-lite2.safetensors" \
+  --coarse-stem efficientnet_lite2 --stem-weights "$(d3rsmde data stem-weights --stem efficientnet_lite2 | tail -n 1)" \
+  --batch-size 8 --steps-per-epoch "${STEPS:-50}" --max-shard-mb 16 --device "${DEVICE:-auto}" \
+  --work-dir "$work/run7b-lite2" --init-weights "$start" --vae-epochs 0 --coarse-lr 2e-4 --coarse-epochs "${EPOCHS:-12}" \
+  --k 3 --fold-epochs 4 --refiner-lr 1e-4 --refiner-epochs 10 --average-from 3 --refiner-own-inputs 1
+log "stage 7b: ${SECONDS}s"
