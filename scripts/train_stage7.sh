@@ -11,15 +11,20 @@ set -euo pipefail
 work=${WORK:-build/default-weights}
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 SECONDS=0
+# REPLICATE=1 trains both again with another seed (--seed 1: initialisation and batch order), for the spread.
+seed=42
+[ "${REPLICATE:-0}" = 1 ] && seed=1
 for stem in efficientnet_lite2 efficientnet_lite0; do
   tag=${stem#efficientnet_}
-  d3rsmde train lean "$work/render2,$work/render3,$work/world" "$work/stage7-$tag.safetensors" \
+  [ "$seed" = 42 ] || tag="$tag-seed$seed"
+  d3rsmde train lean "$work/render2,$work/render3,$work/world" "$work/stage7-$tag.safetensors" --seed "$seed" \
     --coarse-stem "$stem" --stem-weights "$(d3rsmde data stem-weights --stem "$stem" | tail -n 1)" \
     --batch-size 8 --steps-per-epoch "${STEPS:-50}" --max-shard-mb 16 --device "${DEVICE:-auto}" \
     --work-dir "$work/run7-$tag" --val-data "$work/world" --vae-epochs 0 --refiner-epochs 0 \
     --coarse-lr 2e-4 --coarse-epochs "${EPOCHS:-12}" --average-from 5
   log "stage 7 $tag: ${SECONDS}s"
 done
+[ "$seed" = 42 ] || exit 0
 # 7b: a whole model around the Lite2 coarse model: the shipped VAE and refiner (--init-weights), k = 3 fold models
 # trained as the final one (4 epochs each) for the refiner's maps, then the refiner continued as in stage 4 (10
 # epochs on its own sampling-loop inputs, averaged from epoch 3). The final coarse model is 7's (linked).

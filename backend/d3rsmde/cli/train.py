@@ -11,7 +11,7 @@ from pathlib import Path
 from ..config import D3Config, config_names, get_config
 from ..data import BuildOptions
 from ..datasets import TileDatasets
-from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, TRAIN_BATCH_SIZE
+from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, SEED, TRAIN_BATCH_SIZE
 from ..errors import InputError
 from ..files import atomic_write_text
 from ..metrics import format_metrics_table
@@ -50,7 +50,8 @@ def _cli_train(args) -> int:
         fold_epochs=args.fold_epochs, refiner_own_inputs=args.refiner_own_inputs, refiner_maps=args.refiner_maps,
         coarse_grad_weight=args.coarse_grad_weight, device=args.device, resume=not args.restart,
         batch_size=args.batch_size, num_workers=args.workers,
-        steps_per_epoch=args.steps_per_epoch, average_from=args.average_from, progress=terminal_progress(),
+        steps_per_epoch=args.steps_per_epoch, average_from=args.average_from, seed=args.seed,
+        progress=terminal_progress(),
         max_shard_bytes=_shard_bytes(args), init_weights=args.init_weights,
     )
     print(f"weights: {out}")
@@ -149,6 +150,8 @@ def add_cli(subparsers) -> None:
     train.add_argument("--batch-size", type=int, default=TRAIN_BATCH_SIZE, help="default %(default)s")
     train.add_argument("--workers", type=int, default=0, help="data loader processes")
     train.add_argument("--steps-per-epoch", type=int, help="cap on batches per epoch (quick trial runs)")
+    train.add_argument("--seed", type=int, default=SEED, help="initialisation, shuffling and augmentation seed: "
+                                                              "another one gives a replicate run (default %(default)s)")
     train.add_argument("--average-from", type=int, metavar="EPOCH",
                        help="each stage keeps the mean of its weights after this epoch and the later ones (weight "
                             "averaging) instead of its best validation epoch")

@@ -173,7 +173,7 @@ def train_pipeline(
     out = Path(out_path)
     if rank == 0:
         pipe.save_pretrained(out, max_shard_bytes=max_shard_bytes, training={
-            "epochs": epochs, "k": k, "fold_epochs": fold_epochs or epochs["coarse"],
+            "epochs": epochs, "k": k, "fold_epochs": fold_epochs or epochs["coarse"], "seed": overrides.get("seed", SEED),
             "tiles": {"train": len(train_ds), "val": len(val_ds) if val_ds else 0},
             **({"init_weights": Path(init_weights).name} if init_weights else {}),
             **({"refiner_own_inputs": refiner_own_inputs} if refiner_own_inputs else {}),
