@@ -128,7 +128,8 @@ def add_cli(subparsers) -> None:
     train.add_argument("--stem-weights", help="ImageNet weights of the coarse model's CNN stem (.pth), e.g. from "
                                               "`d3rsmde data stem-weights`")
     train.add_argument("--init-weights", help="start the VAE, final coarse model and refiner from these weights "
-                                              "(same config) instead of from scratch")
+                                              "(same config; with another --coarse-stem, the VAE and refiner only) "
+                                              "instead of from scratch")
     train.add_argument("--refiner-own-inputs", type=float, default=0.0, metavar="SHARE",
                        help="share of refiner batches trained on its own sampling-loop inputs instead of blends of "
                             "the true map (default %(default)s)")
