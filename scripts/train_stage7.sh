@@ -10,6 +10,7 @@
 set -euo pipefail
 work=${WORK:-build/default-weights}
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
+stem_file() { d3rsmde data stem-weights --stem "$1" | tail -n 1; }  # the stem's ImageNet weights, fetched once
 SECONDS=0
 # REPLICATE=1 trains both again with another seed (--seed 1: initialisation and batch order), for the spread.
 seed=42
@@ -18,7 +19,7 @@ for stem in efficientnet_lite2 efficientnet_lite0; do
   tag=${stem#efficientnet_}
   [ "$seed" = 42 ] || tag="$tag-seed$seed"
   d3rsmde train lean "$work/render2,$work/render3,$work/world" "$work/stage7-$tag.safetensors" --seed "$seed" \
-    --coarse-stem "$stem" --stem-weights "$(d3rsmde data stem-weights --stem "$stem" | tail -n 1)" \
+    --coarse-stem "$stem" --stem-weights "$(stem_file "$stem")" \
     --batch-size 8 --steps-per-epoch "${STEPS:-50}" --max-shard-mb 16 --device "${DEVICE:-auto}" \
     --work-dir "$work/run7-$tag" --val-data "$work/world" --vae-epochs 0 --refiner-epochs 0 \
     --coarse-lr 2e-4 --coarse-epochs "${EPOCHS:-12}" --average-from 5
@@ -32,8 +33,9 @@ start=${START:-resources/weights/d3rsmde-lean.safetensors}
 mkdir -p "$work/run7b-lite2/coarse"
 ln -sfn "$(realpath "$work/run7-lite2/coarse/final")" "$work/run7b-lite2/coarse/final"
 d3rsmde train lean "$work/render2,$work/render3,$work/world" "$work/stage7b-lite2.safetensors" \
-  --coarse-stem efficientnet_lite2 --stem-weights "$(d3rsmde data stem-weights --stem efficientnet_lite2 | tail -n 1)" \
+  --coarse-stem efficientnet_lite2 --stem-weights "$(stem_file efficientnet_lite2)" \
   --batch-size 8 --steps-per-epoch "${STEPS:-50}" --max-shard-mb 16 --device "${DEVICE:-auto}" \
-  --work-dir "$work/run7b-lite2" --init-weights "$start" --vae-epochs 0 --coarse-lr 2e-4 --coarse-epochs "${EPOCHS:-12}" \
+  --work-dir "$work/run7b-lite2" --init-weights "$start" --vae-epochs 0 \
+  --coarse-lr 2e-4 --coarse-epochs "${EPOCHS:-12}" \
   --k 3 --fold-epochs 4 --refiner-lr 1e-4 --refiner-epochs 10 --average-from 3 --refiner-own-inputs 1
 log "stage 7b: ${SECONDS}s"

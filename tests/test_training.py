@@ -521,8 +521,8 @@ def test_train_cli_on_built_tiles(finetuned, tmp_path):
     out = tmp_path / "cli.safetensors"
     args = parse(["train", "tiny", str(finetuned / "work" / "tiles"), str(out), "--vae-epochs", "1",
                   "--coarse-epochs", "1", "--refiner-epochs", "1", "--k", "2", "--batch-size", "8",
-                  "--steps-per-epoch", "1", "--device", "cpu", "--refiner-own-inputs", "1", "--coarse-grad-weight", "0.25",
-                  "--seed", "7"])
+                  "--steps-per-epoch", "1", "--device", "cpu", "--refiner-own-inputs", "1",
+                  "--coarse-grad-weight", "0.25", "--seed", "7"])
     assert args.refiner_own_inputs == 1.0 and args.func(args) == 0
     info = describe_checkpoint(out)
     assert "rmnp-rgb.tif" in info["data"] and info["gsd_m"] > 100

@@ -128,7 +128,8 @@ def train_pipeline(
         if stored.refiner.prediction == "residual" != config.refiner.prediction:
             raise InputError(f"{init_weights} holds a residual refiner; continue it with the residual prediction "
                              f"(--refiner-prediction residual)")
-    seed_everything(overrides.get("seed", SEED))
+    seed = overrides.get("seed", SEED)
+    seed_everything(seed)
     pipe = D3Pipeline.from_config(config)
     if init_weights is not None:
         start = D3Pipeline.from_pretrained(init_weights, device="cpu")
@@ -173,7 +174,7 @@ def train_pipeline(
     out = Path(out_path)
     if rank == 0:
         pipe.save_pretrained(out, max_shard_bytes=max_shard_bytes, training={
-            "epochs": epochs, "k": k, "fold_epochs": fold_epochs or epochs["coarse"], "seed": overrides.get("seed", SEED),
+            "epochs": epochs, "k": k, "fold_epochs": fold_epochs or epochs["coarse"], "seed": seed,
             "tiles": {"train": len(train_ds), "val": len(val_ds) if val_ds else 0},
             **({"init_weights": Path(init_weights).name} if init_weights else {}),
             **({"refiner_own_inputs": refiner_own_inputs} if refiner_own_inputs else {}),
