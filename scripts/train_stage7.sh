@@ -39,3 +39,14 @@ d3rsmde train lean "$work/render2,$work/render3,$work/world" "$work/stage7b-lite
   --coarse-lr 2e-4 --coarse-epochs "${EPOCHS:-12}" \
   --k 3 --fold-epochs 4 --refiner-lr 1e-4 --refiner-epochs 10 --average-from 3 --refiner-own-inputs 1
 log "stage 7b: ${SECONDS}s"
+# 7c: 7b with fold models trained exactly as the final one (12 epochs each, averaged from epoch 5), so that the
+# refiner learns from maps as good as the ones it meets at inference; the refiner is averaged from epoch 5 too.
+mkdir -p "$work/run7c-lite2/coarse"
+ln -sfn "$(realpath "$work/run7-lite2/coarse/final")" "$work/run7c-lite2/coarse/final"
+d3rsmde train lean "$work/render2,$work/render3,$work/world" "$work/stage7c-lite2.safetensors" \
+  --coarse-stem efficientnet_lite2 --stem-weights "$(stem_file efficientnet_lite2)" \
+  --batch-size 8 --steps-per-epoch "${STEPS:-50}" --max-shard-mb 16 --device "${DEVICE:-auto}" \
+  --work-dir "$work/run7c-lite2" --init-weights "$start" --vae-epochs 0 --val-data "$work/world" \
+  --coarse-lr 2e-4 --coarse-epochs "${EPOCHS:-12}" \
+  --k 3 --refiner-lr 1e-4 --refiner-epochs 10 --average-from 5 --refiner-own-inputs 1
+log "stage 7c: ${SECONDS}s"
