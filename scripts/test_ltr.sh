@@ -15,6 +15,7 @@
 #   scripts/test_ltr.sh tests/test_raster.py -k nodata   # other pytest arguments instead of the default tests
 #   LTR_TORCH=pypi scripts/test_ltr.sh      # requirements.txt's torch from PyPI instead of Debian's (see below)
 #   LTR_REV=HEAD scripts/test_ltr.sh         # test a commit instead of the working tree
+#   D3RSMDE_TEST_REAL_INSTALL=1 scripts/test_ltr.sh tests/test_installer.py -k real_torch   # the installer, torch included
 #   LTR_ROOT=/elsewhere scripts/test_ltr.sh  # another root folder (default build/ltr-root)
 #   LTR_REBUILD=1 scripts/test_ltr.sh        # delete the root first
 set -euo pipefail
@@ -45,7 +46,7 @@ DEFAULT_TESTS=(tests/test_qgis_plugin.py tests/test_qgis_file_safety.py tests/te
   tests/test_installer.py tests/test_pipeline.py tests/test_raster.py)
 
 if [ "$(id -u)" != 0 ]; then
-  exec sudo --preserve-env=LTR_ROOT,LTR_MIRROR,LTR_REBUILD,LTR_REV,LTR_TORCH "$0" "$@"
+  exec sudo --preserve-env=LTR_ROOT,LTR_MIRROR,LTR_REBUILD,LTR_REV,LTR_TORCH,D3RSMDE_TEST_REAL_INSTALL "$0" "$@"
 fi
 # Mounts (/proc, /sys, /dev in the root) are made in a mount namespace of this script's own where the system
 # allows one: they vanish with its last process, even one killed outright, so nothing can leave a /dev bind
@@ -120,6 +121,7 @@ in_root() {  # in_root COMMAND...: run a bash command inside the root, clean env
   "${LOW[@]}" chroot "$ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb DEBIAN_FRONTEND=noninteractive \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_DEFAULT_TIMEOUT=180 PIP_CERT=/etc/ssl/certs/ca-certificates.crt ${CI:+CI=$CI} \
+    ${D3RSMDE_TEST_REAL_INSTALL:+D3RSMDE_TEST_REAL_INSTALL=$D3RSMDE_TEST_REAL_INSTALL} \
     ${HTTP_PROXY:+HTTP_PROXY=$HTTP_PROXY} ${HTTPS_PROXY:+HTTPS_PROXY=$HTTPS_PROXY} \
     ${http_proxy:+http_proxy=$http_proxy} ${https_proxy:+https_proxy=$https_proxy} ${NO_PROXY:+NO_PROXY=$NO_PROXY} bash -euo pipefail -c "$1"
 }
