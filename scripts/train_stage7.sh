@@ -5,8 +5,8 @@
 # averaged from epoch 5; coarse only (no VAE or refiner training): compare them with
 #   python scripts/scene_tile_eval.py --weights "$WORK/stage7-lite2.safetensors" --tiles 256 --steps 0 ...
 # Then 7b builds a whole model around the Lite2 coarse model (below). Needs the recipe's work folder
-# (scripts/train_default_weights.sh: render2, render3, world). Resumable.
-# Wall time on the 2-core EPYC: Lite2 16 min, Lite0 15 min, 7b 34 min; replicates 15 and 14 min.
+# (scripts/train_default_weights.sh: render2, render3, world). Resumable; 7c runs after 7b.
+# Wall time on the 2-core EPYC: Lite2 16 min, Lite0 15 min, 7b 34 min, 7c 59 min; replicates 15 and 14 min.
 set -euo pipefail
 work=${WORK:-build/default-weights}
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }

@@ -192,6 +192,21 @@ def test_refiner_conditioned_on_the_stem_sees_its_features_not_the_vae():
     assert pipe(images).shape == (2, 1, 64, 64)
 
 
+def test_refiner_without_the_image_ignores_it():
+    """image_condition "none" (an ablation): no encoder runs for the image, and the output does not depend on it."""
+    cfg = get_config("tiny", refiner={"image_condition": "none"})
+    pipe = D3Pipeline.from_config(cfg)
+    size = cfg.tile_size
+    images = torch.rand(2, 3, size, size)
+    assert pipe.refiner.image_features(images, pipe.coarse, codec=None).numel() == 0  # nothing encoded
+    coarse = pipe.coarse_depth(images)
+    torch.testing.assert_close(pipe.refine(images, coarse), pipe.refine(images.flip(-1), coarse))
+    vae = D3Pipeline.from_config(get_config("tiny"))  # the paper's refiner, same weights: the image matters
+    vae.refiner.load_state_dict(pipe.refiner.state_dict())
+    vae.codec, vae.coarse = pipe.codec, pipe.coarse
+    assert not torch.allclose(vae.refine(images, coarse), vae.refine(images.flip(-1), coarse))
+
+
 # ---- VAE / codec ----------------------------------------------------------------------------------------------
 def test_minmax_per_tile():
     x = torch.stack([torch.linspace(2, 4, 12).view(3, 2, 2), torch.full((3, 2, 2), 7.0)])

@@ -85,7 +85,9 @@ class RefinerConfig:
     number of steps runs with any other; "learned" is the paper's embedding table with ``num_train_steps`` entries.
     ``image_condition``: z_x is the VAE latent of the image ("vae", the paper's, whose VAE was pretrained on real
     photographs), or the coarse model's pretrained CNN stem map at the latent's scale through a learnt 1 x 1
-    projection ("stem": an image encoder that has seen real images when the VAE was trained on renders only).
+    projection ("stem": an image encoder that has seen real images when the VAE was trained on renders only), or
+    nothing ("none", an ablation: the U-Net's image channels get zeros, so it refines the coarse map as a prior on
+    terrain alone and no image cue learnt on renders can mislead it on real scenes).
     ``prediction``: the U-Net outputs z0 itself ("z0", the paper's) or a correction added to its input z_t
     ("residual": a refiner that is unsure changes little, and one whose last layer is zero returns the coarse map).
     """

@@ -137,8 +137,8 @@ def add_cli(subparsers) -> None:
                        help="the refiner's training maps: from k fold models that never saw their tiles, or from "
                             "the final coarse model (no folds; default %(default)s)")
     train.add_argument("--refiner-image-condition", choices=IMAGE_CONDITIONS,
-                       help="what the refiner sees of the image: the VAE latent (the paper's) or the coarse model's "
-                            "pretrained stem features (default: the config's)")
+                       help="what the refiner sees of the image: the VAE latent (the paper's), the coarse model's "
+                            "pretrained stem features, or nothing (an ablation; default: the config's)")
     train.add_argument("--refiner-prediction", choices=PREDICTIONS,
                        help="the refiner's U-Net predicts z0 (the paper's) or a correction of its input "
                             "(residual; from weights that predict z0 it starts as the identity; default: the "

@@ -12,14 +12,15 @@ from ..plbr import PLBRSchedule
 from ..vae import LatentCodec
 
 TIMESTEP_MODES = ("alpha", "learned")
-IMAGE_CONDITIONS = ("vae", "stem")
+IMAGE_CONDITIONS = ("vae", "stem", "none")
 PREDICTIONS = ("z0", "residual")
 
 
 class Refiner(nn.Module):
     """``forward(image, z_t, cond)``: ``image`` is what :meth:`image_features` gives (the VAE latent of the image,
-    or the coarse model's stem map, projected here to the latent's channels), ``z_t`` the blended latent; cond
-    comes from :meth:`conditioning` — alpha_bar in "alpha" mode, the integer step in "learned" mode."""
+    or the coarse model's stem map, projected here to the latent's channels; nothing for "none", whose image
+    channels get zeros), ``z_t`` the blended latent; cond comes from :meth:`conditioning` — alpha_bar in "alpha"
+    mode, the integer step in "learned" mode."""
 
     def __init__(self, cfg: RefinerConfig, latent_channels: int = 4, sample_size: int = 64,
                  stem_channels: int | None = None):
@@ -77,12 +78,19 @@ class Refiner(nn.Module):
     @torch.no_grad()
     def image_features(self, images: Tensor, coarse: nn.Module, codec: LatentCodec) -> Tensor:
         """The frozen encoders' view of ``images`` (B x 3 x H x W in [0, 1]) that :meth:`forward` conditions on."""
+        if self.cfg.image_condition == "none":
+            return images.new_zeros(images.shape[0], 0, 1, 1)
         if self.image_proj is None:
             return codec.encode_image(images)
         return coarse.latent_features(images)
 
     def forward(self, image: Tensor, z_t: Tensor, cond: Tensor) -> Tensor:
-        z_x = image if self.image_proj is None else self.image_proj(image.to(self.image_proj.weight.dtype))
+        if self.cfg.image_condition == "none":
+            z_x = torch.zeros_like(z_t)
+        elif self.image_proj is None:
+            z_x = image
+        else:
+            z_x = self.image_proj(image.to(self.image_proj.weight.dtype))
         timestep = cond if self.cfg.timestep_mode == "learned" else cond.float() * 1000.0
         out = self.unet(torch.cat([z_x.to(z_t.dtype), z_t], dim=1), timestep).sample
         return z_t + out if self.cfg.prediction == "residual" else out
