@@ -15,7 +15,7 @@
 #   scripts/test_ltr.sh tests/test_raster.py -k nodata   # other pytest arguments instead of the default tests
 #   LTR_TORCH=pypi scripts/test_ltr.sh      # requirements.txt's torch from PyPI instead of Debian's (see below)
 #   LTR_REV=HEAD scripts/test_ltr.sh         # test a commit instead of the working tree
-#   D3RSMDE_TEST_REAL_INSTALL=1 scripts/test_ltr.sh tests/test_installer.py -k real_torch   # the installer, torch included
+#   D3RSMDE_TEST_REAL_INSTALL=1 scripts/test_ltr.sh tests/test_installer.py -k real_torch  # installer, real torch
 #   LTR_ROOT=/elsewhere scripts/test_ltr.sh  # another root folder (default build/ltr-root)
 #   LTR_REBUILD=1 scripts/test_ltr.sh        # delete the root first
 set -euo pipefail
