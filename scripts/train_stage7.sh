@@ -26,27 +26,24 @@ for stem in efficientnet_lite2 efficientnet_lite0; do
   log "stage 7 $tag: ${SECONDS}s"
 done
 [ "$seed" = 42 ] || exit 0
-# 7b: a whole model around the Lite2 coarse model: the shipped VAE and refiner (--init-weights), k = 3 fold models
-# trained as the final one (4 epochs each) for the refiner's maps, then the refiner continued as in stage 4 (10
-# epochs on its own sampling-loop inputs, averaged from epoch 3). The final coarse model is 7's (linked).
+# 7b and 7c: a whole model around 7's Lite2 coarse model (linked): the shipped VAE and refiner (--init-weights),
+# k = 3 fold models for the refiner's maps, then the refiner continued as in stage 4 (10 epochs on its own
+# sampling-loop inputs). 7b: folds of 4 epochs, averaged from epoch 3. 7c: folds trained exactly as the final one
+# (12 epochs, validated on the world tiles, averaged from epoch 5), so that the refiner learns from maps as good as
+# the ones it meets at inference; its refiner is averaged from epoch 5 too.
 start=${START:-resources/weights/d3rsmde-lean.safetensors}
-mkdir -p "$work/run7b-lite2/coarse"
-ln -sfn "$(realpath "$work/run7-lite2/coarse/final")" "$work/run7b-lite2/coarse/final"
-d3rsmde train lean "$work/render2,$work/render3,$work/world" "$work/stage7b-lite2.safetensors" \
-  --coarse-stem efficientnet_lite2 --stem-weights "$(stem_file efficientnet_lite2)" \
-  --batch-size 8 --steps-per-epoch "${STEPS:-50}" --max-shard-mb 16 --device "${DEVICE:-auto}" \
-  --work-dir "$work/run7b-lite2" --init-weights "$start" --vae-epochs 0 \
-  --coarse-lr 2e-4 --coarse-epochs "${EPOCHS:-12}" \
-  --k 3 --fold-epochs 4 --refiner-lr 1e-4 --refiner-epochs 10 --average-from 3 --refiner-own-inputs 1
-log "stage 7b: ${SECONDS}s"
-# 7c: 7b with fold models trained exactly as the final one (12 epochs each, averaged from epoch 5), so that the
-# refiner learns from maps as good as the ones it meets at inference; the refiner is averaged from epoch 5 too.
-mkdir -p "$work/run7c-lite2/coarse"
-ln -sfn "$(realpath "$work/run7-lite2/coarse/final")" "$work/run7c-lite2/coarse/final"
-d3rsmde train lean "$work/render2,$work/render3,$work/world" "$work/stage7c-lite2.safetensors" \
-  --coarse-stem efficientnet_lite2 --stem-weights "$(stem_file efficientnet_lite2)" \
-  --batch-size 8 --steps-per-epoch "${STEPS:-50}" --max-shard-mb 16 --device "${DEVICE:-auto}" \
-  --work-dir "$work/run7c-lite2" --init-weights "$start" --vae-epochs 0 --val-data "$work/world" \
-  --coarse-lr 2e-4 --coarse-epochs "${EPOCHS:-12}" \
-  --k 3 --refiner-lr 1e-4 --refiner-epochs 10 --average-from 5 --refiner-own-inputs 1
-log "stage 7c: ${SECONDS}s"
+whole_lite2() {  # whole_lite2 TAG OPTIONS...
+  local tag=$1
+  shift
+  mkdir -p "$work/run$tag-lite2/coarse"
+  ln -sfn "$(realpath "$work/run7-lite2/coarse/final")" "$work/run$tag-lite2/coarse/final"
+  d3rsmde train lean "$work/render2,$work/render3,$work/world" "$work/stage$tag-lite2.safetensors" \
+    --coarse-stem efficientnet_lite2 --stem-weights "$(stem_file efficientnet_lite2)" \
+    --batch-size 8 --steps-per-epoch "${STEPS:-50}" --max-shard-mb 16 --device "${DEVICE:-auto}" \
+    --work-dir "$work/run$tag-lite2" --init-weights "$start" --vae-epochs 0 \
+    --coarse-lr 2e-4 --coarse-epochs "${EPOCHS:-12}" \
+    --k 3 --refiner-lr 1e-4 --refiner-epochs 10 --refiner-own-inputs 1 "$@"
+  log "stage $tag: ${SECONDS}s"
+}
+whole_lite2 7b --fold-epochs 4 --average-from 3
+whole_lite2 7c --val-data "$work/world" --average-from 5
