@@ -1,6 +1,7 @@
 """Config round trips, device choice, coarse ViT/DPT model, refiner U-Net and the latent codec (tiny configs)."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -103,6 +104,22 @@ def test_coarse_weights_load_at_another_tile_size(coarse):
         bigger.load_state_dict(wrong)
 
 
+def test_hybrid_coarse_model_serves_several_threads_at_once():
+    """QGIS runs algorithms in parallel threads and the plugin shares one loaded model: the stem's 1/4 and 1/8
+    maps of one call must never reach another call's DPT head (they lived in one attribute: wrong maps)."""
+    torch.manual_seed(0)
+    model = CoarseDepthModel(get_config("lean").coarse, img_size=64).eval()
+    inputs = [torch.rand(2, 3, 64, 64) for _ in range(2)]
+    with torch.no_grad():
+        expected = [model(x) for x in inputs]
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda x: [model(x) for _ in range(30)], inputs))
+    for want, got in zip(expected, results):
+        for out in got:
+            torch.testing.assert_close(out, want)
+    assert model._skips == {}
+
+
 def test_coarse_rejects_non_patch_multiple(coarse):
     with pytest.raises(InputError, match="multiple of the patch size 16"):
         coarse(torch.rand(1, 3, 60, 64))
@@ -181,7 +198,7 @@ def test_refiner_conditioned_on_the_stem_sees_its_features_not_the_vae():
     images = torch.rand(2, 3, 64, 64)
     features = pipe.refiner.image_features(images, pipe.coarse, codec=None)  # no VAE needed
     assert features.shape == (2, pipe.coarse.latent_feature_channels, 8, 8)  # the latent grid: 64 / 8
-    assert pipe.coarse._skips == []  # the DPT's hook state is left clean
+    assert pipe.coarse._skips == {}  # the DPT's hook state is left clean
     torch.testing.assert_close(features, pipe.coarse.stem((images - pipe.coarse.mean) / pipe.coarse.std)[1])
     z_t = torch.randn(2, 4, 8, 8)
     out = pipe.refiner(features, z_t, torch.tensor([0.8, 0.0]))

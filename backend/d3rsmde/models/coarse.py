@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 
 import timm
 import torch
@@ -79,13 +80,15 @@ class CoarseDepthModel(nn.Module):
         self.cfg = cfg
         sizes = {k: v for k, v in (("embed_dim", cfg.embed_dim), ("depth", cfg.depth), ("num_heads", cfg.num_heads))
                  if v is not None}
-        self._skips: list[Tensor] = []
+        # The stem's 1/4 and 1/8 maps between its hook and forward(), per calling thread: one model may serve
+        # several threads at once (QGIS runs algorithms in parallel and the plugin shares its loaded model).
+        self._skips: dict[int, list[Tensor]] = {}
         if cfg.stem:
             stem = build_stem(cfg.stem)
             if cfg.stem_weights:
                 load_stem_weights(stem, cfg.stem_weights)
             # The ViT embeds the stem's 1/16 map with a 1x1 projection; a hook keeps the 1/4 and 1/8 maps.
-            stem.register_forward_hook(lambda _m, _i, feats: self._skips.__setitem__(slice(None), feats[:2]))
+            stem.register_forward_hook(lambda _m, _i, feats: self._skips.__setitem__(threading.get_ident(), feats[:2]))
             sizes["embed_layer"] = functools.partial(_hybrid_embed, stem)
         try:
             self.backbone = timm.create_model(
@@ -169,7 +172,7 @@ class CoarseDepthModel(nn.Module):
         if self.stem is None:
             raise InputError("this coarse model has no CNN stem")
         features = self.stem((images - self.mean.to(images.dtype)) / self.std.to(images.dtype))
-        self._skips.clear()
+        self._skips.pop(threading.get_ident(), None)
         return features[1]
 
     def forward(self, images: Tensor) -> Tensor:
@@ -181,8 +184,7 @@ class CoarseDepthModel(nn.Module):
             x, indices=list(self.cfg.hooks), output_fmt="NCHW", intermediates_only=True
         )
         if self.stem is not None:
-            tokens = [*self._skips, *tokens]
-            self._skips.clear()
+            tokens = [*self._skips.pop(threading.get_ident()), *tokens]
         levels = [proj(re(t)) for t, re, proj in zip(tokens, self.reassemble, self.project)]  # 1/4 .. 1/32
         # Fuse from the coarsest level up; block i upsamples to level i-1's size, block 0 to half resolution.
         up_to = [(h // 2, w // 2)] + [tuple(lvl.shape[-2:]) for lvl in levels[:3]]
