@@ -3,10 +3,11 @@ each run in a fresh process, so whatever else loads the machine falls on all of 
 with the first variant's, and with the reference DEM when there is one.
 
 A variant is ``NAME`` or ``NAME:key=value;key=value``: ``threads`` (torch intra-op threads), ``tile``, ``overlap``,
-``batch``, ``autocast`` (``fp32`` | ``bf16``: the pipeline's CPU autocast, overriding its own choice), ``weights``
-(another weights file than ``--weights``, e.g. the same model with a narrower decoder), and any
-upper-case key as an environment variable of the run (``OMP_WAIT_POLICY=PASSIVE``). ``--load N`` keeps N busy
-processes running through the whole A/B (one per core: a machine someone else is using) and records their CPU share.
+``batch``, ``workers`` (batches run at once), ``autocast`` (``fp32`` | ``bf16``: the pipeline's CPU autocast,
+overriding its own choice), ``weights`` (another weights file than ``--weights``, e.g. the same model with a narrower
+decoder), and any upper-case key as an environment variable of the run (``OMP_WAIT_POLICY=PASSIVE``). ``--load N``
+keeps N busy processes running through the whole A/B (one per core: a machine someone else is using) and records
+their CPU share.
 
     python -m benchmarks.engine_ab --variants "base,one-thread:threads=1" --rounds 3 --load 2 --out build/ab
 """
@@ -30,7 +31,7 @@ from benchmarks import common
 
 REPO = Path(__file__).resolve().parents[1]
 RMNP = (REPO / "resources" / "sample" / "rmnp-rgb.tif", REPO / "resources" / "sample" / "rmnp-dem.tif")
-OPTIONS = {"threads": int, "tile": int, "overlap": int, "batch": int, "autocast": str, "weights": str}
+OPTIONS = {"threads": int, "tile": int, "overlap": int, "batch": int, "workers": int, "autocast": str, "weights": str}
 
 
 def parse_variant(text: str) -> dict:
@@ -70,11 +71,12 @@ def child(spec: dict) -> dict:
     pipe(torch.rand(options.get("batch", 2), 3, tile, tile), refine_steps=spec["steps"])  # oneDNN primitives
     before = resource.getrusage(resource.RUSAGE_SELF)
     stats = predict_raster(spec["src"], spec["dst"], pipe, tile=tile, overlap=options.get("overlap"),
-                           batch_size=options.get("batch"), refine_steps=spec["steps"])
+                           batch_size=options.get("batch"), workers=options.get("workers"), refine_steps=spec["steps"])
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"seconds": stats["seconds"], "megapixels": stats["megapixels"], "tiles": stats["tiles"],
             "tile": stats["tile"], "overlap": stats["overlap"], "batch_size": stats["batch_size"],
+            "workers": stats["workers"],
             "cpu_seconds": cpu, "torch_threads": torch.get_num_threads(), "model": source,
             "inferred_pixels_per_output_pixel": stats["tiles"] * stats["tile"] ** 2 / (stats["megapixels"] * 1e6)}
 

@@ -195,6 +195,19 @@ def test_real_tiny_pipeline_stitches_without_seams(tmp_path, tiny):
     assert seam_ratio(out, TileGrid(256, 320, TILE, OVERLAP)) <= 1.5
 
 
+def test_batches_in_parallel_workers_give_the_output_of_one(tmp_path, tiny):
+    """On a CPU two batches run at once by default, each on half of torch's threads: the same output."""
+    src = write(tmp_path / "in.tif", (render(terrain_m(200, 260)) * 255).astype(np.uint8))
+    one = predict_raster(src, tmp_path / "one.tif", tiny, tile=TILE, overlap=OVERLAP, batch_size=2, workers=1,
+                         refine_steps=2)
+    two = predict_raster(src, tmp_path / "two.tif", tiny, tile=TILE, overlap=OVERLAP, batch_size=2, refine_steps=2)
+    assert (one["workers"], two["workers"]) == (1, 2 if torch.get_num_threads() >= 2 else 1)
+    # float sums in another order on one thread than on two: agreement to 1e-4 of the 0..1 range
+    np.testing.assert_allclose(read(tmp_path / "two.tif"), read(tmp_path / "one.tif"), atol=1e-4)
+    with pytest.raises(InputError, match="workers must be at least 1"):
+        predict_raster(src, tmp_path / "zero.tif", tiny, tile=TILE, workers=0)
+
+
 @pytest.mark.parametrize("ref_crs", [UTM, "EPSG:4326"])
 def test_reference_dem_gives_metres(tmp_path, ref_crs):
     truth = terrain_m(384, 512)

@@ -36,6 +36,7 @@ from .calibration import align_tiles
 from .io import check_paths, gdal_cache, open_raster, warp_onto
 from .output import BLOCK, NODATA, GridSpec, VerifiedOutput, finish
 from .tiles import Prefetcher, Source, TileStore
+from .workers import WorkerPool, default_workers
 
 
 def predict_raster(
@@ -48,6 +49,7 @@ def predict_raster(
     overlap: int | None = None,
     batch_size: int | None = None,
     refine_steps: int | None = None,
+    workers: int | None = None,
     reference_dem=None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
@@ -62,8 +64,9 @@ def predict_raster(
     given. The image is prepared as the weights' preprocessing config says (``pipeline.config.preprocessing``:
     band order, stretch percentiles, tile size, GSD). ``bands``: 1-based band numbers in the model's channel order
     (one band is replicated to three).
-    ``tile``/``overlap``/``batch_size`` default to the model's tile size, an eighth of it
-    (:data:`~d3rsmde.defaults.OVERLAP_FRACTION`), and a size suited to the device. ``resample_to_gsd`` runs the
+    ``tile``/``overlap``/``batch_size``/``workers`` default to the model's tile size, an eighth of it
+    (:data:`~d3rsmde.defaults.OVERLAP_FRACTION`), and what suits the device (``workers``: batches run at once, each
+    on its share of torch's threads, :mod:`.workers`). ``resample_to_gsd`` runs the
     model at its training ground resolution and resamples back.
     ``progress(fraction, message)`` is called and ``cancel()`` polled once per batch. The output is read back and
     checked before it replaces a previous ``dst``; on cancel or failure no output or scratch file is left behind,
@@ -80,9 +83,11 @@ def predict_raster(
     if tile % multiple:
         raise InputError(f"tile size {tile} must be a positive multiple of {multiple} for this model")
     overlap = round(tile * OVERLAP_FRACTION) if overlap is None else _whole_number("overlap", overlap, 0)
-    batch_size = _whole_number("batch size", default_batch_size(pipeline.device, tile) if batch_size is None
-                               else batch_size, 1)
+    batch_given = batch_size is not None
+    batch_size = _whole_number("batch size", batch_size if batch_given
+                               else default_batch_size(pipeline.device, tile), 1)
     steps = _whole_number("refinement steps", pipeline.config.num_steps if refine_steps is None else refine_steps, 0)
+    workers = _whole_number("workers", default_workers(pipeline.device) if workers is None else workers, 1)
 
     # GDAL's messages go to logging, not stderr: a failed write is reported once, as an OutputError. A missing
     # georeferencing is said once, plainly, in the returned warnings.
@@ -104,10 +109,12 @@ def predict_raster(
         # |second difference| at the edge pixel, 3x at 7 pixels, bundled model at tile 128); none of them reaches
         # the output, at seams or at the raster border, where the tiles overhang into mirrored padding.
         grid = TileGrid(source.grid.height, source.grid.width, tile, overlap, margin=overlap // 4)
+        if not batch_given:  # a raster of few tiles: smaller batches, so that every worker gets one
+            batch_size = min(batch_size, -(-len(grid) // workers))
         try:
             with staged_output(dst_path, overwrite=overwrite) as scratch, \
                     TileStore(scratch / "tiles.f32", tile) as store:
-                run = _Run(source, grid, store, pipeline, steps, batch_size, ref_path, progress, cancel)
+                run = _Run(source, grid, store, pipeline, steps, batch_size, workers, ref_path, progress, cancel)
                 ranges = _infer_tiles(run)
                 if not np.isfinite(ranges).all(axis=1).any():
                     raise InputError(f"{src_path.name} has no valid pixel (all nodata or transparent)")
@@ -142,6 +149,7 @@ def predict_raster(
         "overlap": overlap,
         "edge_margin": grid.margin,
         "batch_size": batch_size,
+        "workers": workers,
         "refine_steps": steps,
         "bands": list(indexes),
         "stretch": {"low": lo.tolist(), "high": hi.tolist()},
@@ -165,6 +173,7 @@ class _Run:
     pipeline: object
     steps: int
     batch_size: int
+    workers: int
     reference: Path | None
     progress: Progress | None
     cancel: Cancel | None
@@ -200,12 +209,18 @@ def _infer_tiles(run: _Run) -> np.ndarray:
                     yield ids, np.stack(images), np.stack(masks), i + 1
                     ids, images, masks = [], [], []
 
-    ranges = np.full((len(grid), 2), np.nan)
-    with Prefetcher(batches) as prefetched:
-        for ids, images, masks, done in prefetched:
+    def infer(batch) -> np.ndarray:
+        x = torch.from_numpy(batch[1]).to(run.pipeline.device)
+        return run.pipeline(x, refine_steps=run.steps)[:, 0].float().cpu().numpy()
+
+    def unless_cancelled(prefetched: Iterator) -> Iterator:
+        for batch in prefetched:
             check_cancel(run.cancel, message="cancelled while predicting tiles")
-            x = torch.from_numpy(images).to(run.pipeline.device)
-            pred = run.pipeline(x, refine_steps=run.steps)[:, 0].float().cpu().numpy()
+            yield batch
+
+    ranges = np.full((len(grid), 2), np.nan)
+    with Prefetcher(batches) as prefetched, WorkerPool(run.workers) as pool:
+        for (ids, _, masks, done), pred in pool.map(infer, unless_cancelled(prefetched)):
             pred[~masks] = np.nan
             for i, p, m in zip(ids, pred, masks):
                 run.store.write(i, p)
