@@ -176,7 +176,7 @@ def summarise(variants: list[dict], runs: list[dict], work: Path, dem, evaluate_
             "mean_abs_diff_vs_first": float(diff.mean()), "max_abs_diff_vs_first": float(diff.max()),
             "rmse_after_affine_vs_dem": evaluate_rasters(work / f"{v['name']}.tif", dem)["whole"]["rmse_after_affine"]
             if dem else None,
-            **{k: mine[0][k] for k in ("tiles", "tile", "overlap", "batch_size", "torch_threads",
+            **{k: mine[0][k] for k in ("tiles", "tile", "overlap", "batch_size", "workers", "torch_threads",
                                        "inferred_pixels_per_output_pixel", "model")},
         })
     return rows

@@ -2,6 +2,8 @@
 
 cProfile sees the calling thread only: reading and stretching tiles happen in the prefetch thread, so the
 inference loop's wait for the next batch ("waiting for tiles") is the part of reading that inference did not hide.
+For the same reason the model runs in the calling thread here (``workers=1``; on a CPU the engine's default runs
+two batches at once in worker threads, whose time cProfile would not split into the model's parts).
 
     python -m benchmarks.stages --megapixels 4 --out benchmarks/results/cpu-2core
 """
@@ -64,10 +66,10 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="d3rsmde-stages-", dir=args.workdir) as tmp:
         src = write_synthetic_geotiff(Path(tmp) / "in.tif", side, side)
         warm = write_synthetic_geotiff(Path(tmp) / "warm.tif", 256, 256, seed=1)
-        predict_raster(warm, Path(tmp) / "warm-out.tif", pipe)
+        predict_raster(warm, Path(tmp) / "warm-out.tif", pipe, workers=1)
         profiler = cProfile.Profile()
         start = time.perf_counter()
-        stats = profiler.runcall(predict_raster, src, Path(tmp) / "out.tif", pipe)
+        stats = profiler.runcall(predict_raster, src, Path(tmp) / "out.tif", pipe, workers=1)
         wall = time.perf_counter() - start
     seconds = stage_seconds(pstats.Stats(profiler))
     machine = {**common.describe_machine(pipe.device, None), "dtype": common.pipeline_precision(pipe, pipe.device)}
@@ -84,7 +86,8 @@ def to_markdown(result: dict) -> str:
         "# Where predict_raster spends its time", "", common.machine_line(result["machine"]), "",
         f"One run under cProfile (which adds some overhead to Python calls): {r['megapixels']:.3g} MP synthetic "
         f"GeoTIFF, {result['model']}, tile {r['tile']}, overlap {r['overlap']}, {r['tiles']} tiles, batch "
-        f"{r['batch_size']}, T = {r['refine_steps']}, device {r['device']}; wall {wall:.1f} s. Indented rows are "
+        f"{r['batch_size']}, one worker (the model in the profiled thread), T = {r['refine_steps']}, device "
+        f"{r['device']}; wall {wall:.1f} s. Indented rows are "
         "parts of the row above them.", "",
         common.markdown_table(["Stage", "Seconds", "Share of wall"], rows),
     ])

@@ -125,15 +125,17 @@ def test_engine_ab_variants_and_tiny_run(tmp_path, tiny_weights):
         "name": "x", "options": {"threads": 1, "overlap": 8}, "env": {"OMP_WAIT_POLICY": "PASSIVE"}}
     with pytest.raises(SystemExit, match="unknown variant option 'thread'"):
         engine_ab.parse_variant("x:thread=1")
-    result = engine_ab.main(["--config", "tiny", "--variants", f"a,b:overlap=16,c:weights={tiny_weights}",
+    result = engine_ab.main(["--config", "tiny", "--variants",
+                             f"a:workers=2,b:overlap=16;workers=1,c:weights={tiny_weights};workers=2",
                              "--rounds", "1", "--out", str(tmp_path)])
     a, b, c = result["rows"]
     assert (a["variant"], a["overlap"], b["overlap"]) == ("a", 8, 16)  # the default: an eighth of the tile
+    assert (a["workers"], b["workers"]) == (2, 1)
     assert a["mean_abs_diff_vs_first"] == 0 and 0 < b["mean_abs_diff_vs_first"] < 0.2  # same weights, other seams
     assert b["inferred_pixels_per_output_pixel"] > a["inferred_pixels_per_output_pixel"]
     assert a["rmse_after_affine_vs_dem"] > 0 and a["seconds"] > 0
     assert c["model"] == f"weights {tiny_weights}" and a["model"].startswith("config tiny")
-    assert "| b | overlap=16 |" in (tmp_path / "engine_ab.md").read_text()
+    assert "| b | overlap=16; workers=1 |" in (tmp_path / "engine_ab.md").read_text()
 
 
 def test_stages_profile_tiny(tmp_path):

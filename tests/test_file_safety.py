@@ -333,8 +333,9 @@ def test_missing_georeferencing_is_said_once(tmp_path, tiny_weights, capsys):
     assert err.count("warning: plain.tif has no georeferencing") == 1 and "NotGeoreferenced" not in err
 
 
-# Peak memory: GDAL's default block cache (5% of RAM) was most of the ~2 GB a 20000 x 20000 run held.
-def test_gdal_block_cache_is_bounded_during_a_run(tmp_path, monkeypatch):
+# Peak memory: GDAL's default block cache (5% of RAM) was most of the ~2 GB a 20000 x 20000 run held. Overviews and
+# compression use every core (they run after the model).
+def test_gdal_block_cache_is_bounded_and_threads_set_during_a_run(tmp_path, monkeypatch):
     gdal = pytest.importorskip("osgeo.gdal")
     from d3rsmde.raster import GDAL_CACHE_BYTES
 
@@ -342,8 +343,18 @@ def test_gdal_block_cache_is_bounded_during_a_run(tmp_path, monkeypatch):
         if gdal.GetCacheMax() != 12_345_678:
             pytest.skip("rasterio and osgeo.gdal load different GDAL libraries")
     monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
-    before, during = gdal.GetCacheMax(), []
-    predict_raster(write(tmp_path / "in.tif", NOISE[:, :64, :64]), tmp_path / "out.tif", Oracle(),
-                   progress=lambda fraction, message: during.append((message, gdal.GetCacheMax())))
-    assert during[:-1] and max(size for message, size in during[:-1]) <= GDAL_CACHE_BYTES  # the last is "done"
-    assert gdal.GetCacheMax() == before
+    monkeypatch.delenv("GDAL_NUM_THREADS", raising=False)
+    before = gdal.GetCacheMax()
+
+    def settings_during(name):
+        seen = []
+        predict_raster(write(tmp_path / "in.tif", NOISE[:, :64, :64]), tmp_path / name, Oracle(), progress=lambda *_:
+                       seen.append((gdal.GetCacheMax(), gdal.GetConfigOption("GDAL_NUM_THREADS"))))
+        return seen[:-1]  # the last call, "done", comes after the run
+
+    during = settings_during("out.tif")
+    assert during and max(size for size, _ in during) <= GDAL_CACHE_BYTES
+    assert {threads for _, threads in during} == {"ALL_CPUS"}
+    assert gdal.GetCacheMax() == before and gdal.GetConfigOption("GDAL_NUM_THREADS") is None
+    monkeypatch.setenv("GDAL_NUM_THREADS", "1")  # the user's choice wins
+    assert {threads for _, threads in settings_during("out2.tif")} == {"1"}

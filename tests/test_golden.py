@@ -5,6 +5,9 @@ with 2 refinement steps.
 The weights are a seeded, randomly initialised "tiny" model stored in tests/data (its random init would change
 with torch/timm/diffusers versions). The maps were computed with one torch thread in float32 on a 2-core AMD EPYC
 (Zen 4); the test runs with one thread too, since the summation order of several threads moves results by ~1e-5.
+Another CPU picks other float32 kernels: on a 2-core Intel Xeon (AMX) the maps differ from the stored ones by up to
+1.5e-5 of their relief, as much as another batch size moves them (1.0e-5); a behaviour change moves them far more
+(overlap 32 instead of 16: 0.59). Hence the tolerance, 1e-4 of the relief.
 """
 
 import numpy as np
@@ -22,6 +25,7 @@ DATA = REPO / "tests" / "data"
 # other kernels for other batch sizes (~5e-6 here).
 RUNS = {"relative": {}, "calibrated": {"reference_dem": SAMPLE_DEM}, "band1-T2": {"bands": [1], "refine_steps": 2}}
 BATCH = 2
+TOLERANCE = 1e-4  # of the relief: see the module docstring
 OVERLAP = 16  # the default when the maps were stored (a quarter of the tiny model's 64-px tile; now an eighth)
 
 
@@ -44,4 +48,4 @@ def test_predict_raster_matches_the_stored_maps(run, tmp_path, one_thread):
     valid = expected != -9999.0
     assert np.array_equal(got != -9999.0, valid)
     relief = float(np.ptp(expected[valid]))  # 1 for relative maps, metres for the calibrated one
-    np.testing.assert_allclose(got[valid], expected[valid], rtol=0, atol=1e-6 * relief)
+    np.testing.assert_allclose(got[valid], expected[valid], rtol=0, atol=TOLERANCE * relief)

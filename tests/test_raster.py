@@ -29,6 +29,7 @@ from d3rsmde.errors import Cancelled, InputError
 from d3rsmde.evaluation import evaluate_rasters
 from d3rsmde.raster import NODATA, height_profile, predict_raster
 from d3rsmde.raster.output import GridSpec
+from d3rsmde.raster.predict import batch_ranges
 from d3rsmde.tiling import TileGrid
 from synthetic import render
 
@@ -206,6 +207,16 @@ def test_batches_in_parallel_workers_give_the_output_of_one(tmp_path, tiny):
     np.testing.assert_allclose(read(tmp_path / "two.tif"), read(tmp_path / "one.tif"), atol=1e-4)
     with pytest.raises(InputError, match="workers must be at least 1"):
         predict_raster(src, tmp_path / "zero.tif", tiny, tile=TILE, workers=0)
+
+
+@pytest.mark.parametrize("tiles,batch,workers",
+                         [(25, 8, 2), (100, 8, 2), (81, 8, 2), (9, 8, 2), (1, 8, 2), (100, 16, 1)])
+def test_batches_are_even_and_keep_every_worker_busy_to_the_end(tiles, batch, workers):
+    ranges = batch_ranges(tiles, batch, workers)
+    assert [i for r in ranges for i in r] == list(range(tiles))
+    sizes = [len(r) for r in ranges]
+    assert max(sizes) <= batch and max(sizes) - min(sizes) <= 1
+    assert tiles < workers or len(ranges) % workers == 0
 
 
 @pytest.mark.parametrize("ref_crs", [UTM, "EPSG:4326"])

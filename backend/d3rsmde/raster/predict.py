@@ -33,7 +33,7 @@ from ..imagery import stretch_limits
 from ..progress import Cancel, Progress, check_cancel, report
 from ..tiling import TileGrid
 from .calibration import align_tiles
-from .io import check_paths, gdal_cache, open_raster, warp_onto
+from .io import check_paths, gdal_settings, open_raster, warp_onto
 from .output import BLOCK, NODATA, GridSpec, VerifiedOutput, finish
 from .tiles import Prefetcher, Source, TileStore
 from .workers import WorkerPool, default_workers
@@ -83,15 +83,14 @@ def predict_raster(
     if tile % multiple:
         raise InputError(f"tile size {tile} must be a positive multiple of {multiple} for this model")
     overlap = round(tile * OVERLAP_FRACTION) if overlap is None else _whole_number("overlap", overlap, 0)
-    batch_given = batch_size is not None
-    batch_size = _whole_number("batch size", batch_size if batch_given
-                               else default_batch_size(pipeline.device, tile), 1)
+    batch_size = _whole_number("batch size", default_batch_size(pipeline.device, tile) if batch_size is None
+                               else batch_size, 1)
     steps = _whole_number("refinement steps", pipeline.config.num_steps if refine_steps is None else refine_steps, 0)
     workers = _whole_number("workers", default_workers(pipeline.device) if workers is None else workers, 1)
 
     # GDAL's messages go to logging, not stderr: a failed write is reported once, as an OutputError. A missing
     # georeferencing is said once, plainly, in the returned warnings.
-    with rasterio.Env(**gdal_cache()), warnings.catch_warnings():
+    with rasterio.Env(**gdal_settings()), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with open_raster(src_path) as ds:
             indexes = select_bands(ds, bands, prep.band_order)
@@ -109,12 +108,11 @@ def predict_raster(
         # |second difference| at the edge pixel, 3x at 7 pixels, bundled model at tile 128); none of them reaches
         # the output, at seams or at the raster border, where the tiles overhang into mirrored padding.
         grid = TileGrid(source.grid.height, source.grid.width, tile, overlap, margin=overlap // 4)
-        if not batch_given:  # a raster of few tiles: smaller batches, so that every worker gets one
-            batch_size = min(batch_size, -(-len(grid) // workers))
         try:
             with staged_output(dst_path, overwrite=overwrite) as scratch, \
                     TileStore(scratch / "tiles.f32", tile) as store:
-                run = _Run(source, grid, store, pipeline, steps, batch_size, workers, ref_path, progress, cancel)
+                batches = batch_ranges(len(grid), batch_size, workers)
+                run = _Run(source, grid, store, pipeline, steps, batches, workers, ref_path, progress, cancel)
                 ranges = _infer_tiles(run)
                 if not np.isfinite(ranges).all(axis=1).any():
                     raise InputError(f"{src_path.name} has no valid pixel (all nodata or transparent)")
@@ -148,7 +146,7 @@ def predict_raster(
         "tile": tile,
         "overlap": overlap,
         "edge_margin": grid.margin,
-        "batch_size": batch_size,
+        "batch_size": max(map(len, batches)),
         "workers": workers,
         "refine_steps": steps,
         "bands": list(indexes),
@@ -172,7 +170,7 @@ class _Run:
     store: TileStore
     pipeline: object
     steps: int
-    batch_size: int
+    batches: list[range]
     workers: int
     reference: Path | None
     progress: Progress | None
@@ -198,16 +196,16 @@ def _infer_tiles(run: _Run) -> np.ndarray:
     def batches() -> Iterator:
         with ExitStack() as stack:
             ds = source.open(stack)
-            ids, images, masks = [], [], []
-            for i in range(len(grid)):
-                image, valid = source.read(ds, grid, i)
-                if valid.any():
-                    ids.append(i)
-                    images.append(image)
-                    masks.append(valid)
-                if len(ids) == run.batch_size or (ids and i == len(grid) - 1):
-                    yield ids, np.stack(images), np.stack(masks), i + 1
-                    ids, images, masks = [], [], []
+            for tiles in run.batches:
+                ids, images, masks = [], [], []
+                for i in tiles:
+                    image, valid = source.read(ds, grid, i)
+                    if valid.any():
+                        ids.append(i)
+                        images.append(image)
+                        masks.append(valid)
+                if ids:
+                    yield ids, np.stack(images), np.stack(masks), tiles.stop
 
     def infer(batch) -> np.ndarray:
         x = torch.from_numpy(batch[1]).to(run.pipeline.device)
@@ -270,6 +268,14 @@ def _resample_back(run: _Run, work: Path, out: VerifiedOutput) -> None:
             band = vrt.read(1, window=window, masked=True).filled(NODATA)
             valid = (src.read_masks(list(run.source.indexes), window=window) > 0).all(axis=0)
             out.write(np.where(valid, band, NODATA), window)
+
+
+def batch_ranges(tiles: int, batch_size: int, workers: int) -> list[range]:
+    """Tile numbers in batches of at most ``batch_size``, as many as a multiple of ``workers`` and as even as can
+    be, so that no worker idles while another runs a last batch (25 tiles, 2 workers: 7+6+6+6, not 8+8+8+1)."""
+    count = workers * -(-tiles // (workers * batch_size))
+    edges = np.linspace(0, tiles, count + 1).round().astype(int)
+    return [range(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
 def _gsd_factor(ds, gsd_m: float | None) -> float:
