@@ -209,6 +209,31 @@ def test_batches_in_parallel_workers_give_the_output_of_one(tmp_path, tiny):
         predict_raster(src, tmp_path / "zero.tif", tiny, tile=TILE, workers=0)
 
 
+def test_one_model_serves_parallel_runs(tmp_path):
+    """QGIS runs algorithms in parallel threads and the plugin shares one loaded model (a hybrid one, whose CNN stem
+    hands skip maps to the DPT head): each run gives the map it gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from d3rsmde.config import get_config
+    from d3rsmde.pipeline import D3Pipeline
+
+    torch.manual_seed(0)
+    pipe = D3Pipeline.from_config(get_config("lean", tile_size=TILE))
+    sources = [write(tmp_path / f"in{k}.tif", (render(terrain_m(150, 200) * (k + 1)) * 255).astype(np.uint8))
+               for k in range(2)]
+
+    def run(k, name):
+        predict_raster(sources[k], tmp_path / f"{name}{k}.tif", pipe, tile=TILE, refine_steps=1, workers=1)
+        return read(tmp_path / f"{name}{k}.tif")
+
+    alone = [run(k, "alone") for k in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda k: [run(k, f"together{i}-") for i in range(3)], range(2)))
+    for k in range(2):
+        for out in together[k]:
+            np.testing.assert_allclose(out, alone[k], atol=1e-4)
+
+
 @pytest.mark.parametrize("tiles,batch,workers",
                          [(25, 8, 2), (100, 8, 2), (81, 8, 2), (9, 8, 2), (1, 8, 2), (100, 16, 1)])
 def test_batches_are_even_and_keep_every_worker_busy_to_the_end(tiles, batch, workers):
