@@ -208,7 +208,8 @@ def _infer_tiles(run: _Run) -> np.ndarray:
                     yield ids, np.stack(images), np.stack(masks), tiles.stop
 
     def infer(batch) -> np.ndarray:
-        x = torch.from_numpy(batch[1]).to(run.pipeline.device)
+        _, images, _, _ = batch
+        x = torch.from_numpy(images).to(run.pipeline.device)
         return run.pipeline(x, refine_steps=run.steps)[:, 0].float().cpu().numpy()
 
     def unless_cancelled(prefetched: Iterator) -> Iterator:
