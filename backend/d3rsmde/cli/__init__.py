@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--bands", type=bands, help="1-based bands to use as RGB, e.g. 4,3,2 or 4;3;2, or one band "
                          "used as grey (default: red, green, blue from the raster's colour interpretation or band "
                          "names such as Sentinel-2 B4,B3,B2; else band 1 of 1-2 band rasters, the first three of others)")
-    predict.add_argument("--reference-dem", help="elevation raster (any CRS/resolution) to turn the output into metres")
+    predict.add_argument("--reference-dem", help="elevation raster (any CRS/resolution): the output is then in "
+                         "metres, follows it at its resolution and adds the image's relief below it")
     predict.add_argument("--resample-to-gsd", action="store_true",
                          help="run the model at its training ground resolution and resample back")
     predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")

@@ -2,7 +2,8 @@
 
 Pass 1 runs every tile with valid pixels through the model (reads prefetched in a thread) into the store; the
 tiles are then put on one scale and shift (:mod:`.calibration`); pass 2 blends them one band of rows at a time into
-the verified output, resampled back to the input grid when the model ran at its own ground resolution.
+the verified output, with a reference DEM's large scales (:mod:`.reference`) when one is given, resampled back to
+the input grid when the model ran at its own ground resolution.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..tiling import TileGrid
 from .calibration import align_tiles
 from .io import check_paths, gdal_settings, open_raster, warp_onto
 from .output import BLOCK, NODATA, GridSpec, VerifiedOutput, finish
+from .reference import keep_reference_lows
 from .tiles import Prefetcher, Source, TileStore
 from .workers import WorkerPool, default_workers
 
@@ -61,7 +63,8 @@ def predict_raster(
     The output has the input's size and georeferencing (CRS and transform, or GCPs, or RPCs), nodata where the
     input is nodata or transparent, and is relative height 0..1 over the whole raster, or metres (the reference's
     units) when ``reference_dem`` (any raster, any CRS and resolution, at least 2 pixels over the input) is
-    given. The image is prepared as the weights' preprocessing config says (``pipeline.config.preprocessing``:
+    given: then the output follows the reference at the reference's resolution and the model adds the relief
+    below it (:mod:`.reference`). The image is prepared as the weights' preprocessing config says (``pipeline.config.preprocessing``:
     band order, stretch percentiles, tile size, GSD). ``bands``: 1-based band numbers in the model's channel order
     (one band is replicated to three).
     ``tile``/``overlap``/``batch_size``/``workers`` default to the model's tile size, an eighth of it
@@ -120,13 +123,22 @@ def predict_raster(
                 units = "relative" if ref_path is None else ref_units
                 bounds = (0.0, 1.0) if units == "relative" else None
                 with VerifiedOutput(scratch / dst_path.name, out_grid) as out:
-                    if factor == 1.0:
+                    if factor == 1.0 and ref_path is None:
                         _write_blended(run, scale, shift, out, bounds)
                     else:
                         with VerifiedOutput(scratch / "model-grid.tmp", source.grid, final=False) as tmp:
                             _write_blended(run, scale, shift, tmp, bounds)
                         tmp.verify()
-                        _resample_back(run, tmp.path, out)
+                        surface = tmp.path
+                        if ref_path is not None and factor != 1.0:
+                            with VerifiedOutput(scratch / "with-reference.tmp", source.grid, final=False) as tmp:
+                                keep_reference_lows(surface, ref_path, tmp, scratch, cancel)
+                            tmp.verify()
+                            surface = tmp.path
+                        if ref_path is not None and factor == 1.0:
+                            keep_reference_lows(surface, ref_path, out, scratch, cancel)
+                        else:
+                            _resample_back(run, surface, out)
                     finish(out.ds, units, run.tags())
                 out.verify()
         except OSError as exc:  # a full disk, an I/O error: the previous output, if any, is untouched
