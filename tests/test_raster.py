@@ -310,6 +310,20 @@ def test_a_reference_dem_sets_the_large_scales_the_model_adds_the_rest(tmp_path)
     assert out_mae < ref_mae, (out_mae, ref_mae)
 
 
+def test_no_step_where_the_reference_ends(tmp_path):
+    """A reference covering the left half only: past its edge the correction carries on, so the output does not
+    jump there (it jumped by the whole correction when it stopped at the edge)."""
+    truth = terrain_m(384, 512)
+    src = write(tmp_path / "in.tif", height_image(truth))
+    half = truth[:, :256].reshape(48, 8, 32, 8).mean(axis=(1, 3)).astype(np.float32)
+    ref = write(tmp_path / "ref.tif", half, transform=from_origin(500_000, 4_650_000, 8.0, 8.0))
+    predict_raster(src, tmp_path / "out.tif", WrongLows(), tile=TILE, overlap=OVERLAP, reference_dem=ref)
+    out = read(tmp_path / "out.tif")
+    steps = np.median(np.abs(np.diff(out, axis=1)), axis=0)  # per column pair, over the rows
+    print(f"step at the reference's edge {steps[250:262].max():.3f} m, median {np.median(steps):.3f} m")
+    assert steps[250:262].max() < 4 * np.median(steps)
+
+
 @pytest.mark.parametrize("cells", [1, 2, 3, 5, 16])
 def test_a_right_surface_is_left_as_it_is_by_a_reference_of_any_size(tmp_path, cells):
     """A reference holding exactly the surface's block means changes nothing, however few its pixels (GDAL 3.6

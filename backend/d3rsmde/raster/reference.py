@@ -20,35 +20,28 @@ from rasterio.enums import Resampling
 from rasterio.transform import Affine
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window, from_bounds
+from scipy import ndimage
 
 from ..progress import Cancel, check_cancel
 from .io import warp_onto
 from .output import BLOCK, NODATA, GridSpec, VerifiedOutput
 
-MIN_WARP_WIDTH = 8  # the narrowest grid GDAL is asked to average onto (see keep_reference_lows)
+MIN_WARP_WIDTH = 8  # the narrowest grid GDAL is asked to average onto (see reference_lows)
+MAX_LOW_PIXELS = 4096 * 4096  # the large scales' grid at most (64 MB as float32): coarser for huge rasters
+FADE_PIXELS = 4.0  # past the reference's data, its correction fades into its mean over about this many pixels
+
 
 def keep_reference_lows(surface: Path, reference: Path, out: VerifiedOutput, scratch: Path,
                         cancel: Cancel | None = None) -> None:
     """Write ``surface`` (heights in the reference's units) into ``out`` (same grid) with its large scales taken
-    from ``reference``, one band of rows at a time; pixels the reference does not cover keep the surface."""
+    from ``reference``, one band of rows at a time. Where the reference has no data (holes, or past its edge) the
+    nearest correction is carried on and fades into the mean one, so the map does not step there."""
     with ExitStack() as stack:
         s = stack.enter_context(rasterio.open(surface))
         ref = stack.enter_context(rasterio.open(reference))
-        coarse = _low_grid(ref, s)
-        # GDAL 3.6 averages wrongly onto grids under 4 pixels wide (measured: a 2 x 2 grid got its columns
-        # swapped, 3 x 3 was off too), so narrow grids are averaged onto a grid k times finer and the k x k
-        # blocks meaned here.
-        k = max(1, math.ceil(MIN_WARP_WIDTH / coarse.width))
-        fine = GridSpec(coarse.crs, coarse.transform * Affine.scale(1 / k), coarse.width * k, coarse.height * k)
-        with VerifiedOutput(scratch / "reference-lows.tmp", coarse, final=False) as lows:
-            r = stack.enter_context(warp_onto(ref, fine, Resampling.average))
-            a = stack.enter_context(warp_onto(s, fine, Resampling.average))
-            for row0 in range(0, coarse.height, BLOCK):
-                check_cancel(cancel, message="cancelled while adding the reference DEM's relief")
-                rows = min(BLOCK, coarse.height - row0)
-                window = Window(0, row0 * k, fine.width, rows * k)
-                difference = _block_means(r.read(1, window=window), k) - _block_means(a.read(1, window=window), k)
-                lows.write(np.where(np.isfinite(difference), difference, NODATA), Window(0, row0, coarse.width, rows))
+        grid = _low_grid(ref, s)
+        with VerifiedOutput(scratch / "reference-lows.tmp", grid, final=False) as lows:
+            lows.write(_carried_on(reference_lows(ref, s, grid, cancel)), Window(0, 0, grid.width, grid.height))
         lows.verify()
         up = stack.enter_context(warp_onto(stack.enter_context(rasterio.open(lows.path)), s, Resampling.bilinear))
         for row0 in range(0, s.height, BLOCK):
@@ -57,6 +50,39 @@ def keep_reference_lows(surface: Path, reference: Path, out: VerifiedOutput, scr
             heights = s.read(1, window=window, masked=True)
             correction = up.read(1, window=window, masked=True).filled(0.0)
             out.write((heights + correction).filled(NODATA), window)
+
+
+def reference_lows(ref, surface, grid: GridSpec, cancel: Cancel | None = None) -> np.ndarray:
+    """The reference minus the surface, both averaged over each pixel of ``grid``; NaN where either has no data."""
+    # GDAL 3.6 averages wrongly onto grids under 4 pixels wide (measured: a 2 x 2 grid got its columns swapped,
+    # 3 x 3 was off too), so narrow grids are averaged onto a grid k times finer and the k x k blocks meaned here.
+    k = max(1, math.ceil(MIN_WARP_WIDTH / grid.width))
+    fine = GridSpec(grid.crs, grid.transform * Affine.scale(1 / k), grid.width * k, grid.height * k)
+    lows = np.empty((grid.height, grid.width), dtype=np.float32)
+    with warp_onto(ref, fine, Resampling.average) as r, warp_onto(surface, fine, Resampling.average) as a:
+        for row0 in range(0, grid.height, BLOCK):
+            check_cancel(cancel, message="cancelled while adding the reference DEM's relief")
+            rows = min(BLOCK, grid.height - row0)
+            window = Window(0, row0 * k, fine.width, rows * k)
+            lows[row0:row0 + rows] = _block_means(r.read(1, window=window), k) - _block_means(
+                a.read(1, window=window), k)
+    return lows
+
+
+def _carried_on(values: np.ndarray) -> np.ndarray:
+    """``values`` with every NaN filled: the nearest finite value, fading into their mean over ``FADE_PIXELS``
+    (carrying the nearest on alone drew the reference's edge out in stripes); all NaN: zeros."""
+    missing = ~np.isfinite(values)
+    if not missing.any():
+        return values
+    if missing.all():
+        return np.zeros_like(values)
+    distance, nearest = ndimage.distance_transform_edt(missing, return_indices=True)
+    mean = values[~missing].mean()
+    fade = np.exp(-(((distance[missing] - 1) / FADE_PIXELS) ** 2))  # 1 next to the data, then a smooth fall
+    filled = values.copy()
+    filled[missing] = mean + (values[tuple(nearest)][missing] - mean) * fade
+    return filled
 
 
 def _block_means(values: np.ndarray, k: int) -> np.ndarray:
@@ -72,14 +98,17 @@ def _block_means(values: np.ndarray, k: int) -> np.ndarray:
 
 
 def _low_grid(ref, surface) -> GridSpec:
-    """The grid the large scales live on: the reference's own pixels over the surface, or the surface's grid when
-    the reference is finer (then the output follows the reference, at no more pixels than the output has)."""
+    """The grid the large scales live on: the reference's pixels over the whole surface (past the reference's
+    edge too), or the surface's own pixels when the reference is finer; coarser when that would exceed
+    ``MAX_LOW_PIXELS``."""
     native, _, _ = calculate_default_transform(ref.crs, surface.crs, ref.width, ref.height, *ref.bounds)
     if abs(native.determinant) <= abs(surface.transform.determinant):
-        return GridSpec.of(surface)
-    exact = from_bounds(*transform_bounds(surface.crs, ref.crs, *surface.bounds), transform=ref.transform)
-    col0, row0 = max(math.floor(exact.col_off), 0), max(math.floor(exact.row_off), 0)
-    col1 = min(math.ceil(exact.col_off + exact.width), ref.width)
-    row1 = min(math.ceil(exact.row_off + exact.height), ref.height)
-    window = Window(col0, row0, max(col1 - col0, 1), max(row1 - row0, 1))
-    return GridSpec(ref.crs, ref.window_transform(window), int(window.width), int(window.height))
+        grid = GridSpec(surface.crs, surface.transform, surface.width, surface.height)
+    else:
+        exact = from_bounds(*transform_bounds(surface.crs, ref.crs, *surface.bounds), transform=ref.transform)
+        col0, row0 = math.floor(exact.col_off), math.floor(exact.row_off)
+        col1, row1 = math.ceil(exact.col_off + exact.width), math.ceil(exact.row_off + exact.height)
+        window = Window(col0, row0, max(col1 - col0, 1), max(row1 - row0, 1))
+        grid = GridSpec(ref.crs, ref.window_transform(window), int(window.width), int(window.height))
+    shrink = math.sqrt(grid.width * grid.height / MAX_LOW_PIXELS)
+    return grid.scaled(1 / shrink) if shrink > 1 else grid
