@@ -106,6 +106,22 @@ def test_estimate_depth_keeps_grid_and_writes_nodata(d3_provider, tiny_weights, 
     assert f"sha256 {digest}" in log
 
 
+def test_estimate_depth_with_a_reference_dem_gives_its_metres(d3_provider, tiny_weights, small_rgb, tmp_path):
+    """The sample DEM (235 m pixels) as the reference of a 96 x 80 crop of the image (150 m): heights in metres
+    that follow it, whatever the random tiny model draws."""
+    output = tmp_path / "metres.tif"
+    run("d3rsmde:estimatedepth", {"INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights), "REFINE_STEPS": 1,
+                                  "DEVICE": CPU, "REFERENCE_DEM": str(SAMPLE_DEM), "OUTPUT": str(output)})
+    from d3rsmde.evaluation import scene_on_reference_grid
+
+    with rasterio.open(output) as out:
+        assert out.tags()["units"] == "m" and out.units == ("m",)
+    p, g = scene_on_reference_grid(output, SAMPLE_DEM)
+    valid = np.isfinite(p) & np.isfinite(g)
+    assert valid.sum() > 100 and np.corrcoef(p[valid], g[valid])[0, 1] > 0.9
+    assert abs(np.mean(p[valid] - g[valid])) < 50  # metres, on ground 2,500-3,900 m high
+
+
 def test_loaded_result_gets_terrain_style_and_hillshade(d3_provider, tiny_weights, small_rgb, tmp_path,
                                                         qgis_new_project):
     import processing
