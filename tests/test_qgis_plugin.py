@@ -242,6 +242,21 @@ def test_folder_loads_once_and_skips_bad_files(d3_provider, tiny_weights, small_
             assert (out.transform, out.shape) == (src.transform, src.shape)
     assert len(feedback.errors) == 1 and feedback.errors[0].startswith("broken.tif:")
     assert pipeline_for.cache_info().misses == 1
+    # With a reference DEM every output is in metres; an image it does not cover is reported and skipped.
+    far = images / "c.tif"
+    with rasterio.open(images / "a.tif") as a:
+        profile = dict(a.profile, transform=a.transform * a.transform.translation(0, 10_000))  # far south
+        data = a.read()
+    with rasterio.open(far, "w", **profile) as c:
+        c.write(data)
+    feedback = RecordingFeedback()
+    result = run("d3rsmde:estimatedepthfolder", {
+        "INPUT_FOLDER": str(images), "PATTERN": "a.tif;c.tif", "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
+        "REFINE_STEPS": 1, "REFERENCE_DEM": str(SAMPLE_DEM), "OUTPUT_FOLDER": str(tmp_path / "metres")}, feedback)
+    assert (result["PROCESSED"], result["FAILED"]) == (1, 1)
+    with rasterio.open(result["OUTPUTS"][0]) as out:
+        assert out.tags()["units"] == "m" and 2000 < out.read(1, masked=True).mean() < 4500
+    assert len(feedback.errors) == 1 and feedback.errors[0].startswith("c.tif:")
 
 
 def test_evaluate_returns_metrics_and_html(d3_provider, tiny_weights, small_rgb, tmp_path):

@@ -14,6 +14,7 @@ from qgis.core import (
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterLayer,
     QgsProviderRegistry,
     QgsRasterLayer,
 )
@@ -42,6 +43,7 @@ class D3Algorithm(QgsProcessingAlgorithm):
     OVERLAP = "OVERLAP"
     BATCH_SIZE = "BATCH_SIZE"
     DEVICE = "DEVICE"
+    REFERENCE_DEM = "REFERENCE_DEM"
 
     def name(self) -> str:
         return self.NAME
@@ -99,6 +101,10 @@ class D3Algorithm(QgsProcessingAlgorithm):
             self.BATCH_SIZE, self.tr("Tiles per batch (empty = automatic)"),
             type=QgsProcessingParameterNumber.Integer, minValue=1, optional=True))
         self.add_device_parameter()
+
+    def add_reference_parameter(self) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            self.REFERENCE_DEM, self.tr("Reference DEM (output in metres)"), optional=True))
 
     # -- reading parameters --------------------------------------------------------------------------------
 

@@ -35,7 +35,6 @@ class EstimateDepth(D3Algorithm):
 
     INPUT = "INPUT"
     BANDS = "BANDS"
-    REFERENCE_DEM = "REFERENCE_DEM"
     HILLSHADE = "HILLSHADE"
     OUTPUT = "OUTPUT"
 
@@ -45,8 +44,7 @@ class EstimateDepth(D3Algorithm):
             self.BANDS, self.tr("Bands used as RGB (empty = automatic)"), parentLayerParameterName=self.INPUT,
             optional=True, allowMultiple=True))
         self.add_model_parameters()
-        self.addParameter(QgsProcessingParameterRasterLayer(
-            self.REFERENCE_DEM, self.tr("Reference DEM (output in metres)"), optional=True))
+        self.add_reference_parameter()
         self.add_advanced(QgsProcessingParameterBoolean(
             self.HILLSHADE, self.tr("Also add a hillshade layer"), defaultValue=False))
         self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT, self.tr("Height")))

@@ -34,8 +34,9 @@ class EstimateDepthFolder(D3Algorithm):
         "overwritten: a name already taken gets -2, -3..., images sharing a name get their extension in it "
         "(scene_png_depth.tif), and height rasters written by D3-RSMDE are not taken as images. The model is loaded "
         "once for all files. A file that cannot be processed is reported as an error and skipped; the others "
-        "still run. Cancel keeps the files already written. Outputs: the number of files processed and "
-        "failed, and the list of written rasters."
+        "still run. Cancel keeps the files already written. A reference DEM, when given, turns every output into "
+        "metres as in <i>Estimate depth</i> (a file it does not cover is reported and skipped). Outputs: the "
+        "number of files processed and failed, and the list of written rasters."
     )
 
     INPUT_FOLDER = "INPUT_FOLDER"
@@ -55,6 +56,7 @@ class EstimateDepthFolder(D3Algorithm):
             self.BANDS, self.tr("Bands used as RGB, e.g. 4,3,2 or 4;3;2 (empty = automatic, per file)"),
             optional=True))
         self.add_model_parameters()
+        self.add_reference_parameter()
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
         self.addOutput(QgsProcessingOutputNumber(self.PROCESSED, self.tr("Files processed")))
         self.addOutput(QgsProcessingOutputNumber(self.FAILED, self.tr("Files failed")))
@@ -79,6 +81,7 @@ class EstimateDepthFolder(D3Algorithm):
         out_folder = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))
         out_folder.mkdir(parents=True, exist_ok=True)
         bands = self.band_list(parameters, self.BANDS, context)
+        reference = self.raster_path(parameters, self.REFERENCE_DEM, context)
         options = self.model_options(parameters, context)
         pipeline = self.load_pipeline(parameters, context, feedback)
 
@@ -88,7 +91,7 @@ class EstimateDepthFolder(D3Algorithm):
             steps.setCurrentStep(step)
             feedback.pushInfo(f"[{step + 1}/{len(images)}] {image.name} -> {output.name}")
             try:
-                summary = predict_raster(str(image), str(output), pipeline, bands=bands,
+                summary = predict_raster(str(image), str(output), pipeline, bands=bands, reference_dem=reference,
                                          progress=progress_callback(steps), cancel=feedback.isCanceled,
                                          overwrite=False, **options)
             except Cancelled:  # keep what is done; predict_raster leaves nothing of the current file
