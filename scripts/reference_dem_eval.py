@@ -7,9 +7,11 @@ the true DEM averaged over F x F pixels plays the user's coarse reference DEM. S
 the engine's output in metres, and the coarse reference itself resampled bilinearly onto that grid (what a user
 has without the model).
 
-    python scripts/reference_dem_eval.py --factors 2,4,8 --out build/reference-dem
+    python scripts/reference_dem_eval.py --factors 2,4,8 --out build/reference-dem \
+        --figure docs/images/reference-dem.png
 
-Writes results.json and results.md into --out.
+Writes results.json and results.md into --out; ``--figure``: the first scene at the middle factor, true DEM |
+reference | output, shaded, on the true DEM's grid.
 """
 from __future__ import annotations
 
@@ -59,12 +61,36 @@ def reference_alone(reference: Path, dem: Path) -> tuple[np.ndarray, np.ndarray]
         return vrt.read(1, masked=True).astype(np.float64).filled(np.nan), g
 
 
+def write_figure(png: Path, title: str, maps: dict[str, np.ndarray]) -> None:
+    """The maps side by side on one colour scale, hill-shaded (the true DEM's grid)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LightSource
+
+    truth = next(iter(maps.values()))
+    low, high = np.nanpercentile(truth, (1, 99))
+    fig, axes = plt.subplots(1, len(maps), figsize=(5 * len(maps), 5.6), constrained_layout=True)
+    for ax, (name, z) in zip(axes, maps.items()):
+        filled = np.where(np.isfinite(z), z, np.nanmean(z))
+        ax.imshow(LightSource(azdeg=315, altdeg=45).shade(filled, plt.cm.terrain, vert_exag=0.05, vmin=low,
+                                                           vmax=high, blend_mode="soft"))
+        ax.set_title(name)
+        ax.set_axis_off()
+    fig.suptitle(title)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=70)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=None, help="default: the bundled weights")
     parser.add_argument("--factors", default="2,4,8")
     parser.add_argument("--scene", action="append", default=[], metavar="NAME=IMAGE,DEM")
     parser.add_argument("--out", default="build/reference-dem")
+    parser.add_argument("--figure", type=Path, default=None, help="PNG of the first scene at the middle factor")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,15 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     pipe = D3Pipeline.from_pretrained(args.weights) if args.weights else D3Pipeline.from_pretrained(
         Path(__file__).resolve().parents[1] / "resources" / "weights" / "d3rsmde-lean.safetensors")
     rows = []
+    factors = [int(f) for f in args.factors.split(",")]
     for name, (image, dem) in scenes.items():
-        for factor in (int(f) for f in args.factors.split(",")):
+        for factor in factors:
             tag = f"{name.replace(' ', '-').lower()}-{factor}"
             reference = coarse_reference(dem, factor, out / f"{tag}-reference.tif")
             predict_raster(image, out / f"{tag}-output.tif", pipe, reference_dem=reference)
+            output, truth = scene_on_reference_grid(out / f"{tag}-output.tif", dem)
+            alone, _ = reference_alone(reference, dem)
             rows.append({"scene": name, "factor": factor, "what": "output (predict_raster with the reference)",
-                         **scores(*scene_on_reference_grid(out / f"{tag}-output.tif", dem))})
+                         **scores(output, truth)})
             rows.append({"scene": name, "factor": factor, "what": "the reference alone (bilinear)",
-                         **scores(*reference_alone(reference, dem))})
+                         **scores(alone, truth)})
+            if args.figure and name == next(iter(scenes)) and factor == factors[len(factors) // 2]:
+                write_figure(args.figure, f"{name}: reference DEM {factor}x coarser than the true DEM", {
+                    "true DEM": truth, f"reference ({factor}x coarser), bilinear": alone,
+                    "output with that reference": output})
             print(rows[-2], rows[-1], sep="\n", flush=True)
     result = {"machine": platform.node(), "weights": str(args.weights or "bundled"), "rows": rows}
     atomic_write_text(out / "results.json", json.dumps(result, indent=2))
