@@ -69,3 +69,22 @@ def test_scene_tile_eval_scores_tile_sizes_on_held_out_blocks(tiny_weights, tmp_
         assert dem.nodata is not None and dem.nodata != dem.nodata  # NaN: a DEM's nodata never becomes a summit
         assert 2000 < dem.read(1, masked=True).mean() < 4500  # the sample's heights, metres
     assert f"mean of {len(blocks)} held-out world blocks" in (out / "results.md").read_text()
+
+
+def test_reference_dem_eval_scores_output_and_reference_alone(tiny_weights, tmp_path):
+    """scripts/reference_dem_eval.py: each factor's coarse reference is the true DEM averaged, and the output made
+    with it follows it (a random tiny model adds only its texture), scored beside the reference alone."""
+    spec = importlib.util.spec_from_file_location("reference_dem_eval", REPO / "scripts" / "reference_dem_eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "reference"
+    assert module.main(["--weights", str(tiny_weights), "--factors", "2,4", "--scene",
+                        f"RMNP={SAMPLE_RGB},{SAMPLE_DEM}", "--out", str(out), "--figure",
+                        str(tmp_path / "figure.png")]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["factor"], r["what"].split()[0]) for r in rows] == [(2, "output"), (2, "the"), (4, "output"),
+                                                                   (4, "the")]
+    for output, alone in zip(rows[::2], rows[1::2]):
+        assert 0 < output["rmse_m"] < 3 * alone["rmse_m"]  # metres that follow the reference (0.5.0: 13x at 2x)
+    assert rows[1]["rmse_m"] < rows[3]["rmse_m"]  # a coarser reference misses more
+    assert (tmp_path / "figure.png").stat().st_size > 10_000
