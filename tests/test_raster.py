@@ -311,7 +311,7 @@ def test_a_reference_dem_sets_the_large_scales_the_model_adds_the_rest(tmp_path)
 
 
 def test_no_step_where_the_reference_ends(tmp_path):
-    """A reference covering the left half only: past its edge the correction carries on, so the output does not
+    """A reference covering the left half only: past its edge the correction is diffused on, so the output does not
     jump there (it jumped by the whole correction when it stopped at the edge)."""
     truth = terrain_m(384, 512)
     src = write(tmp_path / "in.tif", height_image(truth))
