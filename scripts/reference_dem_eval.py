@@ -32,6 +32,7 @@ from d3rsmde.metrics import depth_metrics
 from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.raster import predict_raster
 from d3rsmde.raster.io import warp_onto
+from d3rsmde.weights import default_weights_path
 
 METRICS = ("rmse_m", "mae", "ssim", "grad_r")
 
@@ -97,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     scenes = dict(s.split("=", 1) for s in args.scene) if args.scene else {}
     scenes = {k: tuple(Path(p) for p in v.split(",")) for k, v in scenes.items()} or {
         "Rocky Mountain": pairs.rmnp(), "Meuse": pairs.meuse()}
-    pipe = D3Pipeline.from_pretrained(args.weights) if args.weights else D3Pipeline.from_pretrained(
-        Path(__file__).resolve().parents[1] / "resources" / "weights" / "d3rsmde-lean.safetensors")
+    pipe = D3Pipeline.from_pretrained(args.weights or default_weights_path())
     rows = []
     factors = [int(f) for f in args.factors.split(",")]
     for name, (image, dem) in scenes.items():

@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.warp import calculate_default_transform
 from rasterio.windows import Window
 
 from ..errors import InputError
 from ..tiling import TileGrid, fit_rows, pair_rows, solve_affines
-from .io import warp_onto
+from .io import pixels_per_pixel_of, warp_onto
 from .output import GridSpec
 from .tiles import TileStore
 
@@ -74,8 +73,7 @@ def _reference_fits(grid: TileGrid, store: TileStore, has_data: np.ndarray, ref_
     """
     fits = []
     with rasterio.open(ref_path) as ref, warp_onto(ref, spec, Resampling.bilinear) as vrt:
-        native, _, _ = calculate_default_transform(ref.crs, spec.crs, ref.width, ref.height, *ref.bounds)
-        ratio = abs(native.determinant / spec.transform.determinant)  # output pixels per reference pixel
+        ratio = pixels_per_pixel_of(ref, spec)  # output pixels per reference pixel
         covering = spec.width * spec.height / ratio
         if covering < MIN_REFERENCE_PIXELS:
             raise InputError(

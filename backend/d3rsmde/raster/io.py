@@ -15,7 +15,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_bounds
+from rasterio.warp import calculate_default_transform, transform_bounds
 
 from ..errors import InputError
 from ..files import check_not_an_input
@@ -120,6 +120,13 @@ def onto_grid(stack: ExitStack, ds, grid, resampling: Resampling):
     if left >= g.right or right <= g.left or bottom >= g.top or top <= g.bottom:
         raise InputError(f"{Path(ds.name).name} and {Path(grid.name).name} do not overlap")
     return stack.enter_context(warp_onto(ds, grid, resampling))
+
+
+def pixels_per_pixel_of(ds, grid) -> float:
+    """How many pixels of ``grid`` (anything with a CRS and transform) one pixel of ``ds`` covers, ``ds``'s
+    resolution taken in ``grid``'s CRS: above 1 where ``ds`` is the coarser."""
+    native, _, _ = calculate_default_transform(ds.crs, grid.crs, ds.width, ds.height, *ds.bounds)
+    return abs(native.determinant / grid.transform.determinant)
 
 
 def warp_onto(ds, grid, resampling: Resampling) -> WarpedVRT:

@@ -15,7 +15,7 @@ import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import rasterio
@@ -64,9 +64,9 @@ def predict_raster(
     input is nodata or transparent, and is relative height 0..1 over the whole raster, or metres (the reference's
     units) when ``reference_dem`` (any raster, any CRS and resolution, at least 2 pixels over the input) is
     given: then the output follows the reference at the reference's resolution and the model adds the relief
-    below it (:mod:`.reference`). The image is prepared as the weights' preprocessing config says (``pipeline.config.preprocessing``:
-    band order, stretch percentiles, tile size, GSD). ``bands``: 1-based band numbers in the model's channel order
-    (one band is replicated to three).
+    below it (:mod:`.reference`). The image is prepared as the weights' preprocessing config says
+    (``pipeline.config.preprocessing``: band order, stretch percentiles, tile size, GSD). ``bands``: 1-based band
+    numbers in the model's channel order (one band is replicated to three).
     ``tile``/``overlap``/``batch_size``/``workers`` default to the model's tile size, an eighth of it
     (:data:`~d3rsmde.defaults.OVERLAP_FRACTION`), and what suits the device (``workers``: batches run at once, each
     on its share of torch's threads, :mod:`.workers`). ``resample_to_gsd`` runs the
@@ -125,20 +125,17 @@ def predict_raster(
                 with VerifiedOutput(scratch / dst_path.name, out_grid) as out:
                     if factor == 1.0 and ref_path is None:
                         _write_blended(run, scale, shift, out, bounds)
-                    else:
-                        with VerifiedOutput(scratch / "model-grid.tmp", source.grid, final=False) as tmp:
-                            _write_blended(run, scale, shift, tmp, bounds)
-                        tmp.verify()
-                        surface = tmp.path
+                    else:  # through scratch files on the model grid
+                        surface = _scratch_pass(scratch / "model-grid.tmp", source.grid,
+                                                lambda tmp: _write_blended(run, scale, shift, tmp, bounds))
                         if ref_path is not None and factor != 1.0:
-                            with VerifiedOutput(scratch / "with-reference.tmp", source.grid, final=False) as tmp:
-                                keep_reference_lows(surface, ref_path, tmp, scratch, cancel)
-                            tmp.verify()
-                            surface = tmp.path
-                        if ref_path is not None and factor == 1.0:
-                            keep_reference_lows(surface, ref_path, out, scratch, cancel)
-                        else:
+                            surface = _scratch_pass(scratch / "with-reference.tmp", source.grid,
+                                                    lambda tmp: keep_reference_lows(surface, ref_path, tmp, scratch,
+                                                                                    cancel))
+                        if factor != 1.0:
                             _resample_back(run, surface, out)
+                        else:
+                            keep_reference_lows(surface, ref_path, out, scratch, cancel)
                     finish(out.ds, units, run.tags())
                 out.verify()
         except OSError as exc:  # a full disk, an I/O error: the previous output, if any, is untouched
@@ -269,6 +266,14 @@ def _write_blended(run: _Run, scale: np.ndarray, shift: np.ndarray, out: Verifie
             np.clip(band, *bounds, out=band, where=wsum > 0)
         out.write(band, Window(0, row0, grid.width, row1 - row0))
         report(run.progress, 0.9 + 0.09 * row1 / grid.height, f"writing rows {row1}/{grid.height}")
+
+
+def _scratch_pass(path: Path, grid: GridSpec, write: Callable[[VerifiedOutput], None]) -> Path:
+    """``write`` into a verified, uncompressed scratch height file on ``grid``; returns its path."""
+    with VerifiedOutput(path, grid, final=False) as tmp:
+        write(tmp)
+    tmp.verify()
+    return path
 
 
 def _resample_back(run: _Run, work: Path, out: VerifiedOutput) -> None:

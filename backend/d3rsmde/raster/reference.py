@@ -18,15 +18,15 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.transform import Affine
-from rasterio.warp import calculate_default_transform, transform_bounds
+from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 from scipy import ndimage
 
 from ..progress import Cancel, check_cancel
-from .io import warp_onto
+from .io import pixels_per_pixel_of, warp_onto
 from .output import BLOCK, NODATA, GridSpec, VerifiedOutput
 
-MIN_WARP_WIDTH = 8  # the narrowest grid GDAL is asked to average onto (see reference_lows)
+MIN_WARP_WIDTH = 8  # the narrowest grid GDAL is asked to average onto (see _reference_lows)
 MAX_LOW_PIXELS = 4096 * 4096  # the large scales' grid at most (64 MB as float32): coarser for huge rasters
 FILL_STEPS = 25  # past the reference's data its correction reaches about sqrt(FILL_STEPS) pixels, then its mean
 
@@ -41,7 +41,7 @@ def keep_reference_lows(surface: Path, reference: Path, out: VerifiedOutput, scr
         ref = stack.enter_context(rasterio.open(reference))
         grid = _low_grid(ref, s)
         with VerifiedOutput(scratch / "reference-lows.tmp", grid, final=False) as lows:
-            lows.write(_carried_on(reference_lows(ref, s, grid, cancel)), Window(0, 0, grid.width, grid.height))
+            lows.write(_carried_on(_reference_lows(ref, s, grid, cancel)), Window(0, 0, grid.width, grid.height))
         lows.verify()
         up = stack.enter_context(warp_onto(stack.enter_context(rasterio.open(lows.path)), s, Resampling.bilinear))
         for row0 in range(0, s.height, BLOCK):
@@ -52,7 +52,7 @@ def keep_reference_lows(surface: Path, reference: Path, out: VerifiedOutput, scr
             out.write((heights + correction).filled(NODATA), window)
 
 
-def reference_lows(ref, surface, grid: GridSpec, cancel: Cancel | None = None) -> np.ndarray:
+def _reference_lows(ref, surface, grid: GridSpec, cancel: Cancel | None = None) -> np.ndarray:
     """The reference minus the surface, both averaged over each pixel of ``grid``; NaN where either has no data."""
     # GDAL 3.6 averages wrongly onto grids under 4 pixels wide (measured: a 2 x 2 grid got its columns swapped,
     # 3 x 3 was off too), so narrow grids are averaged onto a grid k times finer and the k x k blocks meaned here.
@@ -101,8 +101,7 @@ def _low_grid(ref, surface) -> GridSpec:
     """The grid the large scales live on: the reference's pixels over the whole surface (past the reference's
     edge too), or the surface's own pixels when the reference is finer; coarser when that would exceed
     ``MAX_LOW_PIXELS``."""
-    native, _, _ = calculate_default_transform(ref.crs, surface.crs, ref.width, ref.height, *ref.bounds)
-    if abs(native.determinant) <= abs(surface.transform.determinant):
+    if pixels_per_pixel_of(ref, surface) <= 1:
         grid = GridSpec(surface.crs, surface.transform, surface.width, surface.height)
     else:
         exact = from_bounds(*transform_bounds(surface.crs, ref.crs, *surface.bounds), transform=ref.transform)

@@ -3,8 +3,8 @@
 On a CPU the model's many small kernels each end in an OpenMP barrier, and one call spread over all cores leaves
 them waiting on each other (whole rasters kept 1.6 of 2 cores busy). Two calls at once, each on half the cores,
 need no barrier between the halves: lean model, batches of 8 tiles of 256, 2-core Xeon, 60-68 instead of 81-89 ms
-per tile; whole rasters 1.09-1.19x faster (README, Performance). OpenMP's thread count is per calling thread, so a worker's setting leaves the
-caller's alone.
+per tile; whole rasters 1.09-1.19x faster (README, Performance). OpenMP's thread count is per calling thread, so
+a worker's setting leaves the caller's alone.
 """
 
 from __future__ import annotations
