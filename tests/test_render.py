@@ -1,11 +1,15 @@
 """The DEM renderer: deterministic and physically sane, and the tiles it writes train like real ones."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from d3rsmde.errors import InputError
-from d3rsmde.render import CLASSES, Sun, cast_shadows, hillshade, land_cover, relief_exaggeration, render_dem
+from d3rsmde.render import (CLASSES, Sun, albedo_image, cast_shadows, hillshade, land_cover, relief_exaggeration,
+                            render_dem)
 
 
 def ridge(size: int = 64, height: float = 400.0) -> np.ndarray:
@@ -58,6 +62,23 @@ def test_land_cover_respects_its_classes():
     assert lum[dem <= 100.0].mean() < lum[dem > 500.0].mean()  # water is darker than land
 
 
+def test_dry_scenes_have_bright_ground_below_their_forest():
+    """A semi-arid scene: steppe (as bright as rock) only on the low ground, forest above it; a wet scene has none."""
+    y = np.linspace(0, 1, 128)[:, None] * np.ones((1, 128))
+    dem = 3000.0 * (1 - y) + 40.0 * np.sin(np.arange(128) / 3.0)[None]  # a ramp up to the north, with ribs
+    wet = land_cover(dem, 200.0, np.random.default_rng(0), Sun(135.0, 45.0))  # the default
+    assert not (wet == CLASSES.index("steppe")).any()
+    for seed in range(4):
+        cls = land_cover(dem, 200.0, np.random.default_rng(seed), Sun(135.0, 45.0), dry=True)
+        steppe, forest = cls == CLASSES.index("steppe"), cls == CLASSES.index("forest")
+        assert steppe.mean() > 0.05
+        assert np.median(dem[steppe]) < np.median(dem[forest | (cls == CLASSES.index("rock"))])
+    albedo = albedo_image(cls, np.random.default_rng(0)).mean(axis=0)
+    assert albedo[steppe].mean() > 1.5 * albedo[forest].mean()  # bright low ground: brightness is not height
+    assert render_dem(dem, 200.0, seed=2, dry_share=1.0)[1]["dry"] is True
+    assert not any(render_dem(dem, 200.0, seed=s)[1]["dry"] for s in range(8))  # the default share is 0
+
+
 @pytest.mark.parametrize("dem, gsd", [(np.zeros((2, 2)), 1.0), (np.full((8, 8), np.nan), 1.0),
                                       (np.zeros((8, 8)), 0.0)])
 def test_bad_input_is_refused(dem, gsd):
@@ -81,6 +102,12 @@ def test_render_dataset_trains_like_real_tiles(tmp_path, monkeypatch):
     assert item["image"].shape == (3, 32, 32) and item["mask"].all()
     assert item["image"].min() == 0 and item["image"].max() == 1  # the 1-99 % stretch reaches both ends
     assert item["depth"].min() >= 200 and item["depth"].max() <= 1800  # heights untouched, metres
+    dry = build_render_dataset(tmp_path / "dry", dems=["hills"], tile_size=32, scales=[1], tiles_per_dem=6,
+                               min_views=6, workers=1, dry_share=1.0)
+    index = json.loads(Path(dry["index_path"]).read_text())
+    assert index["render"]["dry_share"] == 1.0 and all(t["dry"] for t in index["tiles"])
+    with pytest.raises(InputError, match="dry_share"):
+        build_render_dataset(tmp_path / "bad", dems=["hills"], tile_size=32, dry_share=1.5)
 
 
 def test_render_sets_of_two_tile_sizes_hold_out_the_same_terrain(tmp_path, monkeypatch):

@@ -4,10 +4,10 @@ terrain pixels although co-registered image/DEM pairs at user scales are scarce.
 One call, :func:`render_dem`, turns a height map into an RGB image on the same grid, the way a sensor would
 see it: sun from a direction drawn like real acquisitions (mid-morning sun-synchronous passes, both
 hemispheres, all seasons), Lambertian direct light with cast shadows plus sky light, land cover whose albedo
-follows elevation, slope, aspect and wetness (water, fields, grass, forest, rock, snow, each with texture),
-optional cloud, haze, sensor noise, colour and gamma jitter. Everything is drawn from one seed, so a render is
-reproducible. The heights themselves are never changed: the image is made to fit the terrain, not the
-reverse.
+follows elevation, slope, aspect and wetness (water, fields, grass, steppe, forest, rock, snow, each with
+texture; in dry climates a lower tree line with bright bare ground below it), optional cloud, haze, sensor noise,
+colour and gamma jitter. Everything is drawn from one seed, so a render is reproducible. The heights themselves
+are never changed: the image is made to fit the terrain, not the reverse.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from scipy import ndimage
 from .errors import InputError
 
 # Land-cover classes and their base reflectance (linear RGB, roughly Sentinel-2/Landsat true colour).
-CLASSES = ("water", "fields", "grass", "forest", "rock", "snow")
+CLASSES = ("water", "fields", "grass", "steppe", "forest", "rock", "snow")
 ALBEDO = {
     "water": (0.03, 0.05, 0.07),
     "fields": (0.16, 0.17, 0.09),
     "grass": (0.10, 0.13, 0.06),
+    "steppe": (0.21, 0.17, 0.12),  # dry grass and bare soil: as bright as rock
     "forest": (0.04, 0.07, 0.035),
     "rock": (0.20, 0.18, 0.16),
     "snow": (0.80, 0.82, 0.86),
@@ -96,12 +97,13 @@ def smooth_noise(shape: tuple[int, int], rng: np.random.Generator, scale: float)
 
 
 def land_cover(dem: np.ndarray, gsd_m: float, rng: np.random.Generator, sun: Sun,
-               water_level: float | None = None) -> np.ndarray:
+               water_level: float | None = None, dry: bool = False) -> np.ndarray:
     """Class index (into :data:`CLASSES`) per pixel from elevation, slope, aspect and wetness.
 
     Snow and rock take the heights above a tree line and snow line drawn inside the scene's own height range;
     steep slopes are rock; forest fills the mid slopes (more on shaded, wetter slopes); valley floors and flats
     are fields or grass; flat ground at or below ``water_level`` (sea) and in flat depressions is water.
+    A ``dry`` (semi-arid) scene also has a lower tree line: below it, steppe (higher up on slopes facing the sun).
     """
     h, w = dem.shape
     normals = surface_normals(dem, gsd_m)
@@ -125,6 +127,9 @@ def land_cover(dem: np.ndarray, gsd_m: float, rng: np.random.Generator, sun: Sun
     forest_score = 0.5 * smooth_noise((h, w), rng, 3) + 0.8 * np.clip(wet, -2, 2) - 0.4 * facing_sun
     forest = (rel + wobble < treeline) & (slope < 38) & (forest_score > rng.uniform(-0.8, 0.2))
     cls[forest] = CLASSES.index("forest")
+    if dry:
+        lower_treeline = rng.uniform(0.15, 0.6) * min(treeline, 1.0)
+        cls[rel + wobble - 0.1 * facing_sun < lower_treeline] = CLASSES.index("steppe")
     flat_low = (slope < 4) & (rel < 0.5)
     fields = flat_low & (smooth_noise((h, w), rng, 20) > rng.uniform(-1.0, 1.0))
     cls[fields] = CLASSES.index("fields")
@@ -152,6 +157,9 @@ def albedo_image(cls: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     texture = 1.0 + 0.12 * smooth_noise((h, w), rng, 1.0) + 0.10 * smooth_noise((h, w), rng, 5.0)
     patches = np.floor(smooth_noise((h, w), rng, 12.0) * 2.0)  # field parcels: piecewise-constant brightness
     texture *= np.where(cls == CLASSES.index("fields"), 1.0 + 0.15 * np.sin(3.1 * patches), 1.0)
+    steppe = cls == CLASSES.index("steppe")
+    if steppe.any():  # open woodland: scattered dark crowns
+        texture *= np.where(steppe & (smooth_noise((h, w), rng, 0.7) > rng.uniform(0.8, 2.0)), 0.4, 1.0)
     texture = np.where(cls == CLASSES.index("water"), 1.0 + 0.03 * smooth_noise((h, w), rng, 3.0), texture)
     return image * texture[None]
 
@@ -171,11 +179,13 @@ def relief_exaggeration(dem: np.ndarray, gsd_m: float, rng: np.random.Generator)
 
 
 def render_dem(dem: np.ndarray, gsd_m: float, seed: int, *, water_level: float | None = None,
-               sun: Sun | None = None, clouds: bool | None = None) -> tuple[np.ndarray, dict]:
+               sun: Sun | None = None, clouds: bool | None = None, dry_share: float = 0.0) -> tuple[np.ndarray, dict]:
     """An 8-bit RGB image (3 x H x W) of ``dem`` (metres, H x W, north up, ``gsd_m`` metre pixels).
 
-    ``seed`` fixes every random choice; ``sun`` and ``clouds`` override the drawn ones (tests). Also returns what
-    was drawn (sun, exaggeration, haze...), so a dataset can record it.
+    ``seed`` fixes every random choice; ``sun`` and ``clouds`` override the drawn ones (tests). ``dry_share``: the
+    chance that the scene is semi-arid, with bright dry ground below its forests (much of GLOBE tile G, the
+    Rockies, the Andes); at 0 no draw is made, so renders stay those of releases before it. Also returns what was
+    drawn (sun, exaggeration, haze...), so a dataset can record it.
     """
     dem = np.asarray(dem, dtype=np.float64)
     if dem.ndim != 2 or min(dem.shape) < 4:
@@ -189,7 +199,9 @@ def render_dem(dem: np.ndarray, gsd_m: float, seed: int, *, water_level: float |
     exaggeration = relief_exaggeration(dem, gsd_m, rng)
     shaded_dem = dem * exaggeration
     # Land cover follows the terrain as it looks (the exaggerated slopes); water_level scales with the heights.
-    cls = land_cover(shaded_dem, gsd_m, rng, sun, None if water_level is None else water_level * exaggeration)
+    drew_dry = dry_share > 0 and bool(rng.random() < dry_share)
+    cls = land_cover(shaded_dem, gsd_m, rng, sun, None if water_level is None else water_level * exaggeration,
+                     dry=drew_dry)
     albedo = albedo_image(cls, rng)
     direct = hillshade(shaded_dem, gsd_m, sun) * ~cast_shadows(shaded_dem, gsd_m, sun)
     sky_view = (1.0 + surface_normals(shaded_dem, gsd_m)[2]) / 2.0
@@ -211,5 +223,5 @@ def render_dem(dem: np.ndarray, gsd_m: float, seed: int, *, water_level: float |
     gamma = rng.uniform(1.8, 2.6)
     image = np.clip(radiance * gain, 0.0, 1.0) ** (1.0 / gamma)
     info = {"sun_azimuth": sun.azimuth, "sun_elevation": sun.elevation, "exaggeration": exaggeration,
-            "haze": haze, "clouds": drew_clouds, "gamma": gamma}
+            "haze": haze, "clouds": drew_clouds, "dry": drew_dry, "gamma": gamma}
     return np.round(image * 255).astype(np.uint8), info
