@@ -7,7 +7,7 @@
 # VAE and refiner stay the shipped ones. Compare with
 #   python scripts/scene_tile_eval.py --weights "$WORK/stage9-dry-seed0.safetensors" --tiles 256 --steps 0,6 \
 #     --max-scenes 4 --world "$WORK/world" --scene rmnp=IMAGE,DEM --scene meuse=IMAGE,DEM
-# Each run is one thread (two run side by side on a 2-core CPU, about 40 min each there). Resumable.
+# Each run is one thread (two run side by side on a 2-core CPU, 28-41 min each there). Resumable.
 set -euo pipefail
 work=${WORK:-build/stage9}
 start=${START:-resources/weights/d3rsmde-lean.safetensors}

@@ -12,6 +12,7 @@ import math
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -105,8 +106,8 @@ def stretched_render(height: np.ndarray, gsd_m: float, seed: int, water_level: f
     return np.round(stretch(image, *band_limits(image.reshape(3, -1))) * 255).astype(np.uint8), info
 
 
-def _render_job(job: dict) -> tuple[np.ndarray, dict]:
-    return stretched_render(job["height"], job["gsd_m"], job["seed"], job["sea_level"], job["dry_share"])
+def _render_job(job: dict, dry_share: float) -> tuple[np.ndarray, dict]:
+    return stretched_render(job["height"], job["gsd_m"], job["seed"], job["sea_level"], dry_share)
 
 
 def build_render_dataset(
@@ -160,12 +161,10 @@ def build_render_dataset(
                            test_fraction, min_relief_px, block)
     if not jobs:
         raise InputError("no DEM crop passed the filters: lower min_relief_px or the tile size")
-    for job in jobs:
-        job["dry_share"] = dry_share
     tiles = []
     with staged_tiles(out_dir) as tmp:
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-            for i, (job, (image, info)) in enumerate(zip(jobs, pool.map(_render_job, jobs, chunksize=8))):
+            for i, (job, (image, info)) in enumerate(zip(jobs, pool.map(partial(_render_job, dry_share=dry_share), jobs, chunksize=8))):
                 check_cancel(cancel, "render dataset build")
                 name = f"{job['dem']}_x{job['factor']}_r{job['row']:05d}_c{job['col']:05d}_{i:05d}.npz"
                 mask = np.ones((1, tile_size, tile_size), bool)
