@@ -21,6 +21,7 @@ BACKEND_PACKAGES = {
     "diffusers": "diffusers==0.42.1",
     "safetensors": "safetensors>=0.4",
     "rasterio": "rasterio",
+    "scipy": "scipy",  # the engine's tile alignment (sparse least squares) and masks
 }
 
 

@@ -10,6 +10,9 @@ Another CPU picks other float32 kernels: on a 2-core Intel Xeon (AMX) the maps d
 (overlap 32 instead of 16: 0.59). Hence the tolerance, 1e-4 of the relief.
 The "calibrated" map was stored again for 0.5.1 (on the Xeon, float32, one thread), whose reference DEM handling
 changed on purpose: the output keeps the reference's large scales (d3rsmde/raster/reference.py).
+All three were stored again for 0.5.2 (Xeon, float32, one thread), whose input masks changed on purpose: the
+sample's 102 saturated snow pixels, which equal its nodata value 255, are now read as image pixels
+(d3rsmde/raster/masks.py), which moves each tile's min-max and hence the maps (median 2e-3 of the relief).
 """
 
 import numpy as np

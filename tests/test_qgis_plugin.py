@@ -30,10 +30,13 @@ class RecordingFeedback(QgsProcessingFeedback):
 
     def __init__(self):
         super().__init__()
-        self.infos, self.errors = [], []
+        self.infos, self.errors, self.warnings = [], [], []
 
     def pushInfo(self, info):  # noqa: N802 - QGIS API
         self.infos.append(info)
+
+    def pushWarning(self, warning):  # noqa: N802 - QGIS API
+        self.warnings.append(warning)
 
     def reportError(self, error, fatalError=False):  # noqa: N802,N803 - QGIS API
         self.errors.append(error)
@@ -104,6 +107,21 @@ def test_estimate_depth_keeps_grid_and_writes_nodata(d3_provider, tiny_weights, 
     log = "\n".join(feedback.infos)
     assert "Device: CPU" in log and "tiles: 4" in log and "seconds:" in log and "refine_steps: 2" in log
     assert f"sha256 {digest}" in log
+
+
+def test_estimate_depth_warns_of_the_saturated_pixels_it_read_as_image(d3_provider, tiny_weights, tmp_path):
+    """The sample's nodata is 255, which its snow reaches: the holes get heights and the log says so."""
+    output = tmp_path / "depth.tif"
+    feedback = RecordingFeedback()
+    run("d3rsmde:estimatedepth", {"INPUT": str(SAMPLE_RGB), "WEIGHTS": str(tiny_weights), "REFINE_STEPS": 0,
+                                  "DEVICE": CPU, "OUTPUT": str(output)}, feedback)
+    assert feedback.warnings == ["102 pixels of rmnp-rgb.tif equal its nodata value 255 in holes of at most 64 "
+                                 "pixels inside the image (saturated snow or cloud, or the darkest shadow, when "
+                                 "nodata is also a brightness): they were read as image pixels, so the height map "
+                                 "has no holes there; larger nodata areas stay nodata"]
+    with rasterio.open(SAMPLE_RGB) as src, rasterio.open(output) as out:
+        nodata_in = (src.read_masks() == 0).any(axis=0)
+        assert ((out.read(1) == out.nodata) != nodata_in).sum() == 102
 
 
 def test_estimate_depth_with_a_reference_dem_gives_its_metres(d3_provider, tiny_weights, small_rgb, tmp_path):

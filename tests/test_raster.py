@@ -467,6 +467,79 @@ def test_nodata_and_alpha_areas_are_nodata(tmp_path):
     assert (out[100:, :50] == NODATA).all() and (out[:100] != NODATA).all() and (out[:, 50:] != NODATA).all()
 
 
+def saturated_rgb(truth):
+    """8-bit RGB of ``truth`` declaring nodata 255, with a 255 collar along the top, enclosed holes of 255 of
+    9, 10 (across the seam of the first two tile columns: tile 64, overlap 16) and 100 pixels, and one pixel
+    saturated in one band only. Returns the image and the masks of the small holes and the large ones."""
+    rgb = np.minimum((render(truth) * 255).astype(np.uint8), 250)
+    small, large = np.zeros(truth.shape, bool), np.zeros(truth.shape, bool)
+    small[80:83, 100:103] = small[40:42, 44:49] = small[120, 20] = True
+    large[100:110, 150:160] = True
+    large[:6] = True  # a collar: reaches the raster's edge
+    rgb[:, small | large] = 255
+    rgb[1, 120, 20] = 200  # saturated in red and blue only: still nodata in GDAL's eyes (any band)
+    return rgb, small, large
+
+
+def test_small_nodata_holes_inside_the_image_are_image_pixels(tmp_path):
+    """Snow at 255 in an image whose nodata is 255: small enclosed holes get heights, large or open ones do not."""
+    truth = terrain_m(160, 200)
+    rgb, small, large = saturated_rgb(truth)
+    src = write(tmp_path / "snow.tif", rgb, nodata=255, photometric="RGB")
+    stats = predict_raster(src, tmp_path / "out.tif", Oracle(), tile=TILE, overlap=OVERLAP)
+    out = read(tmp_path / "out.tif")
+    assert (out[large] == NODATA).all()
+    assert (out[~large] != NODATA).all() and (out[~large] >= 0).all() and (out[~large] <= 1).all()
+    assert stats["nodata_holes_used"] == small.sum() == 20  # each pixel once, though the seam hole is in 2 tiles
+    assert any("20 pixels of snow.tif equal its nodata value 255" in w for w in stats["warnings"])
+
+    # The model saw the holes' own (bright) values, not the tile's mean colour.
+    seen = Recorder()
+    predict_raster(src, tmp_path / "seen.tif", seen, tile=208, overlap=0)  # one tile
+    image = seen.seen[0][0, 0, :160, :200].numpy()
+    assert (image[80:83, 100:103] == 1.0).all() and image[large & (np.arange(160)[:, None] > 6)].std() < 1e-6
+
+    # Resampled to the model's GSD and back: the output is masked the same way.
+    predict_raster(src, tmp_path / "gsd.tif", Oracle(gsd_m=2.0), tile=TILE, resample_to_gsd=True)
+    assert np.array_equal(read(tmp_path / "gsd.tif") == NODATA, large)
+
+
+def test_transparent_holes_stay_nodata(tmp_path):
+    """An alpha band is the producer's explicit "no data here": its small holes are not filled."""
+    truth = terrain_m(160, 200)
+    rgb, small, large = saturated_rgb(truth)
+    alpha = np.where(small | large, 0, 255).astype(np.uint8)[None]
+    src = write(tmp_path / "rgba.tif", np.concatenate([rgb, alpha]), photometric="RGB", alpha="YES")
+    stats = predict_raster(src, tmp_path / "out.tif", Oracle(), tile=TILE, overlap=OVERLAP)
+    assert np.array_equal(read(tmp_path / "out.tif") == NODATA, small | large)
+    assert stats["nodata_holes_used"] == 0 and not stats["warnings"]
+
+
+def test_a_hole_is_judged_the_same_from_every_window(tmp_path):
+    """image_mask on any window equals the whole raster's judgement cut to that window (tiles agree on holes)."""
+    from scipy import ndimage
+
+    from d3rsmde.raster.masks import SMALL_HOLE_PIXELS, image_mask
+
+    rng = np.random.default_rng(3)
+    holes = ndimage.binary_dilation(rng.random((300, 340)) < 0.002, iterations=int(rng.integers(1, 6)))
+    holes |= ndimage.binary_dilation(rng.random((300, 340)) < 0.0005, iterations=6)  # some larger than 64 px
+    data = np.where(holes, 0, 100).astype(np.uint8)
+    src = write(tmp_path / "holes.tif", data, nodata=0)
+    labels, _ = ndimage.label(holes, structure=np.ones((3, 3), bool))
+    sizes = np.bincount(labels.ravel())
+    edge = np.unique(np.r_[labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    closable = (sizes <= SMALL_HOLE_PIXELS) & ~np.isin(np.arange(len(sizes)), edge)
+    closable[0] = False
+    expected = closable[labels]
+    assert expected.any() and (holes & ~expected).any()
+    with rasterio.open(src) as ds:
+        for row0, col0, h, w in [(0, 0, 64, 64), (37, 101, 64, 64), (250, 290, 50, 50), (120, 0, 8, 340)]:
+            valid, closed = image_mask(ds, [1], Window(col0, row0, w, h), close_holes=True)
+            cut = np.s_[row0:row0 + h, col0:col0 + w]
+            assert np.array_equal(closed, expected[cut]) and np.array_equal(valid, ~holes[cut] | expected[cut])
+
+
 @pytest.mark.parametrize(
     "data,bands,used",
     [

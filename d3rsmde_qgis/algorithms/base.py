@@ -202,7 +202,8 @@ def layer_file(layer: QgsRasterLayer) -> str:
 
 
 def log_summary(feedback, summary: dict) -> None:
-    """One line per entry of a backend result; nested metric dicts on one line, numbers to 4 digits."""
+    """One line per entry of a backend result; nested metric dicts on one line, numbers to 4 digits; its
+    ``warnings`` as QGIS warnings (highlighted in the log), one each."""
     def text(value) -> str:
         if isinstance(value, float):
             return f"{value:.4g}"
@@ -211,7 +212,11 @@ def log_summary(feedback, summary: dict) -> None:
         return str(value)
 
     for key, value in summary.items():
-        feedback.pushInfo(f"{key}: {text(value)}")
+        if key == "warnings":
+            for warning in value:
+                feedback.pushWarning(warning)
+        else:
+            feedback.pushInfo(f"{key}: {text(value)}")
 
 
 def progress_callback(feedback):

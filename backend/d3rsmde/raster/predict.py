@@ -35,6 +35,7 @@ from ..progress import Cancel, Progress, check_cancel, report
 from ..tiling import TileGrid
 from .calibration import align_tiles
 from .io import check_paths, gdal_settings, open_raster, warp_onto
+from .masks import SMALL_HOLE_PIXELS, image_mask, nodata_holes_closable
 from .output import BLOCK, NODATA, GridSpec, VerifiedOutput, finish
 from .reference import keep_reference_lows
 from .tiles import Prefetcher, Source, TileStore
@@ -61,7 +62,8 @@ def predict_raster(
     """Predict a height map for the raster at ``src`` and write it to ``dst`` (.tif/.tiff) as a float32 GeoTIFF.
 
     The output has the input's size and georeferencing (CRS and transform, or GCPs, or RPCs), nodata where the
-    input is nodata or transparent, and is relative height 0..1 over the whole raster, or metres (the reference's
+    input is nodata or transparent (small enclosed holes where it equals its nodata value excepted:
+    :mod:`.masks`), and is relative height 0..1 over the whole raster, or metres (the reference's
     units) when ``reference_dem`` (any raster, any CRS and resolution, at least 2 pixels over the input) is
     given: then the output follows the reference at the reference's resolution and the model adds the relief
     below it (:mod:`.reference`). The image is prepared as the weights' preprocessing config says
@@ -97,6 +99,8 @@ def predict_raster(
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with open_raster(src_path) as ds:
             indexes = select_bands(ds, bands, prep.band_order)
+            close_holes = nodata_holes_closable(ds, indexes)
+            nodata = ds.nodatavals[indexes[0] - 1]
             lo, hi = stretch_limits(ds, indexes, Window(0, 0, ds.width, ds.height), prep.stretch_percentiles)
             factor = _gsd_factor(ds, prep.gsd_m) if resample_to_gsd else 1.0
             out_grid = GridSpec.of(ds)
@@ -105,7 +109,7 @@ def predict_raster(
                 if ref.crs is None or out_grid.crs is None:
                     raise InputError(f"to use a reference DEM, {ref_path.name} and {src_path.name} both need a CRS")
                 ref_units = ref.units[0] if ref.units and ref.units[0] else "m"
-        source = Source(src_path, tuple(indexes), lo, hi, out_grid.scaled(factor))
+        source = Source(src_path, tuple(indexes), lo, hi, out_grid.scaled(factor), close_holes)
         _check_tile_fits(tile, source.grid, prep.tile_size, multiple)
         # A tile's outer pixels carry the model's edge artefact (the VAE decoder's bright frame: 17x the median
         # |second difference| at the edge pixel, 3x at 7 pixels, bundled model at tile 128); none of them reaches
@@ -116,7 +120,7 @@ def predict_raster(
                     TileStore(scratch / "tiles.f32", tile) as store:
                 batches = batch_ranges(len(grid), batch_size, workers)
                 run = _Run(source, grid, store, pipeline, steps, batches, workers, ref_path, progress, cancel)
-                ranges = _infer_tiles(run)
+                ranges, holes = _infer_tiles(run)
                 if not np.isfinite(ranges).all(axis=1).any():
                     raise InputError(f"{src_path.name} has no valid pixel (all nodata or transparent)")
                 scale, shift = align_tiles(grid, store, ranges, ref_path, source.grid)
@@ -166,7 +170,8 @@ def predict_raster(
         "seconds": seconds,
         "megapixels": megapixels,
         "megapixels_per_second": megapixels / max(seconds, 1e-9),
-        "warnings": out_grid.warnings(src_path),
+        "nodata_holes_used": holes,
+        "warnings": out_grid.warnings(src_path) + _hole_warnings(src_path, holes, nodata),
     }
 
 
@@ -198,26 +203,29 @@ class _Run:
         )
 
 
-def _infer_tiles(run: _Run) -> np.ndarray:
-    """Pass 1: every tile with valid pixels through the model into the store; returns per-tile (min, max)."""
+def _infer_tiles(run: _Run) -> tuple[np.ndarray, int]:
+    """Pass 1: every tile with valid pixels through the model into the store; returns per-tile (min, max) and how
+    many pixels of small nodata holes were taken as image data (each counted once: the blending weights of the
+    tiles over a pixel sum to 1)."""
     grid, source = run.grid, run.source
 
     def batches() -> Iterator:
         with ExitStack() as stack:
             ds = source.open(stack)
             for tiles in run.batches:
-                ids, images, masks = [], [], []
+                ids, images, masks, closed = [], [], [], 0.0
                 for i in tiles:
-                    image, valid = source.read(ds, grid, i)
+                    image, valid, holes = source.read(ds, grid, i)
                     if valid.any():
                         ids.append(i)
                         images.append(image)
                         masks.append(valid)
+                        closed += float(grid.weights(i)[holes].sum()) if holes.any() else 0.0
                 if ids:
-                    yield ids, np.stack(images), np.stack(masks), tiles.stop
+                    yield ids, np.stack(images), np.stack(masks), tiles.stop, closed
 
     def infer(batch) -> np.ndarray:
-        _, images, _, _ = batch
+        images = batch[1]
         x = torch.from_numpy(images).to(run.pipeline.device)
         return run.pipeline(x, refine_steps=run.steps)[:, 0].float().cpu().numpy()
 
@@ -227,14 +235,25 @@ def _infer_tiles(run: _Run) -> np.ndarray:
             yield batch
 
     ranges = np.full((len(grid), 2), np.nan)
+    holes = 0.0
     with Prefetcher(batches) as prefetched, WorkerPool(run.workers) as pool:
-        for (ids, _, masks, done), pred in pool.map(infer, unless_cancelled(prefetched)):
+        for (ids, _, masks, done, closed), pred in pool.map(infer, unless_cancelled(prefetched)):
+            holes += closed
             pred[~masks] = np.nan
             for i, p, m in zip(ids, pred, masks):
                 run.store.write(i, p)
                 ranges[i] = p[m].min(), p[m].max()
             report(run.progress, 0.9 * done / len(grid), f"tiles {done}/{len(grid)}")
-    return ranges
+    return ranges, round(holes)
+
+
+def _hole_warnings(src_path: Path, pixels: int, nodata) -> list[str]:
+    if not pixels:
+        return []
+    return [f"{pixels} pixels of {src_path.name} equal its nodata value {nodata:g} in holes of at most "
+            f"{SMALL_HOLE_PIXELS} pixels inside the image (saturated snow or cloud, or the darkest shadow, when "
+            "nodata is also a brightness): they were read as image pixels, so the height map has no holes there; "
+            "larger nodata areas stay nodata"]
 
 
 def _write_blended(run: _Run, scale: np.ndarray, shift: np.ndarray, out: VerifiedOutput,
@@ -284,7 +303,7 @@ def _resample_back(run: _Run, work: Path, out: VerifiedOutput) -> None:
             check_cancel(run.cancel, message="cancelled while writing the output")
             window = Window(0, row0, src.width, min(BLOCK, src.height - row0))
             band = vrt.read(1, window=window, masked=True).filled(NODATA)
-            valid = (src.read_masks(list(run.source.indexes), window=window) > 0).all(axis=0)
+            valid, _ = image_mask(src, run.source.indexes, window, run.source.close_holes)
             out.write(np.where(valid, band, NODATA), window)
 
 

@@ -18,6 +18,7 @@ from rasterio.windows import Window
 
 from ..imagery import stretch
 from ..tiling import TileGrid
+from .masks import image_mask
 from .output import GridSpec
 
 PREFETCH_BATCHES = 2
@@ -25,13 +26,15 @@ PREFETCH_BATCHES = 2
 
 @dataclass(frozen=True)
 class Source:
-    """How model input is read: bands, stretch, and the grid it is read on (resampled for the model's GSD)."""
+    """How model input is read: bands, stretch, the grid it is read on (resampled for the model's GSD), and
+    whether small nodata holes are image data (:mod:`.masks`)."""
 
     path: Path
     indexes: tuple[int, ...]
     lo: np.ndarray
     hi: np.ndarray
     grid: GridSpec
+    close_holes: bool = False
 
     def open(self, stack: ExitStack):
         ds = stack.enter_context(rasterio.open(self.path))
@@ -49,21 +52,26 @@ class Source:
             )
         )
 
-    def read(self, ds, grid: TileGrid, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Tile ``i`` as ``3 x tile x tile`` float32 in [0, 1] and its validity mask; where the tile overhangs the
-        raster, the image is mirrored and the mask False.
+    def read(self, ds, grid: TileGrid, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tile ``i`` as ``3 x tile x tile`` float32 in [0, 1], its validity mask, and the mask of the small nodata
+        holes counted as valid (:func:`.masks.image_mask`); where the tile overhangs the raster, the image is
+        mirrored and the masks False.
 
         Invalid pixels are filled with the tile's mean colour so that nodata does not look like terrain.
         """
         box, (r, c) = grid.box(i), grid.origin(i)
         window = Window(box.col0, box.row0, box.col1 - box.col0, box.row1 - box.row0)
         data = ds.read(list(self.indexes), window=window)
-        valid = (ds.read_masks(list(self.indexes), window=window) > 0).all(axis=0) & np.isfinite(data).all(axis=0)
+        valid, closed = image_mask(ds, self.indexes, window, self.close_holes)
+        finite = np.isfinite(data).all(axis=0)  # float rasters may carry NaN without declaring nodata
+        valid &= finite
+        closed &= finite
         data = stretch(data, self.lo, self.hi)
         if valid.any() and not valid.all():
             data = np.where(valid, data, data[:, valid].mean(axis=1)[:, None, None])
         pad = ((0, 0), (box.row0 - r, r + grid.tile - box.row1), (box.col0 - c, c + grid.tile - box.col1))
-        return np.pad(data, pad, mode="reflect"), np.pad(valid, pad[1:], constant_values=False)
+        return (np.pad(data, pad, mode="reflect"), np.pad(valid, pad[1:], constant_values=False),
+                np.pad(closed, pad[1:], constant_values=False))
 
 
 class TileStore:
