@@ -333,6 +333,22 @@ def test_missing_georeferencing_is_said_once(tmp_path, tiny_weights, capsys):
     assert err.count("warning: plain.tif has no georeferencing") == 1 and "NotGeoreferenced" not in err
 
 
+def test_coordinates_without_a_crs_are_kept_and_said(tmp_path):
+    """A transform without a CRS (a netCDF whose CRS is only an attribute): the output keeps the transform and
+    the warning says how to place both on a map, rather than claiming there is no georeferencing at all."""
+    src = tmp_path / "no-crs.tif"
+    transform = rasterio.transform.from_origin(600_000, 4_700_020, 10, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(src, "w", driver="GTiff", width=96, height=80, count=3, dtype="uint8",
+                           transform=transform) as ds:
+            ds.write(NOISE[:, :80, :96])
+    stats = predict_raster(src, tmp_path / "out.tif", Oracle())
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.crs is None and out.transform == transform
+    assert len(stats["warnings"]) == 1 and "has coordinates but no CRS" in stats["warnings"][0]
+
+
 # Peak memory: GDAL's default block cache (5% of RAM) was most of the ~2 GB a 20000 x 20000 run held. Overviews and
 # compression use every core (they run after the model).
 def test_gdal_block_cache_is_bounded_and_threads_set_during_a_run(tmp_path, monkeypatch):

@@ -54,10 +54,15 @@ class GridSpec:
         return {"crs": self.crs, "transform": self.transform, "rpcs": self.rpcs}
 
     def warnings(self, src_path: Path) -> list[str]:
-        if self.crs is None and not self.gcps[0] and not self.rpcs:
+        """What the user should know about where the output sits: nothing, unless the input has no CRS."""
+        if self.crs is not None or self.gcps[0] or self.rpcs:
+            return []
+        if self.transform.is_identity:
             return [f"{src_path.name} has no georeferencing (no CRS, GCPs or RPCs), so neither has the output: "
                     "it matches the input pixel for pixel but has no place on a map"]
-        return []
+        return [f"{src_path.name} has coordinates but no CRS (their system is not recorded), so the output has "
+                "the same coordinates and no CRS: assign both the input's CRS (in QGIS: Layer Properties > "
+                "Source; or gdal_edit.py -a_srs EPSG:code) to place them on a map"]
 
 
 def height_profile(grid, *, final: bool = True) -> dict:
