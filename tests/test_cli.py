@@ -88,6 +88,24 @@ def test_predict_evaluate_info(tmp_path, capsys, tiny_weights, small_rgb):
     assert "tiny" in printed and "params" in printed and "total=" in printed
 
 
+def test_predict_within_bounds(tmp_path, capsys, tiny_weights, small_rgb):
+    """--bounds LEFT BOTTOM RIGHT TOP in the input's CRS: the output is the input's grid within them."""
+    with rasterio.open(small_rgb) as src:
+        left, bottom, right, top = src.bounds
+        step_x, step_y = src.res
+        transform = src.transform
+    bounds = [left + 10 * step_x, bottom + 20 * step_y, right - 5 * step_x, top - 8 * step_y]
+    out = tmp_path / "part.tif"
+    assert main(["predict", str(small_rgb), str(out), "--weights", str(tiny_weights), "--refine-steps", "0",
+                 "--bounds", *map(str, bounds)]) == 0
+    with rasterio.open(out) as b:
+        assert (b.width, b.height) == (96 - 15, 80 - 28)
+        assert b.transform.almost_equals(transform * transform.translation(10, 8))
+    assert main(["predict", str(small_rgb), str(tmp_path / "none.tif"), "--weights", str(tiny_weights),
+                 "--bounds", "0", "0", "1", "1"]) == 2
+    assert "does not overlap" in capsys.readouterr().err
+
+
 def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, tiny_weights):
     two_bands = tmp_path / "two.tif"
     with rasterio.open(two_bands, "w", driver="GTiff", width=32, height=32, count=2, dtype="uint8",

@@ -109,6 +109,28 @@ def test_estimate_depth_keeps_grid_and_writes_nodata(d3_provider, tiny_weights, 
     assert f"sha256 {digest}" in log
 
 
+def test_estimate_depth_within_an_extent(d3_provider, tiny_weights, small_rgb, tmp_path):
+    """An extent in another CRS (Web Mercator, as a canvas might be): reprojected to the layer's, the output
+    covers the image's pixels within it."""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject, QgsRectangle
+
+    with rasterio.open(small_rgb) as src:
+        left, bottom, right, top = src.bounds
+        step_x, step_y = src.res
+    inner = QgsRectangle(left + 10.2 * step_x, bottom + 20.2 * step_y, right - 5.2 * step_x, top - 8.2 * step_y)
+    mercator = QgsCoordinateReferenceSystem("EPSG:3857")
+    to_mercator = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:4326"), mercator, QgsProject.instance())
+    box = to_mercator.transformBoundingBox(inner)
+    output = tmp_path / "part.tif"
+    run("d3rsmde:estimatedepth", {"INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights), "REFINE_STEPS": 0,
+                                  "DEVICE": CPU, "OUTPUT": str(output),
+                                  "EXTENT": f"{box.xMinimum()},{box.xMaximum()},{box.yMinimum()},{box.yMaximum()} "
+                                            "[EPSG:3857]"})
+    with rasterio.open(output) as out:
+        assert 60 <= out.width <= 96 - 15 + 2 and 40 <= out.height <= 80 - 28 + 2  # the box back in degrees
+        assert out.width < 96 and out.height < 80 and out.crs == "EPSG:4326"
+
+
 def test_estimate_depth_warns_of_the_saturated_pixels_it_read_as_image(d3_provider, tiny_weights, tmp_path):
     """The sample's nodata is 255, which its snow reaches: the holes get heights and the log says so."""
     output = tmp_path / "depth.tif"

@@ -635,6 +635,39 @@ def test_resampling_to_the_model_gsd_and_back(tmp_path):
     assert np.abs(metres[inner] - truth[inner]).mean() < 1.5  # m; per-tile fits alone kept the tilts: 31.5 m above
 
 
+def test_an_extent_limits_the_run_to_its_pixels(tmp_path):
+    """``bounds`` in the raster's CRS: the output is the input's grid within them, the image stretched over them."""
+    truth = terrain_m(160, 200)
+    src = write(tmp_path / "in.tif", height_image(truth))  # 1 m pixels from (500000, 4650000)
+    bounds = (500_040, 4_649_870, 500_150, 4_649_970)  # columns 40-149, rows 30-129
+    stats = predict_raster(src, tmp_path / "part.tif", Oracle(), tile=TILE, bounds=bounds)
+    with rasterio.open(tmp_path / "part.tif") as out:
+        assert (out.crs, out.width, out.height) == (UTM, 110, 100)
+        assert out.transform == from_origin(500_040, 4_649_970, 1.0, 1.0)
+        part = out.read(1)
+    assert np.corrcoef(part.ravel(), truth[30:130, 40:150].ravel())[0, 1] > 0.99
+    assert part.min() == 0.0 and part.max() == 1.0  # relative over the extent, not over the whole raster
+    assert stats["extent"] == list(bounds) and stats["megapixels"] == pytest.approx(110 * 100 / 1e6)
+    assert stats["warnings"] == []
+
+    # Reaching beyond the raster: the overlap, and a note. At the model's GSD: resampled back onto the extent.
+    stats = predict_raster(src, tmp_path / "edge.tif", Oracle(), tile=TILE,
+                           bounds=(500_100, 4_649_700, 500_400, 4_649_900))
+    assert read(tmp_path / "edge.tif").shape == (60, 100) and "beyond" in stats["warnings"][0]
+    predict_raster(src, tmp_path / "gsd.tif", Oracle(gsd_m=2.0), tile=TILE, resample_to_gsd=True, bounds=bounds)
+    with rasterio.open(tmp_path / "gsd.tif") as out:
+        assert (out.width, out.height, out.transform) == (110, 100, from_origin(500_040, 4_649_970, 1.0, 1.0))
+        assert np.corrcoef(out.read(1).ravel(), truth[30:130, 40:150].ravel())[0, 1] > 0.99
+
+    for wrong, message in [((0, 0, 10, 10), "does not overlap"), ((500_150, 4_649_870, 500_040, 4_649_970), "empty")]:
+        with pytest.raises(InputError, match=message):
+            predict_raster(src, tmp_path / "bad.tif", Oracle(), tile=TILE, bounds=wrong)
+    plain = write(tmp_path / "plain.tif", height_image(truth), crs=None)  # coordinates, but in no known CRS
+    with pytest.raises(InputError, match="no CRS"):
+        predict_raster(plain, tmp_path / "bad.tif", Oracle(), tile=TILE, bounds=bounds)
+    assert not (tmp_path / "bad.tif").exists()
+
+
 def test_bad_inputs_are_input_errors(tmp_path):
     good = write(tmp_path / "good.tif", np.zeros((3, 40, 40), np.uint8) + 7)
     two = write(tmp_path / "two.tif", np.zeros((2, 40, 40), np.uint8))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from qgis.core import (
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
+    QgsProcessingParameterExtent,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
 )
@@ -22,6 +23,8 @@ class EstimateDepth(D3Algorithm):
         "empty they are chosen from the layer: red, green and blue by colour interpretation or band "
         "descriptions (Sentinel-2 and Landsat 8/9 B4, B3, B2); otherwise band 1 of a one- or two-band layer, "
         "the first three of any other. The log names the bands used.<br>"
+        "<b>Extent</b>: optional (drawn on the canvas, or a layer's or the canvas's extent, in any CRS); only the "
+        "image's pixels within it are processed, and the output covers them alone.<br>"
         "<b>Refinement steps</b>: the model's default is shown; 0 keeps the coarse map (fastest); empty uses "
         "the number stored with the weights.<br>"
         "<b>Reference DEM</b>: optional (any CRS and resolution, e.g. SRTM or Copernicus DEM); when given, the "
@@ -36,6 +39,7 @@ class EstimateDepth(D3Algorithm):
 
     INPUT = "INPUT"
     BANDS = "BANDS"
+    EXTENT = "EXTENT"
     HILLSHADE = "HILLSHADE"
     OUTPUT = "OUTPUT"
 
@@ -44,6 +48,8 @@ class EstimateDepth(D3Algorithm):
         self.addParameter(QgsProcessingParameterBand(
             self.BANDS, self.tr("Bands used as RGB (empty = automatic)"), parentLayerParameterName=self.INPUT,
             optional=True, allowMultiple=True))
+        self.addParameter(QgsProcessingParameterExtent(
+            self.EXTENT, self.tr("Extent (empty = the whole image)"), optional=True))
         self.add_model_parameters()
         self.add_reference_parameter()
         self.add_advanced(QgsProcessingParameterBoolean(
@@ -54,7 +60,8 @@ class EstimateDepth(D3Algorithm):
         from d3rsmde.raster import predict_raster
 
         source = self.raster_path(parameters, self.INPUT, context)
-        input_name = self.parameterAsRasterLayer(parameters, self.INPUT, context).name()
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        input_name = layer.name()
         self.layer_name = self.tr("{} height").format(input_name)
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
         pipeline = self.load_pipeline(parameters, context, feedback)
@@ -62,12 +69,22 @@ class EstimateDepth(D3Algorithm):
             source, output, pipeline,
             bands=self.band_list(parameters, self.BANDS, context),
             reference_dem=self.raster_path(parameters, self.REFERENCE_DEM, context),
+            bounds=self.extent_bounds(parameters, layer, context),
             progress=progress_callback(feedback), cancel=feedback.isCanceled,
             **self.model_options(parameters, context))
         log_summary(feedback, summary)
         self.hillshade = self.parameterAsBoolean(parameters, self.HILLSHADE, context)
         self.output = output
         return {self.OUTPUT: output}
+
+    def extent_bounds(self, parameters, layer, context) -> tuple[float, float, float, float] | None:
+        """The extent parameter in the layer's CRS, as (left, bottom, right, top); None when it is not set."""
+        if not parameters.get(self.EXTENT):
+            return None
+        rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
+        if rect.isNull():
+            return None
+        return rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802 - QGIS API
         # Main thread, before QGIS loads the result: name it after the input (QGIS keeps the file's name instead

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict",
         help="height map for a georeferenced image raster",
-        description="Predict a height raster (float32 GeoTIFF, same grid as the input): relative 0..1, or metres "
+        description="Predict a height raster (float32 GeoTIFF, same grid as the input, or its part within --bounds): "
+        "relative 0..1, or metres "
         "when a reference DEM is given.",
     )
     predict.add_argument("input", help="image raster (1, 3 or 4 bands; any CRS)")
@@ -52,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "metres, follows it at its resolution and adds the image's relief below it")
     predict.add_argument("--resample-to-gsd", action="store_true",
                          help="run the model at its training ground resolution and resample back")
+    predict.add_argument("--bounds", type=float, nargs=4, metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
+                         help="only this extent of the input, in its CRS (as rio clip --bounds); the output covers "
+                         "the input's pixels within it")
     predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
     predict.set_defaults(func=_predict)
 
@@ -152,6 +156,7 @@ def _predict(args) -> int:
             reference_dem=args.reference_dem,
             progress=progress,
             resample_to_gsd=args.resample_to_gsd,
+            bounds=args.bounds,
         )
     finally:
         if bar is not None:

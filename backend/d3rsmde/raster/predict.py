@@ -21,8 +21,8 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning
-from rasterio.windows import Window
+from rasterio.errors import NotGeoreferencedWarning, WindowError
+from rasterio.windows import Window, from_bounds
 
 from ..bands import select_bands
 from ..defaults import OVERLAP_FRACTION
@@ -57,6 +57,7 @@ def predict_raster(
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     resample_to_gsd: bool = False,
+    bounds: Sequence[float] | None = None,
     overwrite: bool = True,
 ) -> dict:
     """Predict a height map for the raster at ``src`` and write it to ``dst`` (.tif/.tiff) as a float32 GeoTIFF.
@@ -72,7 +73,9 @@ def predict_raster(
     ``tile``/``overlap``/``batch_size``/``workers`` default to the model's tile size, an eighth of it
     (:data:`~d3rsmde.defaults.OVERLAP_FRACTION`), and what suits the device (``workers``: batches run at once, each
     on its share of torch's threads, :mod:`.workers`). ``resample_to_gsd`` runs the
-    model at its training ground resolution and resamples back.
+    model at its training ground resolution and resamples back. ``bounds`` (left, bottom, right, top in the
+    raster's CRS) limits the run to that extent: the output covers the raster's pixels within it, and the image
+    is stretched over them alone.
     ``progress(fraction, message)`` is called and ``cancel()`` polled once per batch. The output is read back and
     checked before it replaces a previous ``dst``; on cancel or failure no output or scratch file is left behind,
     and ``dst`` may be no file any input reads (a VRT's sources included); ``overwrite=False`` refuses an existing
@@ -101,9 +104,11 @@ def predict_raster(
             indexes = select_bands(ds, bands, prep.band_order)
             close_holes = nodata_holes_closable(ds, indexes)
             nodata = ds.nodatavals[indexes[0] - 1]
-            lo, hi = stretch_limits(ds, indexes, Window(0, 0, ds.width, ds.height), prep.stretch_percentiles)
+            extent, notes = _extent_window(ds, bounds)
+            lo, hi = stretch_limits(ds, indexes, extent, prep.stretch_percentiles)
             factor = _gsd_factor(ds, prep.gsd_m) if resample_to_gsd else 1.0
-            out_grid = GridSpec.of(ds)
+            out_grid = GridSpec.of(ds) if bounds is None else GridSpec(
+                ds.crs, ds.window_transform(extent), int(extent.width), int(extent.height))
         if ref_path is not None:
             with open_raster(ref_path) as ref:
                 if ref.crs is None or out_grid.crs is None:
@@ -119,7 +124,8 @@ def predict_raster(
             with staged_output(dst_path, overwrite=overwrite) as scratch, \
                     TileStore(scratch / "tiles.f32", tile) as store:
                 batches = batch_ranges(len(grid), batch_size, workers)
-                run = _Run(source, grid, store, pipeline, steps, batches, workers, ref_path, progress, cancel)
+                run = _Run(source, grid, store, pipeline, steps, batches, workers, ref_path, progress, cancel,
+                           extent)
                 ranges, holes = _infer_tiles(run)
                 if not np.isfinite(ranges).all(axis=1).any():
                     raise InputError(f"{src_path.name} has no valid pixel (all nodata or transparent)")
@@ -137,7 +143,7 @@ def predict_raster(
                                                     lambda tmp: keep_reference_lows(surface, ref_path, tmp, scratch,
                                                                                     cancel))
                         if factor != 1.0:
-                            _resample_back(run, surface, out)
+                            _resample_back(run, surface, out, out_grid)
                         else:
                             keep_reference_lows(surface, ref_path, out, scratch, cancel)
                     finish(out.ds, units, run.tags())
@@ -171,7 +177,9 @@ def predict_raster(
         "megapixels": megapixels,
         "megapixels_per_second": megapixels / max(seconds, 1e-9),
         "nodata_holes_used": holes,
-        "warnings": out_grid.warnings(src_path) + _hole_warnings(src_path, holes, nodata),
+        "extent": None if bounds is None else list(rasterio.transform.array_bounds(
+            out_grid.height, out_grid.width, out_grid.transform)),
+        "warnings": out_grid.warnings(src_path) + notes + _hole_warnings(src_path, holes, nodata),
     }
 
 
@@ -189,6 +197,7 @@ class _Run:
     reference: Path | None
     progress: Progress | None
     cancel: Cancel | None
+    extent: Window  # the input's pixels the output covers
 
     def tags(self) -> dict:
         """What the output was made by and from: model, settings, input names and the weights' provenance."""
@@ -295,15 +304,17 @@ def _scratch_pass(path: Path, grid: GridSpec, write: Callable[[VerifiedOutput], 
     return path
 
 
-def _resample_back(run: _Run, work: Path, out: VerifiedOutput) -> None:
-    """Warp the model-GSD result onto the input grid, one band of rows at a time, masked like the input."""
+def _resample_back(run: _Run, work: Path, out: VerifiedOutput, grid: GridSpec) -> None:
+    """Warp the model-GSD result onto the output ``grid`` (the input's, within the extent), one band of rows at a
+    time, masked like the input."""
     with rasterio.open(work) as w, rasterio.open(run.source.path) as src, \
-            warp_onto(w, src, Resampling.bilinear) as vrt:
-        for row0 in range(0, src.height, BLOCK):
+            warp_onto(w, grid, Resampling.bilinear) as vrt:
+        for row0 in range(0, grid.height, BLOCK):
             check_cancel(run.cancel, message="cancelled while writing the output")
-            window = Window(0, row0, src.width, min(BLOCK, src.height - row0))
+            window = Window(0, row0, grid.width, min(BLOCK, grid.height - row0))
             band = vrt.read(1, window=window, masked=True).filled(NODATA)
-            valid, _ = image_mask(src, run.source.indexes, window, run.source.close_holes)
+            in_src = Window(run.extent.col_off, run.extent.row_off + row0, window.width, window.height)
+            valid, _ = image_mask(src, run.source.indexes, in_src, run.source.close_holes)
             out.write(np.where(valid, band, NODATA), window)
 
 
@@ -313,6 +324,31 @@ def batch_ranges(tiles: int, batch_size: int, workers: int) -> list[range]:
     count = workers * -(-tiles // (workers * batch_size))
     edges = np.linspace(0, tiles, count + 1).round().astype(int)
     return [range(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _extent_window(ds, bounds: Sequence[float] | None) -> tuple[Window, list[str]]:
+    """The window of ``ds`` that ``bounds`` (left, bottom, right, top in its CRS) covers, whole pixels, and what
+    the user should know about it; the whole raster for None."""
+    whole = Window(0, 0, ds.width, ds.height)
+    if bounds is None:
+        return whole, []
+    if ds.crs is None:
+        raise InputError(f"{Path(ds.name).name} has no CRS, so an extent cannot be placed on it; run on the whole "
+                         "raster or give it a CRS")
+    left, bottom, right, top = (float(v) for v in bounds)
+    if not (left < right and bottom < top):
+        raise InputError(f"extent {list(bounds)} is empty: give left < right and bottom < top, in the raster's CRS")
+    wanted = from_bounds(left, bottom, right, top, ds.transform).round_offsets().round_lengths()
+    try:
+        window = wanted.intersection(whole)
+    except WindowError:
+        window = None
+    if window is None or window.width < 1 or window.height < 1:
+        raise InputError(f"extent {list(bounds)} does not overlap {Path(ds.name).name} (its bounds are "
+                         f"{[round(v, 6) for v in ds.bounds]}, in {ds.crs})")
+    notes = [] if window == wanted else [
+        f"the extent reaches beyond {Path(ds.name).name}: the output covers only their overlap"]
+    return window, notes
 
 
 def _gsd_factor(ds, gsd_m: float | None) -> float:
