@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 from conftest import REPO, SAMPLE_DEM, SAMPLE_RGB, crop_raster
-from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback
+from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback, QgsProcessingParameterDefinition
 
 pytestmark = pytest.mark.qgis
 
@@ -52,8 +52,9 @@ def test_provider_registers_four_documented_algorithms(d3_provider):
         assert len(alg.shortHelpString()) > 100, alg.id()
     depth = registry.algorithmById("d3rsmde:estimatedepth")
     names = [p.name() for p in depth.parameterDefinitions()]
-    assert names == ["INPUT", "BANDS", "WEIGHTS", "REFINE_STEPS", "TILE", "OVERLAP", "BATCH_SIZE", "DEVICE",
-                     "REFERENCE_DEM", "HILLSHADE", "OUTPUT"]
+    assert names == ["INPUT", "BANDS", "EXTENT", "WEIGHTS", "REFINE_STEPS", "TILE", "OVERLAP", "BATCH_SIZE",
+                     "DEVICE", "REFERENCE_DEM", "HILLSHADE", "OUTPUT"]
+    assert depth.parameterDefinition("EXTENT").flags() & QgsProcessingParameterDefinition.FlagOptional
     assert depth.parameterDefinition("BANDS").allowMultiple()
     assert depth.parameterDefinition("BANDS").defaultValue() is None  # automatic, per layer (d3rsmde.bands)
     assert depth.parameterDefinition("OUTPUT").supportedOutputRasterLayerExtensions() == ["tif"]
