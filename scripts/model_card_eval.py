@@ -28,7 +28,8 @@ import torch
 from d3rsmde import pairs
 from d3rsmde.datasets import TileDataset
 from d3rsmde.device import describe_device
-from d3rsmde.evaluation import evaluate_scene, evaluate_tiles, scene_on_reference_grid
+from d3rsmde.evaluation import (SCENE_FIGURES, evaluate_scene, evaluate_tiles, scene_jackknife,
+                                scene_on_reference_grid)
 from d3rsmde.files import atomic_write_text
 from d3rsmde.lpips_alexnet import lpips_weights
 from d3rsmde.metrics import format_metrics_table
@@ -64,7 +65,8 @@ def scene_rows(pipe: D3Pipeline, image: Path, dem: Path, steps: list[int], work:
         out = work / f"{image.stem}-T{t}.tif"
         began = time.perf_counter()
         predict_raster(image, out, pipe, refine_steps=t, overlap=overlap)
-        rows[_row_name(t)] = {**evaluate_scene(out, dem), "seconds": time.perf_counter() - began}
+        rows[_row_name(t)] = {**evaluate_scene(out, dem), "seconds": time.perf_counter() - began,
+                              "jackknife_se": scene_jackknife(out, dem)}
     with rasterio.open(image) as src:
         rgb = src.read([1, 2, 3], masked=True).astype(np.float32).filled(np.nan)
         profile = height_profile(src)
@@ -161,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         n = next(iter(rows.values())).get("tiles") or next(iter(rows.values())).get("pixels")
         unit = "tiles, per-tile metrics" if name.startswith("held-out") else "DEM pixels, whole scene"
         md += f"\n**{name}** ({n} {unit})\n\n" + format_metrics_table(rows)
+        noise = {row: r["jackknife_se"] for row, r in rows.items() if "jackknife_se" in r}
+        if noise:
+            md += ("\nJackknife standard errors (the scene scored with each of 3 x 3 blocks left out in turn; "
+                   "MAE / SSIM / LPIPS / ∇r): " + "; ".join(
+                       f"{row} " + " / ".join("n/a" if se[k] is None else f"{se[k]:.{2 if k == 'mae' else 3}f}"
+                                              for k in SCENE_FIGURES) for row, se in noise.items()) + "\n")
     atomic_write_text(out / "results.md", md)
     print(md)
     if 0 in steps:  # the picture sets the coarse map beside the refined one

@@ -7,7 +7,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from d3rsmde.errors import InputError
-from d3rsmde.evaluation import evaluate_scene
+from d3rsmde.evaluation import evaluate_scene, scene_jackknife
 from d3rsmde.metrics import gradient_correlation
 
 
@@ -48,6 +48,22 @@ def test_scene_is_averaged_onto_the_reference_grid(tmp_path):
     assert result["mae"] < 0.6 and result["ssim"] > 0.99 and result["grad_r"] > 0.99
     flipped = write(tmp_path / "flipped.tif", -fine, from_origin(400000, 4500000, 25, 25))
     assert evaluate_scene(flipped, dem)["mae"] > 50
+
+
+def test_jackknife_says_how_much_one_part_of_the_scene_moves_the_figures(tmp_path):
+    """A perfect map scores the same whichever block is left out (no spread); one with a corrupted ninth scores
+    very differently with and without that ninth (a large spread), and the same map shifted and scaled as a whole
+    keeps the spread (the figures are scale- and shift-invariant)."""
+    grid = from_origin(400000, 4500000, 100, 100)
+    dem = write(tmp_path / "dem.tif", hills(48), grid)
+    same = scene_jackknife(write(tmp_path / "same.tif", hills(48), grid), dem)
+    assert same["mae"] == pytest.approx(0.0, abs=1e-9) and same["ssim"] == pytest.approx(0.0, abs=1e-9)
+    corrupted = hills(48)
+    corrupted[:16, :16] = 5000.0  # a spike over one ninth stretches everything else flat
+    spread = scene_jackknife(write(tmp_path / "bad.tif", corrupted, grid), dem)
+    assert spread["mae"] > 10 and spread["ssim"] > 0.05
+    rescaled = scene_jackknife(write(tmp_path / "rescaled.tif", 0.01 * corrupted - 3, grid), dem)
+    assert rescaled["mae"] == pytest.approx(spread["mae"], rel=1e-3)
 
 
 def test_scene_without_crs_or_overlap_is_refused(tmp_path):
