@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mask", help="raster, nonzero where to evaluate")
     evaluate.add_argument("--whole-scene", action="store_true",
                           help="also score the scene as one image: the prediction averaged onto the reference grid, "
-                               "both stretched to 0..255 together (as the model card does)")
+                               "both stretched to 0..255 together (as the model card does), with each figure's "
+                               "jackknife standard error")
     evaluate.add_argument("--json", dest="json_path", help="also write the metrics to this JSON file")
     evaluate.set_defaults(func=_evaluate)
 
@@ -188,11 +189,14 @@ def _evaluate(args) -> int:
         value = "n/a (relative prediction vs heights)" if whole[key] is None else f"{whole[key]:.4g}{units}"
         print(f"  {key:<18} {value}")
     if args.whole_scene:
-        from ..evaluation import evaluate_scene
+        from ..evaluation import SCENE_FIGURES, evaluate_scene, scene_jackknife
 
         result["scene"] = evaluate_scene(args.prediction, args.reference)
+        result["scene_standard_error"] = noise = scene_jackknife(args.prediction, args.reference)
         print(f"whole scene ({result['scene']['pixels']} reference pixels, stretched to 0..255 as one image):")
         print(format_metrics_table({Path(args.prediction).name: result["scene"]}, label="prediction"))
+        print("  standard error (each of 3 x 3 blocks left out in turn): " + ", ".join(
+            f"{key} {'n/a' if noise[key] is None else format(noise[key], '.3g')}" for key in SCENE_FIGURES))
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json_path:
