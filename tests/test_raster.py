@@ -668,6 +668,26 @@ def test_an_extent_limits_the_run_to_its_pixels(tmp_path):
     assert not (tmp_path / "bad.tif").exists()
 
 
+def test_a_virtual_mosaic_of_tiles_gives_the_map_of_the_whole(tmp_path):
+    """The advice for adjacent tiles (README, Estimate depth for folder): a VRT of them is one raster, and its map
+    is the one of the file they were cut from, bit for bit."""
+    gdal = pytest.importorskip("osgeo.gdal")
+    truth = terrain_m(160, 200)
+    whole = write(tmp_path / "whole.tif", height_image(truth))
+    parts = []
+    for name, window in (("west", Window(0, 0, 90, 160)), ("east", Window(90, 0, 110, 160))):
+        with rasterio.open(whole) as src:
+            parts.append(write(tmp_path / f"{name}.tif", src.read(window=window),
+                               transform=src.window_transform(window)))
+    mosaic = tmp_path / "mosaic.vrt"
+    gdal.BuildVRT(str(mosaic), [str(p) for p in parts]).FlushCache()
+    predict_raster(whole, tmp_path / "whole-h.tif", Oracle(), tile=TILE)
+    predict_raster(mosaic, tmp_path / "mosaic-h.tif", Oracle(), tile=TILE)
+    with rasterio.open(tmp_path / "whole-h.tif") as a, rasterio.open(tmp_path / "mosaic-h.tif") as b:
+        assert (a.transform, a.shape) == (b.transform, b.shape)
+        assert np.array_equal(a.read(1), b.read(1))
+
+
 def test_bad_inputs_are_input_errors(tmp_path):
     good = write(tmp_path / "good.tif", np.zeros((3, 40, 40), np.uint8) + 7)
     two = write(tmp_path / "two.tif", np.zeros((2, 40, 40), np.uint8))

@@ -36,7 +36,10 @@ class EstimateDepthFolder(D3Algorithm):
         "once for all files. A file that cannot be processed is reported as an error and skipped; the others "
         "still run. Cancel keeps the files already written. A reference DEM, when given, turns every output into "
         "metres as in <i>Estimate depth</i> (a file it does not cover is reported and skipped). Outputs: the "
-        "number of files processed and failed, and the list of written rasters."
+        "number of files processed and failed, and the list of written rasters.<br>"
+        "Each file gets its own relative scale (0..1 over that file). For adjacent tiles of one area, build a "
+        "virtual raster of them (<i>Raster > Miscellaneous > Build Virtual Raster</i>) and run <i>Estimate "
+        "depth</i> on it once: one seamless map on one scale, the same as from a single file."
     )
 
     INPUT_FOLDER = "INPUT_FOLDER"
