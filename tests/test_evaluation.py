@@ -7,7 +7,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from d3rsmde.errors import InputError
-from d3rsmde.evaluation import evaluate_scene, scene_jackknife
+from d3rsmde.evaluation import evaluate_scene, scene_difference, scene_jackknife
 from d3rsmde.metrics import gradient_correlation
 
 
@@ -66,6 +66,23 @@ def test_jackknife_says_how_much_one_part_of_the_scene_moves_the_figures(tmp_pat
     assert rescaled["mae"] == pytest.approx(spread["mae"], rel=1e-3)
 
 
+def test_difference_of_two_maps_of_one_scene(tmp_path):
+    """Paired, block by block: a map against itself rescaled differs by nothing, with no spread; a map whose
+    corner is wrong is worse than the right one, by the whole-scene figures' difference."""
+    grid = from_origin(400000, 4500000, 100, 100)
+    dem = write(tmp_path / "dem.tif", hills(48), grid)
+    right = write(tmp_path / "right.tif", hills(48) + 5 * np.random.default_rng(0).random((48, 48)), grid)
+    rescaled = write(tmp_path / "rescaled.tif", 0.5 * (hills(48) + 5 * np.random.default_rng(0).random((48, 48))),
+                     grid)
+    same = scene_difference(right, rescaled, dem)
+    assert same["mae"][0] == pytest.approx(0.0, abs=1e-6) and same["mae"][1] == pytest.approx(0.0, abs=1e-6)
+    wrong = hills(48)
+    wrong[:12, :12] = hills(48)[:12, :12].max() + 200  # a plateau that is not there
+    diff = scene_difference(write(tmp_path / "wrong.tif", wrong, grid), right, dem)
+    expected = evaluate_scene(tmp_path / "wrong.tif", dem)["mae"] - evaluate_scene(right, dem)["mae"]
+    assert diff["mae"][0] == pytest.approx(expected) and diff["mae"][0] > 5 and diff["mae"][1] > 0
+
+
 def test_scene_without_crs_or_overlap_is_refused(tmp_path):
     dem = write(tmp_path / "dem.tif", hills(16), from_origin(400000, 4500000, 100, 100))
     elsewhere = write(tmp_path / "far.tif", hills(16), from_origin(900000, 4500000, 100, 100))
@@ -89,3 +106,11 @@ def test_cli_whole_scene_mode(tmp_path, capsys):
     report = __import__("json").loads((tmp_path / "m.json").read_text())
     assert report["scene"]["grad_r"] > 0.99 and report["scene"]["mae"] < 1
     assert report["scene_standard_error"]["mae"] < 1  # a right map is right in every part
+    flat = write(tmp_path / "flat.tif", np.kron(hills(32), np.ones((2, 2)))[::-1].copy(),
+                 from_origin(400000, 4500000, 50, 50))
+    assert main(["evaluate", str(pred), str(dem), "--whole-scene", "--versus", str(flat),
+                 "--json", str(tmp_path / "v.json")]) == 0
+    assert "minus flat.tif, paired" in capsys.readouterr().out
+    mae, se = __import__("json").loads((tmp_path / "v.json").read_text())["scene_minus_versus"]["mae"]
+    assert mae < -20 and se > 0  # the right map beats the upside-down one
+    assert main(["evaluate", str(pred), str(dem), "--versus", str(flat)]) == 2  # needs --whole-scene

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .. import __version__
-from ..errors import D3Error
+from ..errors import D3Error, InputError
 from ..files import atomic_write_text
 from . import data as data_cli
 from . import train as train_cli
@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also score the scene as one image: the prediction averaged onto the reference grid, "
                                "both stretched to 0..255 together (as the model card does), with each figure's "
                                "jackknife standard error")
+    evaluate.add_argument("--versus", metavar="OTHER", help="with --whole-scene: another prediction of the same "
+                          "scene; prints this one's figures minus OTHER's, paired block by block, with standard errors")
     evaluate.add_argument("--json", dest="json_path", help="also write the metrics to this JSON file")
     evaluate.set_defaults(func=_evaluate)
 
@@ -176,6 +178,8 @@ def _evaluate(args) -> int:
     from ..metrics import format_metrics_table
     from ..raster import spare_inputs
 
+    if args.versus and not args.whole_scene:
+        raise InputError("--versus compares whole scenes: give --whole-scene too")
     if args.json_path:
         spare_inputs(args.json_path, [("prediction", args.prediction), ("reference", args.reference),
                                       ("mask", args.mask)])
@@ -189,7 +193,7 @@ def _evaluate(args) -> int:
         value = "n/a (relative prediction vs heights)" if whole[key] is None else f"{whole[key]:.4g}{units}"
         print(f"  {key:<18} {value}")
     if args.whole_scene:
-        from ..evaluation import SCENE_FIGURES, evaluate_scene, scene_jackknife
+        from ..evaluation import SCENE_FIGURES, evaluate_scene, scene_difference, scene_jackknife
 
         result["scene"] = evaluate_scene(args.prediction, args.reference)
         result["scene_standard_error"] = noise = scene_jackknife(args.prediction, args.reference)
@@ -197,6 +201,11 @@ def _evaluate(args) -> int:
         print(format_metrics_table({Path(args.prediction).name: result["scene"]}, label="prediction"))
         print("  standard error (each of 3 x 3 blocks left out in turn): " + ", ".join(
             f"{key} {'n/a' if noise[key] is None else format(noise[key], '.3g')}" for key in SCENE_FIGURES))
+        if args.versus:
+            result["scene_minus_versus"] = diff = scene_difference(args.prediction, args.versus, args.reference)
+            print(f"  minus {Path(args.versus).name}, paired (difference +- standard error): " + ", ".join(
+                f"{key} n/a" if diff[key] is None else f"{key} {diff[key][0]:+.3g} +- {diff[key][1]:.2g}"
+                for key in SCENE_FIGURES))
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json_path:
