@@ -31,7 +31,7 @@ from rasterio.windows import Window, from_bounds
 from d3rsmde import pairs
 from d3rsmde.device import describe_device
 from d3rsmde.dems import load_dem
-from d3rsmde.evaluation import evaluate_scene
+from d3rsmde.evaluation import SCENE_FIGURES, evaluate_scene, scene_jackknife
 from d3rsmde.files import atomic_write_text
 from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.raster import predict_raster
@@ -40,7 +40,7 @@ from d3rsmde.render_tiles import (BLOCK_TILES, DEFAULT_DEMS, DEFAULT_SCALES, TES
                                   at_scale, split_blocks, split_seed, stretched_render)
 
 TEST = 2  # split_blocks' code for the test split
-METRICS = ("mae", "ssim", "lpips", "grad_r")
+METRICS = SCENE_FIGURES
 TRAIN_TILE = 256  # the tile size the render sets were split with (block = BLOCK_TILES tiles)
 
 
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                                      refine_steps=t)
                 m = evaluate_scene(pred, dem)
                 m.update({k: float("nan") for k in METRICS if m[k] is None},  # LPIPS without its weights
-                         seconds=time.perf_counter() - began, tile_used=run["tile"])
+                         seconds=time.perf_counter() - began, tile_used=run["tile"],
+                         standard_error=scene_jackknife(pred, dem))
                 results.setdefault(name, {})[f"tile {tile}, T={t}"] = m
                 print(f"{name} tile {tile} T={t}: " + " / ".join(f"{k} {m[k]:.3f}" for k in METRICS)
                       + f" ({m['seconds']:.1f} s)", flush=True)
@@ -153,15 +154,26 @@ def main(argv: list[str] | None = None) -> int:
     rows = list(next(iter(results.values())))
     mean = {group: {row: {k: float(np.mean([results[n][row][k] for n in names])) for k in METRICS} for row in rows}
             for group, names in groups.items()}
+    # Standard errors: of a group mean across its scenes; of one scene, its jackknife (scene_jackknife).
+    spread = {group: {row: {k: float(np.std([results[n][row][k] for n in names], ddof=1) / np.sqrt(len(names)))
+                            if len(names) > 1 else float("nan") for k in METRICS} for row in rows}
+              for group, names in groups.items()}
+    spread.update({n: {row: {k: float("nan") if v is None else v for k, v in results[n][row]["standard_error"].items()}
+                       for row in rows} for n in results})
     columns = {**mean, **{n: results[n] for n in results}}
     lines = [f"Weights `{args.weights}`; {describe_device(pipe.device)}, {platform.processor() or platform.machine()}.",
-             "Each cell: MAE / SSIM / LPIPS / gradient r, whole scene.", "",
-             "| setting | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [" / ".join(f"{col[row][k]:.{2 if k == 'mae' else 3}f}" for k in METRICS) for col in columns.values()]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
-    atomic_write_text(out / "results.json", json.dumps({"weights": args.weights, "mean": mean, "scenes": results},
+             "Each cell: MAE / SSIM / LPIPS / gradient r, whole scene.", ""]
+    for title, table in (("", columns), ("Standard errors (a group mean: across its scenes; one scene: its "
+                                         "jackknife over 3 x 3 blocks):", spread)):
+        lines += ([title, ""] if title else []) + [
+            "| setting | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]
+        for row in rows:
+            cells = [" / ".join(f"{col[row][k]:.{2 if k == 'mae' else 3}f}" for k in METRICS) for col in table.values()]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append("")
+    atomic_write_text(out / "results.md", "\n".join(lines))
+    atomic_write_text(out / "results.json", json.dumps({"weights": args.weights, "mean": mean,
+                                                        "standard_error": spread, "scenes": results},
                                                        indent=1, default=str))
     print("\n".join(lines))
     return 0
