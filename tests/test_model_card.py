@@ -64,11 +64,13 @@ def test_scene_tile_eval_scores_tile_sizes_on_held_out_blocks(tiny_weights, tmp_
     for scene in results["scenes"].values():
         assert set(scene) == {"tile 64, T=0", "tile 64, T=1", "tile 128, T=0", "tile 128, T=1"}
         assert all(0 <= row["mae"] <= 255 and row["pixels"] > 1 for row in scene.values())
+        assert all(row["standard_error"]["mae"] >= 0 for row in scene.values())  # each scene's jackknife
     with rasterio.open(out / f"{blocks[0]}-rgb.tif") as image, rasterio.open(out / f"{blocks[0]}-dem.tif") as dem:
         assert rasterio.coords.disjoint_bounds(image.bounds, dem.bounds) is False
         assert dem.nodata is not None and dem.nodata != dem.nodata  # NaN: a DEM's nodata never becomes a summit
         assert 2000 < dem.read(1, masked=True).mean() < 4500  # the sample's heights, metres
-    assert f"mean of {len(blocks)} held-out world blocks" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert f"mean of {len(blocks)} held-out world blocks" in report and "Standard errors (a group mean" in report
 
 
 def test_reference_dem_eval_scores_output_and_reference_alone(tiny_weights, tmp_path):
