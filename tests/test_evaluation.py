@@ -114,3 +114,6 @@ def test_cli_whole_scene_mode(tmp_path, capsys):
     mae, se = __import__("json").loads((tmp_path / "v.json").read_text())["scene_minus_versus"]["mae"]
     assert mae < -20 and se > 0  # the right map beats the upside-down one
     assert main(["evaluate", str(pred), str(dem), "--versus", str(flat)]) == 2  # needs --whole-scene
+    before = flat.read_bytes()
+    assert main(["evaluate", str(pred), str(dem), "--whole-scene", "--versus", str(flat), "--json", str(flat)]) == 2
+    assert flat.read_bytes() == before  # an input, never overwritten

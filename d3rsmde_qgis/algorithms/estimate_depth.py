@@ -79,8 +79,6 @@ class EstimateDepth(D3Algorithm):
 
     def extent_bounds(self, parameters, layer, context) -> tuple[float, float, float, float] | None:
         """The extent parameter in the layer's CRS, as (left, bottom, right, top); None when it is not set."""
-        if not parameters.get(self.EXTENT):
-            return None
         rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
         if rect.isNull():
             return None

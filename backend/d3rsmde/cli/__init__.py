@@ -182,7 +182,7 @@ def _evaluate(args) -> int:
         raise InputError("--versus compares whole scenes: give --whole-scene too")
     if args.json_path:
         spare_inputs(args.json_path, [("prediction", args.prediction), ("reference", args.reference),
-                                      ("mask", args.mask)])
+                                      ("mask", args.mask), ("other prediction", args.versus)])
     result = evaluate_rasters(args.prediction, args.reference, mask=args.mask, tile=args.tile)
     print(f"per tile: mean over {result['tiles']} tiles of {result['tile']} px, each min-max stretched to 0..255")
     print(format_metrics_table({Path(args.prediction).name: result["per_tile"]}, label="prediction"))

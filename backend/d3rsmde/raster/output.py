@@ -14,7 +14,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.transform import Affine
-from rasterio.windows import Window
+from rasterio.windows import Window, transform as window_transform
 
 from .. import __version__
 from ..errors import InputError
@@ -46,6 +46,13 @@ class GridSpec:
             return self
         w, h = max(1, round(self.width * factor)), max(1, round(self.height * factor))
         return GridSpec(self.crs, self.transform * Affine.scale(self.width / w, self.height / h), w, h)
+
+    def within(self, window: Window) -> "GridSpec":
+        """The part of this grid that ``window`` covers (this grid itself for the whole); needs a CRS and transform,
+        since ground control points and RPCs describe the whole image."""
+        if (window.col_off, window.row_off, window.width, window.height) == (0, 0, self.width, self.height):
+            return self
+        return GridSpec(self.crs, window_transform(window, self.transform), int(window.width), int(window.height))
 
     def georeferencing(self) -> dict:
         """rasterio creation keywords that give a new raster this placement."""

@@ -107,8 +107,7 @@ def predict_raster(
             extent, notes = _extent_window(ds, bounds)
             lo, hi = stretch_limits(ds, indexes, extent, prep.stretch_percentiles)
             factor = _gsd_factor(ds, prep.gsd_m) if resample_to_gsd else 1.0
-            out_grid = GridSpec.of(ds) if bounds is None else GridSpec(
-                ds.crs, ds.window_transform(extent), int(extent.width), int(extent.height))
+            out_grid = GridSpec.of(ds).within(extent)
         if ref_path is not None:
             with open_raster(ref_path) as ref:
                 if ref.crs is None or out_grid.crs is None:

@@ -34,7 +34,7 @@ class Source:
     lo: np.ndarray
     hi: np.ndarray
     grid: GridSpec
-    close_holes: bool = False
+    close_holes: bool
 
     def open(self, stack: ExitStack):
         ds = stack.enter_context(rasterio.open(self.path))
