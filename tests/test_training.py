@@ -30,6 +30,7 @@ from d3rsmde.train.finetune import trained_own_inputs
 from d3rsmde.train.refiner import REFINER_SETTINGS, RefinerLoss, WithCoarse
 from d3rsmde.train.vae import (VAE_SETTINGS, Autoencoding, _gradient_l1, mirrored_border, train_depth_decoder,
                                vae_loss)
+from d3rsmde.vae import minmax_per_tile
 
 from conftest import REPO, SAMPLE_DEM, SAMPLE_RGB
 
@@ -205,6 +206,7 @@ def test_refiner_training_lowers_latent_loss(tiles):
     train_refiner(pipe.refiner, pipe.codec, tiles, maps, schedule, tiles, maps, epochs=12, **QUICK)
     after = evaluate_loss(pipe.refiner, loss, WithCoarse(tiles, maps), settings, CPU)
     assert after < 0.7 * before, (before, after)
+    assert not any(p.requires_grad for p in pipe.codec.parameters())  # frozen: the decoded loss cannot move it
     with pytest.raises(InputError):
         train_refiner(pipe.refiner, pipe.codec, tiles, maps[:3], schedule, epochs=1, **QUICK)
 
@@ -228,6 +230,28 @@ def test_refiner_own_inputs_are_the_sampling_loops(tiles):
     torch.testing.assert_close(last, pipe.refine_latents(image, coarse)[2:], rtol=1e-4, atol=1e-4)
     with pytest.raises(InputError, match="share"):
         RefinerLoss(pipe.codec, schedule, own_inputs=1.5)
+
+
+def test_refiner_decoded_loss_reaches_the_refiner_not_the_codec(tiles, monkeypatch):
+    """The decoded-map loss adds exactly weight x (L1 + gradient matching) of the decoded estimate to the latent L1,
+    its gradient reaches the refiner through the decoder, and a negative weight is refused."""
+    pipe = D3Pipeline.from_config("tiny")
+    schedule = PLBRSchedule(6, 0.8)
+    batch = torch.utils.data.default_collate([WithCoarse(tiles, blurred_maps(tiles))[i] for i in range(4)])
+    torch.manual_seed(0)
+    plain = RefinerLoss(pipe.codec, schedule)(pipe.refiner, batch)
+    decoded, decode = [], pipe.codec.decode_depth
+    monkeypatch.setattr(pipe.codec, "decode_depth", lambda z: decoded.append(decode(z)) or decoded[-1])
+    torch.manual_seed(0)
+    weighted = RefinerLoss(pipe.codec, schedule, decoded_weight=0.5)(pipe.refiner, batch)
+    mask = batch["mask"]
+    target = torch.where(mask, minmax_per_tile(batch["depth"], mask), batch["coarse"])
+    extra = ((decoded[0] - target).abs() * mask).sum() / mask.sum() + gradient_matching_loss(decoded[0], target, mask)
+    torch.testing.assert_close(weighted, plain + 0.5 * extra, rtol=1e-4, atol=1e-5)
+    weighted.backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in pipe.refiner.parameters())
+    with pytest.raises(InputError, match="decoded_weight"):
+        RefinerLoss(pipe.codec, schedule, decoded_weight=-1.0)
 
 
 def test_resumed_training_matches_unbroken_run(tiles, tmp_path):
@@ -522,13 +546,13 @@ def test_train_cli_on_built_tiles(finetuned, tmp_path):
     args = parse(["train", "tiny", str(finetuned / "work" / "tiles"), str(out), "--vae-epochs", "1",
                   "--coarse-epochs", "1", "--refiner-epochs", "1", "--k", "2", "--batch-size", "8",
                   "--steps-per-epoch", "1", "--device", "cpu", "--refiner-own-inputs", "1",
-                  "--coarse-grad-weight", "0.25", "--seed", "7"])
+                  "--coarse-grad-weight", "0.25", "--refiner-decoded-weight", "0.5", "--seed", "7"])
     assert args.refiner_own_inputs == 1.0 and args.func(args) == 0
     info = describe_checkpoint(out)
     assert "rmnp-rgb.tif" in info["data"] and info["gsd_m"] > 100
     training = json.loads(info["metadata"]["training"])
     assert training["refiner_own_inputs"] == 1.0 and training["coarse_grad_weight"] == 0.25  # the flags arrived
-    assert training["seed"] == 7
+    assert training["seed"] == 7 and training["refiner_decoded_weight"] == 0.5
     assert (tmp_path / "cli.work" / "refiner" / "final.pt").is_file()
     stem = parse(["train", "tiny", str(finetuned / "work" / "tiles"), str(tmp_path / "x.safetensors"),
                   "--refiner-image-condition", "stem", "--device", "cpu"])

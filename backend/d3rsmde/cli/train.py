@@ -48,7 +48,8 @@ def _cli_train(args) -> int:
         train_config(args), TileDatasets(roots, "train"), _val_sets(args, roots), args.out,
         work_dir=args.work_dir or Path(args.out).with_suffix(".work"), epochs=epochs, lr=lr, k=args.k,
         fold_epochs=args.fold_epochs, refiner_own_inputs=args.refiner_own_inputs, refiner_maps=args.refiner_maps,
-        coarse_grad_weight=args.coarse_grad_weight, device=args.device, resume=not args.restart,
+        coarse_grad_weight=args.coarse_grad_weight, refiner_decoded_weight=args.refiner_decoded_weight,
+        device=args.device, resume=not args.restart,
         batch_size=args.batch_size, num_workers=args.workers,
         steps_per_epoch=args.steps_per_epoch, average_from=args.average_from, seed=args.seed,
         progress=terminal_progress(),
@@ -146,6 +147,9 @@ def add_cli(subparsers) -> None:
     train.add_argument("--coarse-grad-weight", type=float, default=0.0, metavar="W",
                        help="add W x a multi-scale gradient-matching loss (slopes) to the coarse models' HDN loss "
                             "(default %(default)s: the paper's HDN loss alone)")
+    train.add_argument("--refiner-decoded-weight", type=float, default=0.0, metavar="W",
+                       help="add W x a loss on the decoded map (L1 and gradient matching, through the frozen "
+                            "decoder) to the refiner's latent L1 (default %(default)s: the paper's latent L1 alone)")
     train.add_argument("--k", type=int, default=5, help="coarse folds (default %(default)s)")
     train.add_argument("--fold-epochs", type=int, help="epochs of each fold's coarse model (default: --coarse-epochs)")
     train.add_argument("--batch-size", type=int, default=TRAIN_BATCH_SIZE, help="default %(default)s")

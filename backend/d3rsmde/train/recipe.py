@@ -65,6 +65,7 @@ def train_pipeline(
     refiner_own_inputs: float = 0.0,
     refiner_maps: str = "kfold",
     coarse_grad_weight: float = 0.0,
+    refiner_decoded_weight: float = 0.0,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
     **overrides,
@@ -90,6 +91,8 @@ def train_pipeline(
     better than fold models a CPU can afford, fold maps carry errors it does not make and teach the refiner to
     rewrite good maps; its own maps of seen tiles err the other way (the refiner learns to change little).
     ``coarse_grad_weight`` adds that weight of the gradient-matching loss to the coarse models' HDN loss.
+    ``refiner_decoded_weight`` adds that weight of a loss on the decoded map to the refiner's latent L1 (see
+    :mod:`.refiner`).
     """
     if refiner_maps not in REFINER_MAPS:
         raise InputError(f"refiner_maps must be one of {REFINER_MAPS}, got {refiner_maps!r}")
@@ -162,7 +165,8 @@ def train_pipeline(
             maps = predict_coarse(pipe.coarse, train_ds, batch_size=batch, cancel=cancel)
         val_maps = predict_coarse(pipe.coarse, val_ds, batch_size=batch, cancel=cancel) if val_ds is not None else None
         train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val_ds,
-                      val_maps, own_inputs=refiner_own_inputs, coarse=pipe.coarse, work_dir=work / "refiner",
+                      val_maps, own_inputs=refiner_own_inputs, decoded_weight=refiner_decoded_weight, coarse=pipe.coarse,
+                      work_dir=work / "refiner",
                       epochs=epochs["refiner"], progress=part["refiner"], cancel=cancel, **shared,
                       **stage_lr["refiner"])
     check_cancel(cancel, "training")
@@ -180,6 +184,8 @@ def train_pipeline(
             **({"refiner_own_inputs": refiner_own_inputs} if refiner_own_inputs else {}),
             **({"refiner_maps": refiner_maps} if epochs["refiner"] > 0 else {}),
             **({"coarse_grad_weight": coarse_grad_weight} if coarse_grad_weight and epochs["coarse"] > 0 else {}),
+            **({"refiner_decoded_weight": refiner_decoded_weight}
+               if refiner_decoded_weight and epochs["refiner"] > 0 else {}),
         })
     if world > 1:
         torch.distributed.barrier()

@@ -9,6 +9,11 @@ At inference, though, z_t blends the refiner's own earlier estimate, not the tru
 only on true blends trusts its input at small t and carries its first estimate's errors to the end (exposure
 bias). ``own_inputs`` is the share of batches whose z_t comes from running the sampling loop itself, without
 gradients, from z_c down to t, so that later steps learn to correct earlier ones.
+
+Latent L1 asks each latent cell for its median under the refiner's uncertainty, and the frozen decoder turns
+such hedged latents into smooth maps (model card, *Stage 10*). ``decoded_weight`` adds a loss on the decoded map
+itself, through the frozen decoder: L1 on heights plus the multi-scale gradient matching loss, so that the
+refiner is asked for slopes where the true map has them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..errors import InputError
+from ..gradient_loss import gradient_matching_loss
 from ..plbr import PLBRSchedule, refine_step
 from ..progress import Cancel, Progress
 from ..vae import LatentCodec, minmax_per_tile
@@ -49,13 +55,17 @@ class WithCoarse(Dataset):
 class RefinerLoss:
     """Latent L1 between the refiner's z_0 estimate and the true z_0, weighted by the valid share of each latent
     cell; nodata pixels of the target take the coarse value, so they carry no made-up relief. A share
-    ``own_inputs`` of the batches takes z_t from the refiner's own sampling loop (see the module docstring)."""
+    ``own_inputs`` of the batches takes z_t from the refiner's own sampling loop, and ``decoded_weight`` weighs a
+    loss on the decoded map (see the module docstring)."""
 
     def __init__(self, codec: LatentCodec, schedule: PLBRSchedule, own_inputs: float = 0.0,
-                 coarse: nn.Module | None = None):
+                 coarse: nn.Module | None = None, decoded_weight: float = 0.0):
         if not 0.0 <= own_inputs <= 1.0:
             raise InputError(f"own_inputs is a share of batches in [0, 1], got {own_inputs}")
+        if not decoded_weight >= 0.0:
+            raise InputError(f"decoded_weight must be >= 0, got {decoded_weight}")
         self.codec, self.schedule, self.own_inputs, self.coarse = codec, schedule, float(own_inputs), coarse
+        self.decoded_weight = float(decoded_weight)
 
     def own_chain(self, refiner: nn.Module, z_x: Tensor, z_c: Tensor, t: Tensor) -> Tensor:
         """Each sample's input at its step ``t`` when sampling starts from ``z_c``, as at inference."""
@@ -80,7 +90,12 @@ class RefinerLoss:
                 z_t = self.schedule.q_sample(z_0, z_c, t)
             weight = F.adaptive_avg_pool2d(mask.float(), z_0.shape[-2:])
         z_hat = model(z_x, z_t, unwrap(model).conditioning(self.schedule, t))
-        return ((z_hat.float() - z_0.float()).abs() * weight).sum() / (weight.sum() * z_0.shape[1]).clamp_min(1e-6)
+        loss = ((z_hat.float() - z_0.float()).abs() * weight).sum() / (weight.sum() * z_0.shape[1]).clamp_min(1e-6)
+        if self.decoded_weight:
+            decoded = self.codec.decode_depth(z_hat).float()
+            l1 = ((decoded - target).abs() * mask).sum() / mask.sum().clamp_min(1)
+            loss = loss + self.decoded_weight * (l1 + gradient_matching_loss(decoded, target, mask))
+        return loss
 
 
 def train_refiner(
@@ -94,6 +109,7 @@ def train_refiner(
     *,
     settings: TrainSettings | None = None,
     own_inputs: float = 0.0,
+    decoded_weight: float = 0.0,
     coarse: nn.Module | None = None,
     work_dir: str | os.PathLike | None = None,
     progress: Progress | None = None,
@@ -103,7 +119,8 @@ def train_refiner(
     """Train ``refiner`` in place on ``dataset`` with its held-out ``coarse_maps`` (``maps[i]`` for tile ``i``);
     ``codec`` (and ``coarse``, whose stem a refiner conditioned on it reads) stay frozen. Validation needs
     ``val_coarse_maps`` too (the final coarse model's maps).
-    ``own_inputs``: share of batches trained on the refiner's own sampling-loop inputs (:class:`RefinerLoss`).
+    ``own_inputs``: share of batches trained on the refiner's own sampling-loop inputs; ``decoded_weight``: weight
+    of the loss on the decoded map (:class:`RefinerLoss`).
     ``overrides`` change :data:`REFINER_SETTINGS` fields. Returns the per-epoch history."""
     settings = (settings or REFINER_SETTINGS).replace(**overrides)
     if (val_ds is None) != (val_coarse_maps is None):
@@ -115,5 +132,5 @@ def train_refiner(
             raise InputError("a refiner conditioned on the coarse model's stem needs that coarse model to train")
         coarse.to(device).eval()  # batch norm statistics stay as trained
     val = WithCoarse(val_ds, val_coarse_maps) if val_ds is not None else None
-    return fit(refiner, RefinerLoss(codec, schedule, own_inputs, coarse), WithCoarse(dataset, coarse_maps), val,
+    return fit(refiner, RefinerLoss(codec, schedule, own_inputs, coarse, decoded_weight), WithCoarse(dataset, coarse_maps), val,
                settings=settings, work_dir=work_dir, name="refiner", progress=progress, cancel=cancel)
