@@ -313,6 +313,34 @@ def test_evaluate_returns_metrics_and_html(d3_provider, tiny_weights, small_rgb,
     assert real["MAE"] > 0 and 0 <= real["DELTA1"] <= real["DELTA2"] <= real["DELTA3"] <= 1
     page = Path(real["OUTPUT_HTML"]).read_text(encoding="utf-8")
     assert "MAE" in page and f"{real['MAE']:.2f}" in page and "rmnp-dem.tif" in page
+    assert real["SCENE_MAE"] is None and "Whole scene" not in page  # opt-in
+
+
+def test_evaluate_whole_scene_and_paired_difference(d3_provider, tiny_weights, tmp_path):
+    """The whole-scene figures of the model card with standard errors, and a paired comparison of two predictions
+    of the sample (1 and 0 refinement steps) whose difference is exactly the difference of their own figures."""
+    maps = {}
+    for steps in (1, 0):
+        maps[steps] = tmp_path / f"T{steps}.tif"
+        run("d3rsmde:estimatedepth", {"INPUT": str(SAMPLE_RGB), "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
+                                      "REFINE_STEPS": steps, "OUTPUT": str(maps[steps])})
+    alone = {steps: run("d3rsmde:evaluate", {"PREDICTION": str(path), "REFERENCE": str(SAMPLE_DEM),
+                                             "WHOLE_SCENE": True, "OUTPUT_HTML": str(tmp_path / f"{steps}.html")})
+             for steps, path in maps.items()}
+    for result in alone.values():
+        assert 0 < result["SCENE_MAE"] < 255 and result["SCENE_MAE_SE"] > 0 and -1 <= result["SCENE_GRAD_R"] <= 1
+        assert result["VERSUS_MAE_DIFF"] is None
+    paired = run("d3rsmde:evaluate", {"PREDICTION": str(maps[1]), "REFERENCE": str(SAMPLE_DEM),
+                                      "VERSUS": str(maps[0]), "OUTPUT_HTML": str(tmp_path / "paired.html")})
+    for key in ("MAE", "SSIM", "GRAD_R"):
+        expected = alone[1][f"SCENE_{key}"] - alone[0][f"SCENE_{key}"]
+        assert paired[f"VERSUS_{key}_DIFF"] == pytest.approx(expected, abs=1e-9)
+        assert paired[f"VERSUS_{key}_DIFF_SE"] > 0
+    page = Path(paired["OUTPUT_HTML"]).read_text(encoding="utf-8")
+    assert "Whole scene" in page and "Minus T0.tif" in page and f"{paired['VERSUS_MAE_DIFF']:+.4g}" in page
+    with pytest.raises(Exception, match="other prediction"):  # the report may not overwrite an input
+        run("d3rsmde:evaluate", {"PREDICTION": str(maps[1]), "REFERENCE": str(SAMPLE_DEM), "VERSUS": str(maps[0]),
+                                 "OUTPUT_HTML": str(maps[0])})
 
 
 def test_finetune_writes_loadable_weights(d3_provider, tiny_weights, tmp_path):

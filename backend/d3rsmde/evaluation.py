@@ -147,6 +147,16 @@ def scene_difference(pred, other, reference, blocks: int = 3) -> dict[str, tuple
     return result
 
 
+def scene_report(pred, reference, versus=None) -> dict:
+    """What ``d3rsmde evaluate --whole-scene`` and the QGIS *Evaluate* algorithm report of a whole scene:
+    ``scene`` (:func:`evaluate_scene`), ``scene_standard_error`` (:func:`scene_jackknife`) and, given another
+    prediction ``versus``, ``scene_minus_versus`` (:func:`scene_difference`, paired)."""
+    report = {"scene": evaluate_scene(pred, reference), "scene_standard_error": scene_jackknife(pred, reference)}
+    if versus is not None:
+        report["scene_minus_versus"] = scene_difference(pred, versus, reference)
+    return report
+
+
 def _left_out_figures(maps: list[np.ndarray], g: np.ndarray, valid: np.ndarray,
                       blocks: int) -> list[dict[str, list[float] | None]]:
     """For each map, each scene figure over ``valid`` with each of ``blocks`` x ``blocks`` equal parts of the

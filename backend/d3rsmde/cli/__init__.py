@@ -193,16 +193,16 @@ def _evaluate(args) -> int:
         value = "n/a (relative prediction vs heights)" if whole[key] is None else f"{whole[key]:.4g}{units}"
         print(f"  {key:<18} {value}")
     if args.whole_scene:
-        from ..evaluation import SCENE_FIGURES, evaluate_scene, scene_difference, scene_jackknife
+        from ..evaluation import SCENE_FIGURES, scene_report
 
-        result["scene"] = evaluate_scene(args.prediction, args.reference)
-        result["scene_standard_error"] = noise = scene_jackknife(args.prediction, args.reference)
+        result.update(scene_report(args.prediction, args.reference, args.versus))
+        noise = result["scene_standard_error"]
         print(f"whole scene ({result['scene']['pixels']} reference pixels, stretched to 0..255 as one image):")
         print(format_metrics_table({Path(args.prediction).name: result["scene"]}, label="prediction"))
         print("  standard error (each of 3 x 3 blocks left out in turn): " + ", ".join(
             f"{key} {'n/a' if noise[key] is None else format(noise[key], '.3g')}" for key in SCENE_FIGURES))
         if args.versus:
-            result["scene_minus_versus"] = diff = scene_difference(args.prediction, args.versus, args.reference)
+            diff = result["scene_minus_versus"]
             print(f"  minus {Path(args.versus).name}, paired (difference +- standard error): " + ", ".join(
                 f"{key} n/a" if diff[key] is None else f"{key} {diff[key][0]:+.3g} +- {diff[key][1]:.2g}"
                 for key in SCENE_FIGURES))
