@@ -7,7 +7,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from d3rsmde.errors import InputError
-from d3rsmde.evaluation import evaluate_scene, scene_difference, scene_jackknife
+from d3rsmde.evaluation import evaluate_scene, scene_difference, scene_jackknife, tile_difference
 from d3rsmde.metrics import gradient_correlation
 
 
@@ -117,3 +117,20 @@ def test_cli_whole_scene_mode(tmp_path, capsys):
     before = flat.read_bytes()
     assert main(["evaluate", str(pred), str(dem), "--whole-scene", "--versus", str(flat), "--json", str(flat)]) == 2
     assert flat.read_bytes() == before  # an input, never overwritten
+
+
+def test_tile_difference_is_the_paired_mean_and_its_standard_error():
+    """Per-tile figures of two models on the same tiles: the mean difference and std / sqrt(n) of the differences;
+    a figure one side lacks gives None, a single tile no error, unequal tile lists an error."""
+    def tiles(mae, ssim, lpips, grad_r):
+        return [dict(zip(("mae", "ssim", "lpips", "grad_r"), values)) for values in zip(mae, ssim, lpips, grad_r)]
+
+    rows = tiles([10.0, 14.0, 9.0], [0.5, 0.7, 0.6], [None] * 3, [0.2, 0.1, 0.3])
+    other = tiles([12.0, 13.0, 12.0], [0.4, 0.4, 0.6], [0.3, 0.2, 0.1], [0.2, 0.3, 0.1])
+    result = tile_difference(rows, other)
+    diffs = np.array([-2.0, 1.0, -3.0])
+    assert result["mae"] == pytest.approx((diffs.mean(), diffs.std(ddof=1) / np.sqrt(3)))
+    assert result["ssim"][0] == pytest.approx(0.4 / 3) and result["lpips"] is None
+    assert tile_difference(rows[:1], other[:1])["mae"] == (-2.0, None)
+    with pytest.raises(InputError, match="same tiles"):
+        tile_difference(rows, other[:2])

@@ -355,6 +355,8 @@ def test_finetune_writes_loadable_weights(d3_provider, tiny_weights, tmp_path):
     tuned = D3Pipeline.from_pretrained(output, device="cpu")
     assert tuned.config.name == "tiny"
     assert any(line.startswith("after: mae ") for line in feedback.infos), feedback.infos
+    change = next(line for line in feedback.infos if line.startswith("change: "))  # after minus before, paired
+    assert change.startswith("change: mae +") or change.startswith("change: mae -"), change
 
 
 # -- qgis_process and the desktop dialog, in subprocesses ------------------------------------------------------

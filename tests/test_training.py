@@ -519,6 +519,10 @@ def test_finetune_region_writes_new_weights(finetuned):
     assert result["held_out"] in ("test", "val") and result["tiles"]["train"] > 0
     for key in ("before", "after"):
         assert result[key]["tiles"] > 0 and 0 <= result[key]["mae"] <= 255 and 0 <= result[key]["delta1"] <= 1
+    for key in ("mae", "ssim", "grad_r"):  # the paired change over the same held-out tiles
+        difference, error = result["change"][key]
+        assert difference == pytest.approx(result["after"][key] - result["before"][key], abs=1e-9)
+        assert error is None if result["after"]["tiles"] == 1 else error >= 0
     info = describe_checkpoint(finetuned / "tuned.safetensors")
     assert "fine-tuned on" in info["data"] and info["gsd_m"] == pytest.approx(130, rel=0.2)
     assert json.loads(info["metadata"]["finetune"])["tile"] == 32

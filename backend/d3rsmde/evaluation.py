@@ -189,7 +189,6 @@ def _jackknife_error(values) -> float | None:
     return float(np.sqrt((n - 1) / n * np.sum((values - values.mean()) ** 2)))
 
 
-@torch.no_grad()
 def evaluate_tiles(pipe: Callable[..., torch.Tensor], dataset: Dataset, *, batch_size: int = 4,
                    refine_steps: int | None = None, cancel: Cancel | None = None) -> dict:
     """Mean :func:`~d3rsmde.metrics.depth_metrics` of ``pipe`` over the tiles of ``dataset`` (plus ``tiles``).
@@ -197,6 +196,14 @@ def evaluate_tiles(pipe: Callable[..., torch.Tensor], dataset: Dataset, *, batch
     ``pipe``: a :class:`~d3rsmde.pipeline.D3Pipeline` or any callable ``pipe(images, refine_steps=...)`` returning
     ``N x 1 x H x W`` heights (the model card's baselines).
     """
+    return mean_tile_metrics(tile_metrics(pipe, dataset, batch_size=batch_size, refine_steps=refine_steps,
+                                          cancel=cancel))
+
+
+@torch.no_grad()
+def tile_metrics(pipe: Callable[..., torch.Tensor], dataset: Dataset, *, batch_size: int = 4,
+                 refine_steps: int | None = None, cancel: Cancel | None = None) -> list[dict]:
+    """:func:`~d3rsmde.metrics.depth_metrics` of ``pipe`` on each tile of ``dataset``, in order."""
     rows = []
     for batch in DataLoader(dataset, batch_size=batch_size):
         check_cancel(cancel, "evaluation")
@@ -204,6 +211,11 @@ def evaluate_tiles(pipe: Callable[..., torch.Tensor], dataset: Dataset, *, batch
         rows += [depth_metrics(p, g, m) for p, g, m in zip(pred, batch["depth"], batch["mask"])]
     if not rows:
         raise InputError("no tiles to evaluate")
+    return rows
+
+
+def mean_tile_metrics(rows: list[dict]) -> dict:
+    """The mean of each figure of :func:`tile_metrics`' rows (plus ``tiles``, their number)."""
     result = {}
     for key, value in rows[0].items():
         values = [r[key] for r in rows]
@@ -214,4 +226,22 @@ def evaluate_tiles(pipe: Callable[..., torch.Tensor], dataset: Dataset, *, batch
         else:  # lpips_status: the same reason for every tile
             result[key] = value
     result["tiles"] = len(rows)
+    return result
+
+
+def tile_difference(rows: list[dict], other: list[dict]) -> dict[str, tuple[float, float | None] | None]:
+    """``(mean of rows' figure - other's, standard error of that mean)`` over the same tiles, paired tile by tile,
+    for MAE, SSIM, LPIPS and gradient r (the error is None for a single tile, the pair None for a figure either
+    side lacks): whether a change, such as fine-tuning, moved the held-out figures by more than their noise."""
+    if len(rows) != len(other):
+        raise InputError(f"paired tiles: {len(rows)} against {len(other)}; they must be the same tiles")
+    result = {}
+    for key in SCENE_FIGURES:
+        pairs = [(a.get(key), b.get(key)) for a, b in zip(rows, other)]
+        if not pairs or any(a is None or b is None for a, b in pairs):
+            result[key] = None
+            continue
+        diff = np.array([a - b for a, b in pairs], dtype=np.float64)
+        error = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
+        result[key] = (float(diff.mean()), error)
     return result

@@ -163,6 +163,17 @@ def format_metrics_table(rows: dict[str, dict], label: str = "model") -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_differences(differences: dict[str, tuple[float, float | None] | None]) -> str:
+    """``mae -4.62 +- 9.6, ssim ...``: paired differences (difference, standard error) on one line."""
+    def one(key, pair):
+        if pair is None:
+            return f"{key} n/a"
+        value, error = pair
+        return f"{key} {value:+.3g}" + ("" if error is None else f" +- {error:.2g}")
+
+    return ", ".join(one(key, pair) for key, pair in differences.items())
+
+
 def alexnet_weights_path() -> Path:
     """Where torchvision would cache the AlexNet weights LPIPS needs (``$TORCH_HOME/hub/checkpoints/...``): a user's
     own copy there is used when the converted file of :func:`lpips_weights_path` is absent."""

@@ -202,11 +202,14 @@ def layer_file(layer: QgsRasterLayer) -> str:
 
 
 def log_summary(feedback, summary: dict) -> None:
-    """One line per entry of a backend result; nested metric dicts on one line, numbers to 4 digits; its
+    """One line per entry of a backend result; nested metric dicts on one line, numbers to 4 digits, paired
+    differences as difference ± standard error; its
     ``warnings`` as QGIS warnings (highlighted in the log), one each."""
     def text(value) -> str:
         if isinstance(value, float):
             return f"{value:.4g}"
+        if isinstance(value, tuple) and len(value) == 2:  # a paired difference and its standard error
+            return f"{value[0]:+.4g}" + ("" if value[1] is None else f" ± {value[1]:.2g}")
         if isinstance(value, dict):
             return ", ".join(f"{k} {text(v)}" for k, v in value.items() if v is not None and not k.endswith("_status"))
         return str(value)

@@ -175,7 +175,7 @@ def _predict(args) -> int:
 
 def _evaluate(args) -> int:
     from ..evaluation import evaluate_rasters
-    from ..metrics import format_metrics_table
+    from ..metrics import format_differences, format_metrics_table
     from ..raster import spare_inputs
 
     if args.versus and not args.whole_scene:
@@ -202,10 +202,8 @@ def _evaluate(args) -> int:
         print("  standard error (each of 3 x 3 blocks left out in turn): " + ", ".join(
             f"{key} {'n/a' if noise[key] is None else format(noise[key], '.3g')}" for key in SCENE_FIGURES))
         if args.versus:
-            diff = result["scene_minus_versus"]
-            print(f"  minus {Path(args.versus).name}, paired (difference +- standard error): " + ", ".join(
-                f"{key} n/a" if diff[key] is None else f"{key} {diff[key][0]:+.3g} +- {diff[key][1]:.2g}"
-                for key in SCENE_FIGURES))
+            print(f"  minus {Path(args.versus).name}, paired (difference +- standard error): "
+                  + format_differences(result["scene_minus_versus"]))
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json_path:

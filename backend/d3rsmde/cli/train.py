@@ -14,7 +14,7 @@ from ..datasets import TileDatasets
 from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, SEED, TRAIN_BATCH_SIZE
 from ..errors import InputError
 from ..files import atomic_write_text
-from ..metrics import format_metrics_table
+from ..metrics import format_differences, format_metrics_table
 from ..models.refiner import IMAGE_CONDITIONS, PREDICTIONS
 from ..pipeline import D3Pipeline
 from ..progress import terminal_progress
@@ -67,6 +67,8 @@ def _cli_finetune(args) -> int:
     )
     print(f"held-out {result['held_out']} tiles:")
     print(format_metrics_table({"before": result["before"], "after": result["after"]}, label="weights"))
+    print(f"after minus before, paired over the {result['after']['tiles']} held-out tiles (+- standard error): "
+          + format_differences(result["change"]))
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1, default=str))
     print(f"weights: {result['weights']}")

@@ -23,7 +23,7 @@ from ..data import BuildOptions, build_dataset
 from ..datasets import TileDataset
 from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS
 from ..errors import InputError
-from ..evaluation import evaluate_tiles
+from ..evaluation import mean_tile_metrics, tile_difference, tile_metrics
 from ..pipeline import D3Pipeline
 from ..plbr import PLBRSchedule
 from ..progress import Cancel, Progress, check_cancel, report, scaled_progress
@@ -95,8 +95,9 @@ def finetune_tiles(
 
     ``epochs`` applies to the coarse model and, unless ``refiner_epochs`` is given, to the refiner; ``region``
     is appended to the weights' description of their data. ``work_dir`` keeps stage checkpoints (a rerun
-    resumes). Returns ``{"before", "after", "weights", "held_out"}``: metrics are tile means on the held-out
-    split (test, or val when the region is too small for a test block).
+    resumes). Returns ``{"before", "after", "change", "weights", "held_out"}``: metrics are tile means on the
+    held-out split (test, or val when the region is too small for a test block), ``change`` after minus before
+    with its standard error, paired tile by tile (:func:`~d3rsmde.evaluation.tile_difference`).
     """
     _check_args(finetuned_from, weights_out, epochs)
     train_ds, val_ds, test_ds = (TileDataset(tiles, s) for s in ("train", "val", "test"))
@@ -109,7 +110,8 @@ def finetune_tiles(
     val = val_ds if len(val_ds) and held_name == "test" else None
     tile = int(train_ds.index["tile_size"])
     work = Path(work_dir) if work_dir is not None else None
-    before = evaluate_tiles(pipe, held_out, batch_size=batch_size, cancel=cancel)
+    before_rows = tile_metrics(pipe, held_out, batch_size=batch_size, cancel=cancel)
+    before = mean_tile_metrics(before_rows)
 
     maps = predict_coarse(pipe.coarse, train_ds, batch_size=batch_size, cancel=cancel)
     train_coarse(pipe.coarse, train_ds, val, epochs=epochs, batch_size=batch_size, device=device,
@@ -123,7 +125,8 @@ def finetune_tiles(
                   batch_size=batch_size, device=device, work_dir=work / "refiner" if work else None,
                   progress=scaled_progress(progress, 0.5, 0.95), cancel=cancel)
     pipe.eval()
-    after = evaluate_tiles(pipe, held_out, batch_size=batch_size, cancel=cancel)
+    after_rows = tile_metrics(pipe, held_out, batch_size=batch_size, cancel=cancel)
+    after, change = mean_tile_metrics(after_rows), tile_difference(after_rows, before_rows)
     check_cancel(cancel, "fine-tuning")
 
     pipe.config = dataclasses.replace(config, data="; ".join(filter(None, [config.data, region])),
@@ -133,7 +136,7 @@ def finetune_tiles(
         "tiles": train_ds.index["counts"], "before": _finite(before), "after": _finite(after),
     })
     report(progress, 1.0, f"saved {weights_out}")
-    return {"before": before, "after": after, "weights": str(weights_out), "held_out": held_name}
+    return {"before": before, "after": after, "change": change, "weights": str(weights_out), "held_out": held_name}
 
 
 def trained_own_inputs(weights: str | os.PathLike) -> float:
