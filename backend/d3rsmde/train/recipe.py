@@ -165,8 +165,8 @@ def train_pipeline(
             maps = predict_coarse(pipe.coarse, train_ds, batch_size=batch, cancel=cancel)
         val_maps = predict_coarse(pipe.coarse, val_ds, batch_size=batch, cancel=cancel) if val_ds is not None else None
         train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val_ds,
-                      val_maps, own_inputs=refiner_own_inputs, decoded_weight=refiner_decoded_weight, coarse=pipe.coarse,
-                      work_dir=work / "refiner",
+                      val_maps, own_inputs=refiner_own_inputs, decoded_weight=refiner_decoded_weight,
+                      coarse=pipe.coarse, work_dir=work / "refiner",
                       epochs=epochs["refiner"], progress=part["refiner"], cancel=cancel, **shared,
                       **stage_lr["refiner"])
     check_cancel(cancel, "training")

@@ -132,5 +132,6 @@ def train_refiner(
             raise InputError("a refiner conditioned on the coarse model's stem needs that coarse model to train")
         coarse.to(device).eval()  # batch norm statistics stay as trained
     val = WithCoarse(val_ds, val_coarse_maps) if val_ds is not None else None
-    return fit(refiner, RefinerLoss(codec, schedule, own_inputs, coarse, decoded_weight), WithCoarse(dataset, coarse_maps), val,
+    loss = RefinerLoss(codec, schedule, own_inputs, coarse, decoded_weight)
+    return fit(refiner, loss, WithCoarse(dataset, coarse_maps), val,
                settings=settings, work_dir=work_dir, name="refiner", progress=progress, cancel=cancel)
