@@ -28,7 +28,7 @@ import torch
 from d3rsmde import pairs
 from d3rsmde.datasets import TileDataset
 from d3rsmde.device import describe_device
-from d3rsmde.evaluation import (SCENE_FIGURES, evaluate_scene, evaluate_tiles, scene_jackknife,
+from d3rsmde.evaluation import (SCENE_FIGURES, evaluate_scene, evaluate_tiles, scene_report,
                                 scene_on_reference_grid)
 from d3rsmde.files import atomic_write_text
 from d3rsmde.lpips_alexnet import lpips_weights
@@ -65,8 +65,9 @@ def scene_rows(pipe: D3Pipeline, image: Path, dem: Path, steps: list[int], work:
         out = work / f"{image.stem}-T{t}.tif"
         began = time.perf_counter()
         predict_raster(image, out, pipe, refine_steps=t, overlap=overlap)
-        rows[_row_name(t)] = {**evaluate_scene(out, dem), "seconds": time.perf_counter() - began,
-                              "jackknife_se": scene_jackknife(out, dem)}
+        report = scene_report(out, dem)
+        rows[_row_name(t)] = {**report["scene"], "seconds": time.perf_counter() - began,
+                              "jackknife_se": report["scene_standard_error"]}
     with rasterio.open(image) as src:
         rgb = src.read([1, 2, 3], masked=True).astype(np.float32).filled(np.nan)
         profile = height_profile(src)

@@ -31,7 +31,7 @@ from rasterio.windows import Window, from_bounds
 from d3rsmde import pairs
 from d3rsmde.device import describe_device
 from d3rsmde.dems import load_dem
-from d3rsmde.evaluation import SCENE_FIGURES, evaluate_scene, scene_jackknife
+from d3rsmde.evaluation import SCENE_FIGURES, scene_report
 from d3rsmde.files import atomic_write_text
 from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.raster import predict_raster
@@ -141,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
                 began = time.perf_counter()
                 run = predict_raster(image, pred, pipe, tile=min(tile, whole_scene_tile(image, pipe)),
                                      refine_steps=t)
-                m = evaluate_scene(pred, dem)
+                report = scene_report(pred, dem)
+                m = report["scene"]
                 m.update({k: float("nan") for k in METRICS if m[k] is None},  # LPIPS without its weights
                          seconds=time.perf_counter() - began, tile_used=run["tile"],
-                         standard_error=scene_jackknife(pred, dem))
+                         standard_error=report["scene_standard_error"])
                 results.setdefault(name, {})[f"tile {tile}, T={t}"] = m
                 print(f"{name} tile {tile} T={t}: " + " / ".join(f"{k} {m[k]:.3f}" for k in METRICS)
                       + f" ({m['seconds']:.1f} s)", flush=True)
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = list(next(iter(results.values())))
     mean = {group: {row: {k: float(np.mean([results[n][row][k] for n in names])) for k in METRICS} for row in rows}
             for group, names in groups.items()}
-    # Standard errors: of a group mean across its scenes; of one scene, its jackknife (scene_jackknife).
+    # Standard errors: of a group mean across its scenes; of one scene, its jackknife (scene_report).
     spread = {group: {row: {k: float(np.std([results[n][row][k] for n in names], ddof=1) / np.sqrt(len(names)))
                             if len(names) > 1 else float("nan") for k in METRICS} for row in rows}
               for group, names in groups.items()}

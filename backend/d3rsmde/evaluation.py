@@ -104,12 +104,7 @@ def scene_on_reference_grid(pred, reference) -> tuple[np.ndarray, np.ndarray]:
 def evaluate_scene(pred, reference) -> dict:
     """The paper's metrics (plus ``grad_r``) of a whole predicted scene against its reference DEM, both stretched
     to 0..255 as one image over their common valid pixels; ``pixels`` is how many reference pixels were scored."""
-    p, g = scene_on_reference_grid(pred, reference)
-    valid = np.isfinite(p) & np.isfinite(g)
-    if valid.sum() < 2:
-        raise InputError(f"{Path(pred).name} and {Path(reference).name} overlap in fewer than 2 valid pixels of "
-                         "the reference grid: do they cover the same place?")
-    return {**depth_metrics(p, g, valid), "pixels": int(valid.sum())}
+    return scene_report(pred, reference, errors=False)["scene"]
 
 
 SCENE_FIGURES = ("mae", "ssim", "lpips", "grad_r")
@@ -122,9 +117,7 @@ def scene_jackknife(pred, reference, blocks: int = 3) -> dict[str, float | None]
     One scene's figures move with a few pixels, since both maps are min-max stretched (102 pixels of the Rocky
     Mountain sample moved its MAE by 3): this says by how much, so that two models are not told apart by noise.
     """
-    p, g = scene_on_reference_grid(pred, reference)
-    valid = np.isfinite(p) & np.isfinite(g)
-    return {key: _jackknife_error(values) for key, values in _left_out_figures([p], g, valid, blocks)[0].items()}
+    return scene_report(pred, reference, blocks=blocks)["scene_standard_error"]
 
 
 def scene_difference(pred, other, reference, blocks: int = 3) -> dict[str, tuple[float, float] | None]:
@@ -132,8 +125,32 @@ def scene_difference(pred, other, reference, blocks: int = 3) -> dict[str, tuple
     both maps scored on the pixels valid in both with the same blocks left out: the error of the difference itself,
     which is smaller than the two maps' own where their errors are shared, and can be larger where each map's
     min-max stretch moves with the blocks in its own way (MAE on the Rocky Mountain sample)."""
+    return scene_report(pred, reference, other, errors=False, blocks=blocks)["scene_minus_versus"]
+
+
+def scene_report(pred, reference, versus=None, *, errors: bool = True, blocks: int = 3) -> dict:
+    """What ``d3rsmde evaluate --whole-scene`` and the QGIS *Evaluate* algorithm report of a whole scene, each
+    raster read and warped once: ``scene`` (:func:`evaluate_scene`), with ``errors`` ``scene_standard_error``
+    (:func:`scene_jackknife`) and, given another prediction ``versus``, ``scene_minus_versus``
+    (:func:`scene_difference`, paired)."""
     p, g = scene_on_reference_grid(pred, reference)
-    q, _ = scene_on_reference_grid(other, reference)
+    valid = np.isfinite(p) & np.isfinite(g)
+    if valid.sum() < 2:
+        raise InputError(f"{Path(pred).name} and {Path(reference).name} overlap in fewer than 2 valid pixels of "
+                         "the reference grid: do they cover the same place?")
+    report = {"scene": {**depth_metrics(p, g, valid), "pixels": int(valid.sum())}}
+    if errors:
+        left_out = _left_out_figures([p], g, valid, blocks)[0]
+        report["scene_standard_error"] = {key: _jackknife_error(values) for key, values in left_out.items()}
+    if versus is not None:
+        q, _ = scene_on_reference_grid(versus, reference)
+        report["scene_minus_versus"] = _paired_difference(p, q, g, blocks)
+    return report
+
+
+def _paired_difference(p: np.ndarray, q: np.ndarray, g: np.ndarray,
+                       blocks: int) -> dict[str, tuple[float, float] | None]:
+    """:func:`scene_difference` on maps already on the reference's grid."""
     valid = np.isfinite(p) & np.isfinite(q) & np.isfinite(g)
     whole = [depth_metrics(np.where(valid, m, np.nan), np.where(valid, g, np.nan), valid) for m in (p, q)]
     left_out = _left_out_figures([p, q], g, valid, blocks)
@@ -145,16 +162,6 @@ def scene_difference(pred, other, reference, blocks: int = 3) -> dict[str, tuple
         else:
             result[key] = (whole[0][key] - whole[1][key], _jackknife_error(np.subtract(a, b)))
     return result
-
-
-def scene_report(pred, reference, versus=None) -> dict:
-    """What ``d3rsmde evaluate --whole-scene`` and the QGIS *Evaluate* algorithm report of a whole scene:
-    ``scene`` (:func:`evaluate_scene`), ``scene_standard_error`` (:func:`scene_jackknife`) and, given another
-    prediction ``versus``, ``scene_minus_versus`` (:func:`scene_difference`, paired)."""
-    report = {"scene": evaluate_scene(pred, reference), "scene_standard_error": scene_jackknife(pred, reference)}
-    if versus is not None:
-        report["scene_minus_versus"] = scene_difference(pred, versus, reference)
-    return report
 
 
 def _left_out_figures(maps: list[np.ndarray], g: np.ndarray, valid: np.ndarray,

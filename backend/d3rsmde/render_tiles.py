@@ -164,7 +164,8 @@ def build_render_dataset(
     tiles = []
     with staged_tiles(out_dir) as tmp:
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-            for i, (job, (image, info)) in enumerate(zip(jobs, pool.map(partial(_render_job, dry_share=dry_share), jobs, chunksize=8))):
+            renders = pool.map(partial(_render_job, dry_share=dry_share), jobs, chunksize=8)
+            for i, (job, (image, info)) in enumerate(zip(jobs, renders)):
                 check_cancel(cancel, "render dataset build")
                 name = f"{job['dem']}_x{job['factor']}_r{job['row']:05d}_c{job['col']:05d}_{i:05d}.npz"
                 mask = np.ones((1, tile_size, tile_size), bool)

@@ -202,9 +202,8 @@ def layer_file(layer: QgsRasterLayer) -> str:
 
 
 def log_summary(feedback, summary: dict) -> None:
-    """One line per entry of a backend result; nested metric dicts on one line, numbers to 4 digits, paired
-    differences as difference ± standard error; its
-    ``warnings`` as QGIS warnings (highlighted in the log), one each."""
+    """One line per entry of a backend result: nested metric dicts on one line, numbers to 4 digits, paired
+    differences as difference ± standard error; its ``warnings`` as QGIS warnings (highlighted in the log)."""
     def text(value) -> str:
         if isinstance(value, float):
             return f"{value:.4g}"
