@@ -129,6 +129,8 @@ def predict_raster(
                 if not np.isfinite(ranges).all(axis=1).any():
                     raise InputError(f"{src_path.name} has no valid pixel (all nodata or transparent)")
                 scale, shift = align_tiles(grid, store, ranges, ref_path, source.grid)
+                if ref_path is None:
+                    scale, shift = _onto_unit_range(run, scale, shift)
                 units = "relative" if ref_path is None else ref_units
                 bounds = (0.0, 1.0) if units == "relative" else None
                 with VerifiedOutput(scratch / dst_path.name, out_grid) as out:
@@ -264,15 +266,11 @@ def _hole_warnings(src_path: Path, pixels: int, nodata) -> list[str]:
             "larger nodata areas stay nodata"]
 
 
-def _write_blended(run: _Run, scale: np.ndarray, shift: np.ndarray, out: VerifiedOutput,
-                   bounds: tuple[float, float] | None) -> None:
-    """Pass 2: blend the aligned tiles one band of rows at a time and write each band.
-
-    ``bounds``: (low, high) the values must stay in; relative output is 0..1 by contract, and float rounding of
-    the affine maps would otherwise leave values like -5e-10."""
+def _blended_bands(run: _Run, scale: np.ndarray, shift: np.ndarray, message: str) -> Iterator[tuple[int, np.ndarray]]:
+    """The aligned tiles blended, one band of rows at a time: ``(first row, band)``, NaN where no tile has data."""
     grid = run.grid
     for row0 in range(0, grid.height, BLOCK):
-        check_cancel(run.cancel, message="cancelled while writing the output")
+        check_cancel(run.cancel, message=message)
         row1 = min(row0 + BLOCK, grid.height)
         acc = np.zeros((row1 - row0, grid.width), dtype=np.float32)
         wsum = np.zeros_like(acc)
@@ -287,12 +285,35 @@ def _write_blended(run: _Run, scale: np.ndarray, shift: np.ndarray, out: Verifie
             c0, c1 = max(c, 0), min(c + grid.tile, grid.width)
             acc[a - row0 : b - row0, c0:c1] += (w * v)[:, c0 - c : c1 - c]
             wsum[a - row0 : b - row0, c0:c1] += w[:, c0 - c : c1 - c]
-        band = np.full(acc.shape, NODATA, dtype=np.float32)
+        band = np.full(acc.shape, np.nan, dtype=np.float32)
         np.divide(acc, wsum, out=band, where=wsum > 0)
+        yield row0, band
+
+
+def _onto_unit_range(run: _Run, scale: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``scale``/``shift`` remapped so the blended surface spans exactly 0..1: the per-tile ranges include pixels
+    that never reach the output (padding, tile edges) and blending averages the extremes in the overlaps, which
+    left e.g. the Rocky Mountain sample spanning 0.05..0.88 instead of the promised 0..1."""
+    lo, hi = np.inf, -np.inf
+    for _, band in _blended_bands(run, scale, shift, "cancelled while stretching the output"):
+        if np.isfinite(band).any():
+            lo, hi = min(lo, float(np.nanmin(band))), max(hi, float(np.nanmax(band)))
+    span = hi - lo if hi > lo else 1.0
+    return scale / span, (shift - lo) / span
+
+
+def _write_blended(run: _Run, scale: np.ndarray, shift: np.ndarray, out: VerifiedOutput,
+                   bounds: tuple[float, float] | None) -> None:
+    """Pass 2: blend the aligned tiles one band of rows at a time and write each band.
+
+    ``bounds``: (low, high) the values must stay in; relative output is 0..1 by contract, and float rounding of
+    the affine maps would otherwise leave values like -5e-10."""
+    for row0, band in _blended_bands(run, scale, shift, "cancelled while writing the output"):
         if bounds is not None:
-            np.clip(band, *bounds, out=band, where=wsum > 0)
-        out.write(band, Window(0, row0, grid.width, row1 - row0))
-        report(run.progress, 0.9 + 0.09 * row1 / grid.height, f"writing rows {row1}/{grid.height}")
+            np.clip(band, *bounds, out=band)
+        out.write(np.where(np.isnan(band), NODATA, band), Window(0, row0, run.grid.width, band.shape[0]))
+        row1 = row0 + band.shape[0]
+        report(run.progress, 0.9 + 0.09 * row1 / run.grid.height, f"writing rows {row1}/{run.grid.height}")
 
 
 def _scratch_pass(path: Path, grid: GridSpec, write: Callable[[VerifiedOutput], None]) -> Path:
