@@ -17,6 +17,8 @@ T = 0 or 6), as ``d3rsmde evaluate --whole-scene --versus`` does: the difference
   reference-DEM mode's joint solve) instead of the seams alone: the scene's layout from one view.
 - ``scale_prior``: a weak prior pulling every tile's scale in the seam solve toward the common one (weight
   ``lam`` of the mean overlap energy per tile): are the scales the seams give too free?
+- ``spread``: is the disagreement of the tilings an error map? Spearman r, per pixel of the DEM's grid, between the
+  standard deviation of the five tilings' maps and the default map's error (all stretched over the scene).
 """
 from __future__ import annotations
 
@@ -32,9 +34,10 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.enums import Resampling
+from scipy.stats import spearmanr
 
 from d3rsmde import pairs, tiling
-from d3rsmde.evaluation import SCENE_FIGURES, scene_report
+from d3rsmde.evaluation import SCENE_FIGURES, scene_on_reference_grid, scene_report
 from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.raster import calibration, predict, predict_raster
 from d3rsmde.vae import minmax_per_tile
@@ -128,6 +131,17 @@ def one_tile_view(image: Path, out: Path, side: int = DEFAULT_TILE) -> Path:
     return out
 
 
+def spread_error_rank_correlation(preds: list[Path], dem: Path) -> float:
+    maps = [scene_on_reference_grid(p, dem) for p in preds]
+    truth = maps[0][1]
+    valid = np.isfinite(truth) & np.all([np.isfinite(m) for m, _ in maps], axis=0)
+
+    def stretched(a: np.ndarray) -> np.ndarray:
+        return (a[valid] - a[valid].min()) / (a[valid].max() - a[valid].min())
+    spread = np.std([stretched(m) for m, _ in maps], axis=0)
+    return float(spearmanr(spread, np.abs(stretched(maps[0][0]) - stretched(truth))).correlation)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="resources/weights/d3rsmde-lean.safetensors")
@@ -186,9 +200,20 @@ def main() -> None:
                     predict_raster(image, pred, pipe, refine_steps=steps)
                 record(f"scale_prior{lam}", name, steps, pred)
 
+    for steps in (0, 6):
+        for name in scenes:
+            if name != "meuse":
+                r = spread_error_rank_correlation([args.scenes / f"{name}-tile{t}-T{steps}.tif" for t in tiles],
+                                                  scenes[name][1])
+                results["spread"][f"{name} T={steps}"] = r
+                print(f"spread {name} T={steps}: Spearman r(spread of the tilings, error of tile {tiles[0]}) "
+                      f"{r:.3f}", flush=True)
+
     summary = {}
     for probe, rows in results.items():
         for steps in (0, 6):
+            if probe == "spread":
+                continue
             diffs = [r["minus_default"] for key, r in rows.items() if key.endswith(f"T={steps}")]
             mean = {k: float(np.mean([d[k][0] for d in diffs if d[k]])) for k in SCENE_FIGURES}
             better = {k: int(sum((d[k][0] > 0) == (k in ("ssim", "grad_r")) for d in diffs if d[k] and d[k][0]))
