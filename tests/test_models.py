@@ -12,7 +12,7 @@ from d3rsmde.errors import InputError
 from d3rsmde.models import CoarseDepthModel, Refiner
 from d3rsmde.pipeline import D3Pipeline
 from d3rsmde.plbr import PLBRSchedule
-from d3rsmde.vae import LatentCodec, build_vae, minmax_per_tile
+from d3rsmde.vae import LatentCodec, build_vae, minmax_per_tile, remove_checkerboard
 
 TINY = get_config("tiny")
 
@@ -243,6 +243,22 @@ def test_codec_shapes_ranges_and_frozen(codec):
     assert not any(p.requires_grad for p in codec.parameters())
     codec.train()
     assert not codec.training and not codec.vae.training
+
+
+def test_decoded_heights_lose_the_checkerboard_and_keep_the_relief(codec, monkeypatch):
+    """A 2-pixel checkerboard (what the decoder's upsampling leaves, drawn as hatching by a hillshade) is removed;
+    a plane and an 8-pixel wave are kept (exactly inside, and 85 % of the wave)."""
+    rows, cols = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    plane = (0.2 + 0.01 * rows + 0.005 * cols).view(1, 1, 32, 32)
+    checker = 0.05 * (-1.0) ** (rows + cols).view(1, 1, 32, 32)
+    wave = 0.1 * torch.cos(2 * torch.pi * cols / 8).view(1, 1, 32, 32)
+    inside = (..., slice(1, -1), slice(1, -1))
+    torch.testing.assert_close(remove_checkerboard(plane + checker)[inside], plane[inside])
+    assert float((remove_checkerboard(wave)[inside] / wave[inside]).nanmedian()) == pytest.approx(0.854, abs=0.01)
+    # and decode_depth applies it: a decoder that returns the checkerboard gives the plane back
+    decoded = (plane + checker) * 2 - 1
+    monkeypatch.setattr(codec.vae, "decode", lambda z: type("Out", (), {"sample": decoded.expand(-1, 3, -1, -1)}))
+    torch.testing.assert_close(codec.decode_depth(torch.zeros(1, 4, 4, 4))[inside], plane[inside])
 
 
 def test_codec_normalises_image_per_tile(codec):
