@@ -16,7 +16,7 @@ sample's 102 saturated snow pixels, which equal its nodata value 255, are now re
 All three were stored again for 0.5.5 (Xeon, float32, one thread), whose decoded heights pass a 3 x 3 binomial
 filter on purpose (d3rsmde.vae.remove_checkerboard). This random tiny model decodes mostly pixel-scale noise, which
 the filter removes, so its maps moved far (relative: median 0.12 of the relief); the default weights' maps moved by
-a median 0.0008 and at most 0.0073 of the 0..1 range (Rocky Mountain sample, T = 6, as the CLI runs it here).
+a median 0.0009 and at most 0.0071 of the 0..1 range (Rocky Mountain sample, T = 6, as the CLI runs it here).
 """
 
 import numpy as np
