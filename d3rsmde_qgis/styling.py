@@ -3,7 +3,9 @@ optional hillshade on top (multiply blend) so relief reads at a glance."""
 from __future__ import annotations
 
 from qgis.core import (
+    Qgis,
     QgsHillshadeRenderer,
+    QgsRasterDataProvider,
     QgsProcessingLayerPostProcessorInterface,
     QgsRasterBandStats,
     QgsRasterLayer,
@@ -37,8 +39,15 @@ def apply_depth_style(layer: QgsRasterLayer) -> None:
 
 
 def hillshade_layer(layer: QgsRasterLayer) -> QgsRasterLayer:
-    """A second view of the same file, shaded, meant to sit above the coloured layer."""
+    """A second view of the same file, shaded, meant to sit above the coloured layer.
+
+    The file is resampled by the provider (bilinear zoomed in, average zoomed out) before it is shaded: QGIS shades
+    the block it reads at the screen's resolution, and at any zoom but 1:1 nearest-neighbour reading repeats rows
+    and columns, which the shading draws as a grid of stripes over the whole map."""
     shade = QgsRasterLayer(layer.source(), f"{layer.name()} hillshade", layer.providerType())
+    shade.setResamplingStage(Qgis.RasterResamplingStage.Provider)
+    shade.dataProvider().setZoomedInResamplingMethod(QgsRasterDataProvider.ResamplingMethod.Bilinear)
+    shade.dataProvider().setZoomedOutResamplingMethod(QgsRasterDataProvider.ResamplingMethod.Average)
     renderer = QgsHillshadeRenderer(shade.dataProvider(), 1, 315.0, 45.0)
     low, high = value_range(layer)
     if high > low:
