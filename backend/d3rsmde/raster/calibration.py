@@ -1,6 +1,6 @@
-"""Putting every tile on one scale and shift: the seams' overlapping rows tie neighbours together, and then either
-the whole surface is mapped onto 0..1 or per-tile fits to a reference DEM give it metres (see
-:mod:`d3rsmde.tiling` for the sparse solve)."""
+"""Putting every tile on one scale and shift: the seams' overlapping rows tie neighbours together, and per-tile fits
+to a reference DEM, when there is one, give the surface metres (see :mod:`d3rsmde.tiling` for the sparse solve).
+Without a reference the surface's scale is arbitrary; the engine stretches the blended surface onto 0..1."""
 
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ MIN_REFERENCE_PIXELS = 2  # one reference pixel gives a level but no relief to s
 
 def align_tiles(grid: TileGrid, store: TileStore, ranges: np.ndarray, reference: Path | None = None,
                 spec: GridSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-tile (scale, shift) that join the tiles in ``store`` into one surface: relative 0..1 over the raster
-    (``ranges``: each tile's (min, max), NaN for a tile without data), or in the units of the ``reference`` DEM
+    """Per-tile (scale, shift) that join the tiles in ``store`` into one surface (``ranges``: each tile's (min,
+    max), NaN for a tile without data): of mean scale 1 and mean shift 0, or in the units of the ``reference`` DEM
     read on ``spec``, the grid the tiles were predicted on."""
     has_data = np.isfinite(ranges).all(axis=1)
     pairs = _overlap_rows(grid, store, has_data)
     scale, shift = solve_affines(len(grid), pairs)
     if reference is None:
-        return _normalise(scale, shift, ranges, has_data)
+        return scale, shift
     fits = _reference_fits(grid, store, has_data, reference, spec)
     # One global (gain, offset) of the aligned surface: a_i*p + b_i -> g*(a_i*p + b_i) + o.
     rows = np.concatenate([a @ np.array([[scale[i], 0.0], [shift[i], 1.0]]) for i, a, _ in fits])
@@ -53,14 +53,6 @@ def _overlap_rows(grid: TileGrid, store: TileStore, has_data: np.ndarray) -> lis
             if r is not None:
                 out.append((i, j, r))
     return out
-
-
-def _normalise(scale, shift, ranges, has_data):
-    """Map the aligned surface onto 0..1 over the whole raster."""
-    ends = scale[:, None] * ranges + shift[:, None]
-    lo, hi = np.nanmin(ends[has_data]), np.nanmax(ends[has_data])
-    span = hi - lo if hi > lo else 1.0
-    return scale / span, (shift - lo) / span
 
 
 def _reference_fits(grid: TileGrid, store: TileStore, has_data: np.ndarray, ref_path: Path, spec: GridSpec) -> list:

@@ -266,7 +266,8 @@ def _hole_warnings(src_path: Path, pixels: int, nodata) -> list[str]:
             "larger nodata areas stay nodata"]
 
 
-def _blended_bands(run: _Run, scale: np.ndarray, shift: np.ndarray, message: str) -> Iterator[tuple[int, np.ndarray]]:
+def _blended_bands(run: _Run, scale: np.ndarray, shift: np.ndarray,
+                   message: str) -> Iterator[tuple[int, np.ndarray]]:
     """The aligned tiles blended, one band of rows at a time: ``(first row, band)``, NaN where no tile has data."""
     grid = run.grid
     for row0 in range(0, grid.height, BLOCK):
@@ -291,9 +292,9 @@ def _blended_bands(run: _Run, scale: np.ndarray, shift: np.ndarray, message: str
 
 
 def _onto_unit_range(run: _Run, scale: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``scale``/``shift`` remapped so the blended surface spans exactly 0..1: the per-tile ranges include pixels
-    that never reach the output (padding, tile edges) and blending averages the extremes in the overlaps, which
-    left e.g. the Rocky Mountain sample spanning 0.05..0.88 instead of the promised 0..1."""
+    """``scale``/``shift`` remapped so the blended surface spans exactly 0..1. Measured on the blend itself: the
+    tiles' own ranges (used before 0.5.4) include pixels that never reach the output (padding, tile edges) and
+    blending averages the extremes in the overlaps, which left e.g. the Rocky Mountain sample at 0.05..0.88."""
     lo, hi = np.inf, -np.inf
     for _, band in _blended_bands(run, scale, shift, "cancelled while stretching the output"):
         if np.isfinite(band).any():
