@@ -129,16 +129,14 @@ def predict_raster(
                 if not np.isfinite(ranges).all(axis=1).any():
                     raise InputError(f"{src_path.name} has no valid pixel (all nodata or transparent)")
                 scale, shift = align_tiles(grid, store, ranges, ref_path, source.grid)
-                if ref_path is None:
-                    scale, shift = _onto_unit_range(run, scale, shift)
                 units = "relative" if ref_path is None else ref_units
-                bounds = (0.0, 1.0) if units == "relative" else None
+                stretch = _blended_range(run, scale, shift) if ref_path is None else None
                 with VerifiedOutput(scratch / dst_path.name, out_grid) as out:
                     if factor == 1.0 and ref_path is None:
-                        _write_blended(run, scale, shift, out, bounds)
+                        _write_blended(run, scale, shift, out, stretch)
                     else:  # through scratch files on the model grid
                         surface = _scratch_pass(scratch / "model-grid.tmp", source.grid,
-                                                lambda tmp: _write_blended(run, scale, shift, tmp, bounds))
+                                                lambda tmp: _write_blended(run, scale, shift, tmp, stretch))
                         if ref_path is not None and factor != 1.0:
                             surface = _scratch_pass(scratch / "with-reference.tmp", source.grid,
                                                     lambda tmp: keep_reference_lows(surface, ref_path, tmp, scratch,
@@ -291,27 +289,27 @@ def _blended_bands(run: _Run, scale: np.ndarray, shift: np.ndarray,
         yield row0, band
 
 
-def _onto_unit_range(run: _Run, scale: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``scale``/``shift`` remapped so the blended surface spans exactly 0..1. Measured on the blend itself: the
-    tiles' own ranges (used before 0.5.4) include pixels that never reach the output (padding, tile edges) and
-    blending averages the extremes in the overlaps, which left e.g. the Rocky Mountain sample at 0.05..0.88."""
+def _blended_range(run: _Run, scale: np.ndarray, shift: np.ndarray) -> tuple[float, float]:
+    """Lowest and highest value of the blended surface, what relative output stretches onto 0..1. Measured on the
+    blend itself: the tiles' own ranges (used before 0.5.4) include pixels that never reach the output (padding,
+    tile edges) and blending averages the extremes in the overlaps, which left e.g. the Rocky Mountain sample at
+    0.05..0.88."""
     lo, hi = np.inf, -np.inf
     for _, band in _blended_bands(run, scale, shift, "cancelled while stretching the output"):
         if np.isfinite(band).any():
             lo, hi = min(lo, float(np.nanmin(band))), max(hi, float(np.nanmax(band)))
-    span = hi - lo if hi > lo else 1.0
-    return scale / span, (shift - lo) / span
+    return lo, hi
 
 
 def _write_blended(run: _Run, scale: np.ndarray, shift: np.ndarray, out: VerifiedOutput,
-                   bounds: tuple[float, float] | None) -> None:
-    """Pass 2: blend the aligned tiles one band of rows at a time and write each band.
-
-    ``bounds``: (low, high) the values must stay in; relative output is 0..1 by contract, and float rounding of
-    the affine maps would otherwise leave values like -5e-10."""
+                   stretch: tuple[float, float] | None) -> None:
+    """Pass 2: blend the aligned tiles one band of rows at a time and write each band; ``stretch``: the blend's
+    (lowest, highest) value, mapped onto exactly 0 and 1 (relative output; the same blend, so no value falls
+    outside)."""
     for row0, band in _blended_bands(run, scale, shift, "cancelled while writing the output"):
-        if bounds is not None:
-            np.clip(band, *bounds, out=band)
+        if stretch is not None:
+            low, high = stretch
+            band = ((band - low) / (high - low if high > low else 1.0)).astype(np.float32)
         out.write(np.where(np.isnan(band), NODATA, band), Window(0, row0, run.grid.width, band.shape[0]))
         row1 = row0 + band.shape[0]
         report(run.progress, 0.9 + 0.09 * row1 / run.grid.height, f"writing rows {row1}/{run.grid.height}")
