@@ -278,7 +278,7 @@ def test_only_unlocked_scratch_folders_are_swept(tmp_path):
         users = [tmp_path / ".notes.d3rsmde", tmp_path / ".mine.tif.abcd1234.d3rsmde"]  # not ours: kept
         for folder in [stale, legacy, *users]:
             folder.mkdir()
-        (stale / "lock").touch()
+        (stale / "lock").write_text("12345\n")  # the process id its run wrote once it held the lock
         (legacy / "tiles.f32").touch()
         (users[0] / "lock").touch()
         (users[1] / "sub").mkdir()
@@ -287,6 +287,15 @@ def test_only_unlocked_scratch_folders_are_swept(tmp_path):
         assert sorted(sweep_stale_scratch(tmp_path)) == sorted([legacy, stale])
         assert live.is_dir()  # its run holds the lock
     assert sorted(tmp_path.iterdir()) == sorted(users)
+
+
+def test_a_scratch_folder_whose_run_is_about_to_lock_it_is_kept(tmp_path):
+    """A run creates its lock file, then locks it: a sweep in between (another run starting in the same folder,
+    as parallel QGIS runs do) must not take the folder, which once lost a run its tiles (FileNotFoundError)."""
+    starting = tmp_path / ".new.tif.abc12_yz.d3rsmde"
+    starting.mkdir()
+    (starting / "lock").touch()
+    assert sweep_stale_scratch(tmp_path) == [] and starting.is_dir()
 
 
 # 11 -- evaluate names a missing CRS, and does not give metre errors of a relative prediction as "relative".

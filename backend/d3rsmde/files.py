@@ -162,10 +162,13 @@ def _publish(staged: Path, dst: Path, overwrite: bool) -> None:
 
 @contextmanager
 def _held_lock(path: Path) -> Iterator[None]:
+    """Locks ``path`` for the body, then writes this process's id into it: an empty, unlocked lock file is one a
+    run has created and not yet locked (:func:`_is_stale`)."""
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         os.close(fd)
@@ -181,8 +184,10 @@ def _is_scratch(path: Path) -> bool:
 
 
 def _is_stale(folder: Path) -> bool:
-    """No live run holds the folder's lock. Without fcntl (Windows), or without a lock file (an older version's
-    folder, or one created this instant), its age decides."""
+    """No live run holds the folder's lock, and the lock was taken once (it holds a process id). Without fcntl
+    (Windows), without a lock file (an older version's folder, or one created this instant) or with an empty one
+    (a run between creating and locking it: swept then, it lost its scratch files in parallel QGIS runs), its age
+    decides."""
     if fcntl is None:
         return _age_s(folder) > STALE_AFTER_S
     try:
@@ -193,9 +198,10 @@ def _is_stale(folder: Path) -> bool:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
     except BlockingIOError:
         return False  # a live run holds it
+    else:  # unlocked: a killed run's, or, still empty, one created this instant by a run about to lock it
+        return os.fstat(fd).st_size > 0 or _age_s(folder) > UNLOCKED_AFTER_S
     finally:
         os.close(fd)
 
