@@ -79,6 +79,25 @@ def test_dry_scenes_have_bright_ground_below_their_forest():
     assert not any(render_dem(dem, 200.0, seed=s)[1]["dry"] for s in range(8))  # the default share is 0
 
 
+def test_settled_lowlands_have_towns_on_the_flats_and_forest_on_the_hills():
+    """A settled scene: towns (brighter than forest) only on the low flats, forest on the hills above them; the
+    default renders have no towns and are the same as before the option existed (no extra draw)."""
+    y, x = np.mgrid[0:128, 0:128] / 128
+    dem = np.where(y < 0.5, 600.0 * np.sin(np.pi * y) ** 2 * (1 + 0.3 * np.sin(20 * x)), 0.0)  # hills, then a plain
+    dem += 0.5 * np.sin(7 * x)  # the plain is not perfectly flat
+    assert not (land_cover(dem, 30.0, np.random.default_rng(0), Sun(135.0, 45.0)) == CLASSES.index("urban")).any()
+    for seed in range(4):
+        cls = land_cover(dem, 30.0, np.random.default_rng(seed), Sun(135.0, 45.0), settled=True)
+        urban, forest = cls == CLASSES.index("urban"), cls == CLASSES.index("forest")
+        assert urban.mean() > 0.02 and (dem[urban] < 0.5 * dem.max()).all()
+        assert forest[:64].mean() > 0.5 and np.median(dem[forest]) > 200.0
+    albedo = albedo_image(cls, np.random.default_rng(0)).mean(axis=0)
+    assert albedo[urban].mean() > 1.5 * albedo[forest].mean()  # bright low ground: brightness is not height
+    assert render_dem(dem, 30.0, seed=2, settled_share=1.0)[1]["settled"] is True
+    assert not any(render_dem(dem, 30.0, seed=s)[1]["settled"] for s in range(8))  # the default share is 0
+    assert np.array_equal(render_dem(dem, 30.0, seed=5)[0], render_dem(dem, 30.0, seed=5, settled_share=0.0)[0])
+
+
 @pytest.mark.parametrize("dem, gsd", [(np.zeros((2, 2)), 1.0), (np.full((8, 8), np.nan), 1.0),
                                       (np.zeros((8, 8)), 0.0)])
 def test_bad_input_is_refused(dem, gsd):
@@ -108,6 +127,8 @@ def test_render_dataset_trains_like_real_tiles(tmp_path, monkeypatch):
     assert index["render"]["dry_share"] == 1.0 and all(t["dry"] for t in index["tiles"])
     with pytest.raises(InputError, match="dry_share"):
         build_render_dataset(tmp_path / "bad", dems=["hills"], tile_size=32, dry_share=1.5)
+    with pytest.raises(InputError, match="settled_share"):
+        build_render_dataset(tmp_path / "bad", dems=["hills"], tile_size=32, settled_share=-0.1)
 
 
 def test_render_sets_of_two_tile_sizes_hold_out_the_same_terrain(tmp_path, monkeypatch):

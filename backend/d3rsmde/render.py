@@ -5,7 +5,8 @@ One call, :func:`render_dem`, turns a height map into an RGB image on the same g
 see it: sun from a direction drawn like real acquisitions (mid-morning sun-synchronous passes, both
 hemispheres, all seasons), Lambertian direct light with cast shadows plus sky light, land cover whose albedo
 follows elevation, slope, aspect and wetness (water, fields, grass, steppe, forest, rock, snow, each with
-texture; in dry climates a lower tree line with bright bare ground below it), optional cloud, haze, sensor noise,
+texture; in dry climates a lower tree line with bright bare ground below it; in settled lowlands towns and
+fields on the flats and forest on the hills), optional cloud, haze, sensor noise,
 colour and gamma jitter. Everything is drawn from one seed, so a render is reproducible. The heights themselves
 are never changed: the image is made to fit the terrain, not the reverse.
 """
@@ -21,7 +22,7 @@ from scipy import ndimage
 from .errors import InputError
 
 # Land-cover classes and their base reflectance (linear RGB, roughly Sentinel-2/Landsat true colour).
-CLASSES = ("water", "fields", "grass", "steppe", "forest", "rock", "snow")
+CLASSES = ("water", "fields", "grass", "steppe", "forest", "rock", "snow", "urban")
 ALBEDO = {
     "water": (0.03, 0.05, 0.07),
     "fields": (0.16, 0.17, 0.09),
@@ -30,6 +31,7 @@ ALBEDO = {
     "forest": (0.04, 0.07, 0.035),
     "rock": (0.20, 0.18, 0.16),
     "snow": (0.80, 0.82, 0.86),
+    "urban": (0.15, 0.14, 0.14),  # roofs, streets and yards: grey, brighter than fields
 }
 
 
@@ -97,13 +99,15 @@ def smooth_noise(shape: tuple[int, int], rng: np.random.Generator, scale: float)
 
 
 def land_cover(dem: np.ndarray, gsd_m: float, rng: np.random.Generator, sun: Sun,
-               water_level: float | None = None, dry: bool = False) -> np.ndarray:
+               water_level: float | None = None, dry: bool = False, settled: bool = False) -> np.ndarray:
     """Class index (into :data:`CLASSES`) per pixel from elevation, slope, aspect and wetness.
 
     Snow and rock take the heights above a tree line and snow line drawn inside the scene's own height range;
     steep slopes are rock; forest fills the mid slopes (more on shaded, wetter slopes); valley floors and flats
     are fields or grass; flat ground at or below ``water_level`` (sea) and in flat depressions is water.
     A ``dry`` (semi-arid) scene also has a lower tree line: below it, steppe (higher up on slopes facing the sun).
+    A ``settled`` lowland has towns and fields on its low flats and forest on the hills above them, as round
+    coastal and river cities: there the bright ground is the low ground.
     """
     h, w = dem.shape
     normals = surface_normals(dem, gsd_m)
@@ -133,6 +137,11 @@ def land_cover(dem: np.ndarray, gsd_m: float, rng: np.random.Generator, sun: Sun
     flat_low = (slope < 4) & (rel < 0.5)
     fields = flat_low & (smooth_noise((h, w), rng, 20) > rng.uniform(-1.0, 1.0))
     cls[fields] = CLASSES.index("fields")
+    if settled:
+        plain = (slope < rng.uniform(4.0, 10.0)) & (rel + wobble < rng.uniform(0.2, 0.45))
+        cls[~plain & (slope < 38) & (rel + wobble < treeline)] = CLASSES.index("forest")
+        cls[plain] = CLASSES.index("fields")
+        cls[plain & (smooth_noise((h, w), rng, 15) > rng.uniform(0.0, 1.2))] = CLASSES.index("urban")
     cls[(slope > 38) | (rel + wobble > treeline + 0.05)] = CLASSES.index("rock")
     cls[(rel + wobble > snowline) & (slope < 50)] = CLASSES.index("snow")
     water = np.zeros((h, w), bool)
@@ -160,6 +169,9 @@ def albedo_image(cls: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     steppe = cls == CLASSES.index("steppe")
     if steppe.any():  # open woodland: scattered dark crowns
         texture *= np.where(steppe & (smooth_noise((h, w), rng, 0.7) > rng.uniform(0.8, 2.0)), 0.4, 1.0)
+    urban = cls == CLASSES.index("urban")
+    if urban.any():  # blocks of roofs, streets and trees at the pixel scale
+        texture *= np.where(urban, np.clip(1.0 + 0.35 * smooth_noise((h, w), rng, 0.6), 0.3, 2.0), 1.0)
     texture = np.where(cls == CLASSES.index("water"), 1.0 + 0.03 * smooth_noise((h, w), rng, 3.0), texture)
     return image * texture[None]
 
@@ -179,12 +191,14 @@ def relief_exaggeration(dem: np.ndarray, gsd_m: float, rng: np.random.Generator)
 
 
 def render_dem(dem: np.ndarray, gsd_m: float, seed: int, *, water_level: float | None = None,
-               sun: Sun | None = None, clouds: bool | None = None, dry_share: float = 0.0) -> tuple[np.ndarray, dict]:
+               sun: Sun | None = None, clouds: bool | None = None, dry_share: float = 0.0,
+               settled_share: float = 0.0) -> tuple[np.ndarray, dict]:
     """An 8-bit RGB image (3 x H x W) of ``dem`` (metres, H x W, north up, ``gsd_m`` metre pixels).
 
     ``seed`` fixes every random choice; ``sun`` and ``clouds`` override the drawn ones (tests). ``dry_share``: the
     chance that the scene is semi-arid, with bright dry ground below its forests (much of GLOBE tile G, the
-    Rockies, the Andes); at 0 no draw is made, so renders stay those of releases before it. Also returns what was
+    Rockies, the Andes); at 0 no draw is made, so renders stay those of releases before it; ``settled_share``
+    likewise, the chance of a settled lowland (towns and fields on the flats). Also returns what was
     drawn (sun, exaggeration, haze...), so a dataset can record it.
     """
     dem = np.asarray(dem, dtype=np.float64)
@@ -200,8 +214,9 @@ def render_dem(dem: np.ndarray, gsd_m: float, seed: int, *, water_level: float |
     shaded_dem = dem * exaggeration
     # Land cover follows the terrain as it looks (the exaggerated slopes); water_level scales with the heights.
     drew_dry = dry_share > 0 and bool(rng.random() < dry_share)
+    drew_settled = settled_share > 0 and bool(rng.random() < settled_share)
     cls = land_cover(shaded_dem, gsd_m, rng, sun, None if water_level is None else water_level * exaggeration,
-                     dry=drew_dry)
+                     dry=drew_dry, settled=drew_settled)
     albedo = albedo_image(cls, rng)
     direct = hillshade(shaded_dem, gsd_m, sun) * ~cast_shadows(shaded_dem, gsd_m, sun)
     sky_view = (1.0 + surface_normals(shaded_dem, gsd_m)[2]) / 2.0
@@ -223,5 +238,5 @@ def render_dem(dem: np.ndarray, gsd_m: float, seed: int, *, water_level: float |
     gamma = rng.uniform(1.8, 2.6)
     image = np.clip(radiance * gain, 0.0, 1.0) ** (1.0 / gamma)
     info = {"sun_azimuth": sun.azimuth, "sun_elevation": sun.elevation, "exaggeration": exaggeration,
-            "haze": haze, "clouds": drew_clouds, "dry": drew_dry, "gamma": gamma}
+            "haze": haze, "clouds": drew_clouds, "dry": drew_dry, "settled": drew_settled, "gamma": gamma}
     return np.round(image * 255).astype(np.uint8), info

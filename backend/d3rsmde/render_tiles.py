@@ -99,15 +99,16 @@ def _crops(dem: DEM, factor: float, tile: int, count: int, rng: np.random.Genera
 
 
 def stretched_render(height: np.ndarray, gsd_m: float, seed: int, water_level: float | None = None,
-                     dry_share: float = 0.0) -> tuple[np.ndarray, dict]:
+                     dry_share: float = 0.0, settled_share: float = 0.0) -> tuple[np.ndarray, dict]:
     """:func:`~d3rsmde.render.render_dem` stretched as the raster engine stretches a whole image (1-99 % per
     band) into uint8, so a render and an inference tile reach the model in the same value range."""
-    image, info = render_dem(height, gsd_m, seed, water_level=water_level, dry_share=dry_share)
+    image, info = render_dem(height, gsd_m, seed, water_level=water_level, dry_share=dry_share,
+                             settled_share=settled_share)
     return np.round(stretch(image, *band_limits(image.reshape(3, -1))) * 255).astype(np.uint8), info
 
 
-def _render_job(job: dict, dry_share: float) -> tuple[np.ndarray, dict]:
-    return stretched_render(job["height"], job["gsd_m"], job["seed"], job["sea_level"], dry_share)
+def _render_job(job: dict, dry_share: float, settled_share: float) -> tuple[np.ndarray, dict]:
+    return stretched_render(job["height"], job["gsd_m"], job["seed"], job["sea_level"], dry_share, settled_share)
 
 
 def build_render_dataset(
@@ -123,6 +124,7 @@ def build_render_dataset(
     min_relief_px: float = 0.3,
     split_block: int | None = None,
     dry_share: float = 0.0,
+    settled_share: float = 0.0,
     seed: int = 42,
     workers: int | None = None,
     cache=None,
@@ -137,13 +139,15 @@ def build_render_dataset(
     and land cover). ``split_block``: side of the split blocks in pixels (default ``BLOCK_TILES`` tiles); give
     another tile size the blocks of an existing set (1024 for sets of 256 tiles) to hold out the same terrain.
     ``min_relief_px`` drops crops whose 2-98 % height range is under that many pixel widths (flat ground).
-    ``dry_share``: share of semi-arid renders (:func:`~d3rsmde.render.render_dem`).
+    ``dry_share``, ``settled_share``: shares of semi-arid and of settled-lowland renders
+    (:func:`~d3rsmde.render.render_dem`).
     Returns ``{"index_path", "counts"}``; the folder is replaced only once everything is written.
     """
     if tile_size < 16:
         raise InputError(f"tile_size must be at least 16, got {tile_size}")
-    if not 0.0 <= dry_share <= 1.0:
-        raise InputError(f"dry_share must lie in [0, 1], got {dry_share}")
+    for name, share in (("dry_share", dry_share), ("settled_share", settled_share)):
+        if not 0.0 <= share <= 1.0:
+            raise InputError(f"{name} must lie in [0, 1], got {share}")
     scales = [int(f) if float(f).is_integer() else float(f) for f in scales]  # tile names say x2, not x2.0
     block = split_block or tile_size * BLOCK_TILES
     if block < tile_size:
@@ -164,7 +168,7 @@ def build_render_dataset(
     tiles = []
     with staged_tiles(out_dir) as tmp:
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-            renders = pool.map(partial(_render_job, dry_share=dry_share), jobs, chunksize=8)
+            renders = pool.map(partial(_render_job, dry_share=dry_share, settled_share=settled_share), jobs, chunksize=8)
             for i, (job, (image, info)) in enumerate(zip(jobs, renders)):
                 check_cancel(cancel, "render dataset build")
                 name = f"{job['dem']}_x{job['factor']}_r{job['row']:05d}_c{job['col']:05d}_{i:05d}.npz"
@@ -184,7 +188,7 @@ def build_render_dataset(
             "image_dtype": "uint8",
             "depth_units": "metres",
             "render": {"dems": list(dems), "scales": list(scales), "seed": seed, "min_relief_px": min_relief_px,
-                       "split_block": block, "dry_share": dry_share},
+                       "split_block": block, "dry_share": dry_share, "settled_share": settled_share},
             "counts": {s: counts.get(s, 0) for s in SPLITS},
             "tiles": tiles,
         }

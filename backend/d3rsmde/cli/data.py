@@ -69,7 +69,7 @@ def _cli_render(args) -> int:
     result = build_render_dataset(
         args.out, dems=args.dems.split(","), tile_size=args.tile, scales=floats(args.scales),
         tiles_per_dem=args.tiles_per_dem, min_views=args.min_views, split_block=args.split_block,
-        dry_share=args.dry_share, seed=args.seed,
+        dry_share=args.dry_share, settled_share=args.settled_share, seed=args.seed,
         workers=args.workers, cache=args.cache, progress=terminal_progress(0.1))
     return _report(result)
 
@@ -142,6 +142,9 @@ def add_cli(subparsers) -> None:
     render.add_argument("--dry-share", type=float, default=0.0,
                         help="share of semi-arid renders, with bright dry ground below the forests (default "
                              "%(default)s: the renders the shipped weights were trained on)")
+    render.add_argument("--settled-share", type=float, default=0.0,
+                        help="share of settled-lowland renders, with towns and fields on the low flats and forest "
+                             "on the hills (default %(default)s: the renders the shipped weights were trained on)")
     render.add_argument("--seed", type=int, default=SEED, help="render seed (default %(default)s)")
     add_cache_option(render)
     render.set_defaults(func=_cli_render)
