@@ -217,6 +217,24 @@ def test_bad_inputs_and_cancel_leave_nothing_behind(tmp_path):
     assert list((tmp_path / "ds").iterdir()) == []
 
 
+def test_a_second_build_into_a_folder_being_built_is_refused_and_spares_the_first(tmp_path):
+    """Two builds into one folder at once: the second used to delete the first one's scratch tiles (which then
+    failed with FileNotFoundError, seen with `d3rsmde data render`); now the second stops at once."""
+    from d3rsmde.datasets import staged_tiles
+
+    height = ramp_terrain(48, 48)
+    transform = from_origin(500_000, 4_000_000, 10, 10)
+    image = write_raster(tmp_path / "img.tif", hillshade_rgb(height), UTM13, transform)
+    dem = write_raster(tmp_path / "dem.tif", height, UTM13, transform)
+    with staged_tiles(tmp_path / "ds") as tmp:
+        (tmp / "tiles" / "first.npz").write_bytes(b"a tile of the first build")
+        with pytest.raises(InputError, match="another dataset build is writing into"):
+            build_dataset(image, dem, tmp_path / "ds", BuildOptions(tile_size=16))
+        assert (tmp / "tiles" / "first.npz").is_file()
+    build_dataset(image, dem, tmp_path / "ds", BuildOptions(tile_size=16))  # once it has ended, a build runs
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir()) == ["index.json", "tiles"]  # no lock left behind
+
+
 def test_extent_and_cli_build(tmp_path):
     height = ramp_terrain(96, 96)
     transform = from_origin(500_000, 4_000_000, 10, 10)

@@ -17,6 +17,7 @@ import torch
 
 from . import __version__
 from .errors import InputError
+from .files import exclusive_folder
 
 SPLITS = ("train", "val", "test")
 INDEX_NAME = "index.json"
@@ -26,15 +27,17 @@ FORMAT = "d3rsmde-tiles/1"
 @contextmanager
 def staged_tiles(out_dir: Path) -> Iterator[Path]:
     """A fresh scratch folder ``out_dir/.tmp`` with an empty ``tiles/`` for a dataset being built, removed when the
-    body fails; the body ends with :func:`publish_tiles`. A previous dataset in ``out_dir`` stays until then."""
+    body fails; the body ends with :func:`publish_tiles`. A previous dataset in ``out_dir`` stays until then, and a
+    second build into ``out_dir`` while this one runs is refused."""
     tmp = out_dir / ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "tiles").mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
+    with exclusive_folder(out_dir, "dataset build"):
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "tiles").mkdir(parents=True)
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def publish_tiles(tmp: Path, out_dir: Path, index: dict) -> None:

@@ -174,6 +174,31 @@ def _held_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@contextmanager
+def exclusive_folder(folder: Path, what: str) -> Iterator[None]:
+    """Holds ``folder/.lock`` for the body, so that a second run building into the same folder stops with a clear
+    error instead of deleting the first one's scratch files (and failing later). Without fcntl (Windows) nothing is
+    checked."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    lock = folder / ".lock"
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"another {what} is writing into {folder}: wait for it to end or choose another "
+                             "folder") from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
 def _is_scratch(path: Path) -> bool:
     """Named and filled as a scratch folder is (files only), so that no folder of the user's is ever taken for one."""
     try:
