@@ -5,10 +5,10 @@
 # One render set of the shipped recipe's crops (seed 42, as render2) with 40 % settled scenes; from the shipped
 # weights the coarse model is continued 10 epochs at lr 1e-4 on it + the world tiles (validated on the world tiles,
 # weights averaged from epoch 4), and, as the control, the same on the shipped renders (render2) + the world tiles.
-# VAE and refiner stay the shipped ones. Compare paired, each scene predicted by both, with
-#   d3rsmde predict IMAGE settled.tif --weights "$WORK/stage14-settled.safetensors"   (and the control)
-#   d3rsmde evaluate settled.tif DEM --whole-scene --versus control.tif
-# on the pairs of `d3rsmde data pairs`. Each run is one thread (two side by side on a 2-core CPU). Resumable.
+# VAE and refiner stay the shipped ones; the halfway file averages the shipped and the settled weights. Then
+# scripts/stage14_eval.sh scores them all on whole scenes never trained on, paired. Each run is one thread (two side
+# by side on a 2-core CPU, 21 min here); SEED=1 WORK=build/stage14-seed1 repeats it with another training seed.
+# Resumable.
 set -euo pipefail
 work=${WORK:-build/stage14}
 base=${BASE:-build/default-weights}  # render2 and world of scripts/train_default_weights.sh
@@ -30,4 +30,7 @@ for kind in control settled; do
     --max-shard-mb 16 --seed "${SEED:-0}" --device "${DEVICE:-auto}" &
 done
 wait
+# Every weight halfway between the shipped and the settled model (WiSE-FT, as stage 3c).
+[ -f "$work/stage14-halfway.safetensors" ] || d3rsmde interpolate "$start" "$work/stage14-settled.safetensors" \
+  "$work/stage14-halfway.safetensors" --alpha 0.5
 log "stage 14: ${SECONDS}s"
