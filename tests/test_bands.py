@@ -7,7 +7,7 @@ import rasterio
 from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
-from d3rsmde.bands import default_bands, parse_bands, select_bands
+from d3rsmde.bands import default_bands, guessed_bands_warning, parse_bands, select_bands
 from d3rsmde.errors import InputError
 
 SENTINEL2_L1C = ["B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12"]
@@ -77,6 +77,28 @@ def test_select_bands_reads_descriptions_and_colour_interpretation_from_the_file
             select_bands(src, "4,3,14")
         with pytest.raises(InputError, match="1 or 3 bands"):
             select_bands(src, "4,3")
+
+
+def test_bands_guessed_blindly_from_four_or_more_silent_bands_are_warned_about(tmp_path, tiny_weights):
+    """A 6-band Landsat 7 stack without names (blue first) runs on bands 1-3 as before, and now says so: a 3-band
+    image, chosen bands and bands that name their colours are not warned about."""
+    from d3rsmde.pipeline import D3Pipeline
+    from d3rsmde.raster import predict_raster
+
+    landsat7 = write_raster(tmp_path / "l7.tif", 6)
+    for path, bands, warned in [
+        (landsat7, None, True), (landsat7, "3,2,1", False), (write_raster(tmp_path / "rgb.tif", 3), None, False),
+        (write_raster(tmp_path / "s2.tif", 13, SENTINEL2_L1C), None, False),
+        (write_raster(tmp_path / "rgba.tif", 4, colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue,
+                                                            ColorInterp.alpha]), None, False),
+    ]:
+        with rasterio.open(path) as src:
+            notes = guessed_bands_warning(src, bands)
+        assert bool(notes) == warned, (path.name, bands)
+    with rasterio.open(landsat7) as src:
+        assert "l7.tif has 6 bands that do not say which colour they are: bands 1, 2, 3" in guessed_bands_warning(src)[0]
+    stats = predict_raster(landsat7, tmp_path / "h.tif", D3Pipeline.from_pretrained(tiny_weights), refine_steps=0)
+    assert stats["bands"] == [1, 2, 3] and any("3,2,1 for Landsat 4-7" in w for w in stats["warnings"])
 
 
 def test_cli_takes_the_same_band_syntax():

@@ -4,6 +4,7 @@ plugin and dataset building alike. No torch here: the plugin reads band lists be
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Sequence
 
 from .errors import InputError
@@ -39,6 +40,24 @@ def default_bands(count: int, colors: Sequence[str] = (), descriptions: Sequence
     GDAL colour interpretation (red, green, blue); band descriptions naming the colours; Sentinel-2 or
     Landsat 8/9 band names (B4, B3, B2). Without such hints: one or two bands -> band 1 (replicated to grey; a
     second band is usually alpha or another polarisation), three or more -> the first three."""
+    return _hinted_bands(colors, descriptions) or ([1] if count < 3 else [1, 2, 3])
+
+
+def guessed_bands_warning(src, bands=None) -> list[str]:
+    """What to tell the user when the bands were guessed blindly: none chosen, and four or more bands that say
+    nothing about their colours (Landsat 4-7, PlanetScope and unnamed Sentinel-2 stacks do not start with red)."""
+    if parse_bands(bands) is not None or src.count < 4 or _hinted_bands(
+            [c.name for c in src.colorinterp], src.descriptions):
+        return []
+    return [f"{Path(src.name).name} has {src.count} bands that do not say which colour they are: bands 1, 2, 3 were "
+            "used as red, green and blue. If they are not, choose the bands (--bands; in QGIS, Bands used as RGB): "
+            "e.g. 3,2,1 for "
+            "Landsat 4-7, 4,3,2 for Landsat 8-9 and Sentinel-2, 3,2,1 for 4-band blue-green-red-NIR images"]
+
+
+def _hinted_bands(colors: Sequence[str], descriptions: Sequence[str | None]) -> list[int] | None:
+    """Red, green and blue as the raster's colour interpretation, band descriptions or Sentinel-2/Landsat 8-9
+    band names say, or None when they say nothing."""
     by_color = _indexes([(color or "").lower() for color in colors])
     if by_color:
         return by_color
@@ -48,10 +67,8 @@ def default_bands(count: int, colors: Sequence[str] = (), descriptions: Sequence
         return by_words
     names = [_band_name(text) for text in descriptions]
     if SENTINEL2_LANDSAT8_ONLY & set(names):
-        by_name = _indexes(["red" if n == "4" else "green" if n == "3" else "blue" if n == "2" else "" for n in names])
-        if by_name:
-            return by_name
-    return [1] if count < 3 else [1, 2, 3]
+        return _indexes(["red" if n == "4" else "green" if n == "3" else "blue" if n == "2" else "" for n in names])
+    return None
 
 
 def select_bands(src, bands=None, order: Sequence[str] = RGB) -> list[int]:

@@ -24,7 +24,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, WindowError
 from rasterio.windows import Window, from_bounds
 
-from ..bands import select_bands
+from ..bands import guessed_bands_warning, select_bands
 from ..defaults import OVERLAP_FRACTION
 from ..device import default_batch_size, is_out_of_memory
 from ..errors import InputError, OutputError
@@ -102,6 +102,7 @@ def predict_raster(
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with open_raster(src_path) as ds:
             indexes = select_bands(ds, bands, prep.band_order)
+            band_notes = guessed_bands_warning(ds, bands)
             close_holes = nodata_holes_closable(ds, indexes)
             nodata = ds.nodatavals[indexes[0] - 1]
             extent, notes = _extent_window(ds, bounds)
@@ -178,7 +179,7 @@ def predict_raster(
         "nodata_holes_used": holes,
         "extent": None if bounds is None else list(rasterio.transform.array_bounds(
             out_grid.height, out_grid.width, out_grid.transform)),
-        "warnings": out_grid.warnings(src_path) + notes + _hole_warnings(src_path, holes, nodata),
+        "warnings": band_notes + out_grid.warnings(src_path) + notes + _hole_warnings(src_path, holes, nodata),
     }
 
 
