@@ -51,8 +51,8 @@ def guessed_bands_warning(src, bands=None) -> list[str]:
         return []
     return [f"{Path(src.name).name} has {src.count} bands that do not say which colour they are: bands 1, 2, 3 were "
             "used as red, green and blue. If they are not, choose the bands (--bands; in QGIS, Bands used as RGB): "
-            "e.g. 3,2,1 for "
-            "Landsat 4-7, 4,3,2 for Landsat 8-9 and Sentinel-2, 3,2,1 for 4-band blue-green-red-NIR images"]
+            "e.g. 3,2,1 for Landsat 4-7, 4,3,2 for Landsat 8-9 and Sentinel-2, 3,2,1 for 4-band blue-green-red-NIR "
+            "images"]
 
 
 def _hinted_bands(colors: Sequence[str], descriptions: Sequence[str | None]) -> list[int] | None:
