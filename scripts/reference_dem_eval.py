@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What a reference DEM gives: ``predict_raster(reference_dem=...)`` against the reference alone, on real pairs.
 
-For each scene (the Rocky Mountain and Meuse pairs by default, or ``--scene NAME=IMAGE,DEM``) and each factor F,
+For each scene (the real pairs of ``d3rsmde data pairs`` by default, or ``--scene NAME=IMAGE,DEM``) and each factor F,
 the true DEM averaged over F x F pixels plays the user's coarse reference DEM. Scored on the true DEM's grid
 (``evaluate_scene``'s averaging, RMSE in metres, then the paper's metrics of both maps stretched as one image):
 the engine's output in metres, and the coarse reference itself resampled bilinearly onto that grid (what a user
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     scenes = dict(s.split("=", 1) for s in args.scene) if args.scene else {}
     scenes = {k: tuple(Path(p) for p in v.split(",")) for k, v in scenes.items()} or {
-        "Rocky Mountain": pairs.rmnp(), "Meuse": pairs.meuse()}
+        title: fetch_pair() for title, fetch_pair in pairs.EVALUATION_PAIRS.values()}
     pipe = D3Pipeline.from_pretrained(args.weights or default_weights_path())
     rows = []
     factors = [int(f) for f in args.factors.split(",")]
