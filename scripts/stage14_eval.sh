@@ -8,15 +8,16 @@ set -euo pipefail
 work=${WORK:-build/stage14}
 world=${WORLD:-build/default-weights/world}
 scenes=()
-while IFS=$'\t' read -r name image dem; do scenes+=(--scene "$name=$image,$dem"); done < <(d3rsmde data pairs 2>/dev/null)
+declare -A real_dem
+while IFS=$'\t' read -r name image dem; do
+  scenes+=(--scene "$name=$image,$dem"); real_dem[$name]=$dem
+done < <(d3rsmde data pairs 2>/dev/null)
 for kind in shipped control settled halfway; do  # halfway: shipped and settled weights averaged, if made
   weights="$work/stage14-$kind.safetensors"; [ "$kind" = shipped ] && weights=${SHIPPED:-resources/weights/d3rsmde-lean.safetensors}
   [ -f "$weights" ] || continue
   [ -f "$work/eval-$kind/results.json" ] || python scripts/scene_tile_eval.py --weights "$weights" \
     --tiles 256 --steps 0,6 --max-scenes 4 --world "$world" "${scenes[@]}" --out "$work/eval-$kind"
 done
-declare -A real_dem
-while IFS=$'\t' read -r name image dem; do real_dem[$name]=$dem; done < <(d3rsmde data pairs 2>/dev/null)
 for pred in "$work"/eval-settled/*-tile256-T*.tif; do
   file=$(basename "$pred"); scene=${file%-tile256-T*}
   dem=${real_dem[$scene]:-$work/eval-settled/$scene-dem.tif}

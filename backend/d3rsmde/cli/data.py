@@ -90,7 +90,8 @@ def _cli_pairs(args) -> int:
         raise InputError(f"no pair named {', '.join(unknown)}: choose from {', '.join(EVALUATION_PAIRS)}")
     for name in args.names or EVALUATION_PAIRS:
         with contextlib.redirect_stdout(sys.stderr):
-            image, dem = EVALUATION_PAIRS[name][1](args.cache, progress=terminal_progress(0.1))
+            _, fetch_pair = EVALUATION_PAIRS[name]
+            image, dem = fetch_pair(args.cache, progress=terminal_progress(0.1))
         print(f"{name}\t{image}\t{dem}")
     return 0
 
