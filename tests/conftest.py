@@ -59,6 +59,20 @@ def crop_raster(source: Path, target: Path, col: int, row: int, width: int, heig
     return target
 
 
+def blue_first_stack(source: Path, target: Path) -> Path:
+    """``source``'s RGB as a 6-band stack that, like Landsat 4-7, starts with blue and names no colour: bands 3, 2, 1
+    are red, green, blue (bands 4-6 repeat them, standing in for the infrared)."""
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(source) as src:
+        red, green, blue = src.read()
+        profile = {**src.profile, "count": 6, "photometric": "minisblack"}
+    with rasterio.open(target, "w", **profile) as dst:
+        dst.write(np.stack([blue, green, red, red, green, blue]))  # the nodata pixels stay 255 in every band
+    return target
+
+
 @pytest.fixture(scope="session")
 def small_rgb(tmp_path_factory) -> Path:
     """96 x 80 pixels of the RMNP sample, inside the DEM's footprint: 4 tiles of the tiny model."""

@@ -173,6 +173,25 @@ def test_geographic_sample_records_tile_gsd_and_metadata(tmp_path):
     assert not (tmp_path / "ds" / ".tmp").exists()
 
 
+def test_chosen_bands_reach_the_tiles_and_blind_guesses_are_warned_about(tmp_path):
+    """A blue-first 6-band stack: bands 3,2,1 give the very tiles of the RGB image; left automatic, bands 1-3 are
+    taken (blue as red) and the result says so, as predict_raster does."""
+    from conftest import blue_first_stack
+
+    stack = blue_first_stack(SAMPLE / "rmnp-rgb.tif", tmp_path / "stack.tif")
+    options = BuildOptions(tile_size=64, block_size=128)
+    rgb = build_dataset(SAMPLE / "rmnp-rgb.tif", SAMPLE / "rmnp-dem.tif", tmp_path / "rgb", options)
+    chosen = build_dataset(stack, SAMPLE / "rmnp-dem.tif", tmp_path / "chosen", options, bands=[3, 2, 1])
+    guessed = build_dataset(stack, SAMPLE / "rmnp-dem.tif", tmp_path / "guessed", options)
+    assert rgb["warnings"] == chosen["warnings"] == [] and rgb["bands"] == [1, 2, 3]
+    assert chosen["bands"] == json.loads(Path(chosen["index_path"]).read_text())["bands"] == [3, 2, 1]
+    assert guessed["bands"] == [1, 2, 3] and "3,2,1 for Landsat 4-7" in guessed["warnings"][0]
+    for name in sorted(p.name for p in (tmp_path / "rgb" / "tiles").iterdir()):
+        a, b, c = (np.load(tmp_path / ds / "tiles" / name)["image"] for ds in ("rgb", "chosen", "guessed"))
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a[::-1], c)  # blue read as red
+
+
 def test_tile_dataset_items_follow_the_training_protocol(tmp_path):
     result = build_dataset(SAMPLE / "rmnp-rgb.tif", SAMPLE / "rmnp-dem.tif", tmp_path / "ds", BuildOptions(tile_size=64, block_size=128))
     ds = TileDataset(tmp_path / "ds", "train")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from conftest import REPO, SAMPLE_DEM, SAMPLE_RGB, crop_raster
+from conftest import REPO, SAMPLE_DEM, SAMPLE_RGB, blue_first_stack, crop_raster
 from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback, QgsProcessingParameterDefinition
 
 pytestmark = pytest.mark.qgis
@@ -385,12 +385,20 @@ def test_finetune_writes_loadable_weights(d3_provider, tiny_weights, tmp_path):
 
     output = tmp_path / "tuned.safetensors"
     feedback = RecordingFeedback()
+    stack = blue_first_stack(SAMPLE_RGB, tmp_path / "stack.tif")  # 6 bands naming no colour, blue first
     result = run("d3rsmde:finetune", {  # ~250 x 160 px of the sample inside the DEM: 2 x 2 split blocks
-        "IMAGE": str(SAMPLE_RGB), "DEM": str(SAMPLE_DEM), "EXTENT": "-105.90,-105.52,40.30,40.54 [EPSG:4326]",
+        "IMAGE": str(stack), "BANDS": "3,2,1", "DEM": str(SAMPLE_DEM),
+        "EXTENT": "-105.90,-105.52,40.30,40.54 [EPSG:4326]",
         "EPOCHS": 1, "TILE": 32, "WEIGHTS": str(tiny_weights), "DEVICE": CPU, "OUTPUT": str(output)}, feedback)
     assert result["OUTPUT"] == str(output)
     tuned = D3Pipeline.from_pretrained(output, device="cpu")
     assert tuned.config.name == "tiny"
+    assert "bands: [3, 2, 1]" in feedback.infos and not feedback.warnings, (feedback.infos, feedback.warnings)
+    guessed = RecordingFeedback()  # the bands left automatic: blue taken as red, and the log says so
+    run("d3rsmde:finetune", {"IMAGE": str(stack), "DEM": str(SAMPLE_DEM), "EXTENT": "-105.90,-105.52,40.30,40.54 [EPSG:4326]",
+                             "EPOCHS": 1, "TILE": 32, "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
+                             "OUTPUT": str(tmp_path / "guessed.safetensors")}, guessed)
+    assert "bands: [1, 2, 3]" in guessed.infos and any("3,2,1 for Landsat 4-7" in w for w in guessed.warnings)
     assert any(line.startswith("after: mae ") for line in feedback.infos), feedback.infos
     change = next(line for line in feedback.infos if line.startswith("change: "))  # after minus before, paired
     assert change.startswith("change: mae +") or change.startswith("change: mae -"), change

@@ -32,7 +32,7 @@ from d3rsmde.train.vae import (VAE_SETTINGS, Autoencoding, _gradient_l1, mirrore
                                vae_loss)
 from d3rsmde.vae import minmax_per_tile
 
-from conftest import REPO, SAMPLE_DEM, SAMPLE_RGB
+from conftest import REPO, SAMPLE_DEM, SAMPLE_RGB, blue_first_stack
 
 CPU = torch.device("cpu")
 QUICK = dict(batch_size=4, lr=1e-3, device="cpu")
@@ -496,9 +496,11 @@ def test_interpolate_cli_mixes_weights_and_keeps_its_inputs(tmp_path, tiny_weigh
 
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory, tiny_weights):
-    """`d3rsmde finetune` on the sample rasters, keeping its tiles for the train CLI test."""
+    """`d3rsmde finetune` on the sample rasters, its image as a blue-first 6-band stack with bands 3,2,1 chosen;
+    its tiles are kept for the train CLI test."""
     root = tmp_path_factory.mktemp("finetune")
-    args = parse(["finetune", str(SAMPLE_RGB), str(SAMPLE_DEM), str(root / "tuned.safetensors"),
+    stack = blue_first_stack(SAMPLE_RGB, root / "stack.tif")
+    args = parse(["finetune", str(stack), str(SAMPLE_DEM), str(root / "tuned.safetensors"), "--bands", "3,2,1",
                   "--weights", str(tiny_weights), "--extent=" + ",".join(map(str, REGION)), "--tile", "32",
                   "--epochs", "1", "--device", "cpu", "--work-dir", str(root / "work"),
                   "--json", str(root / "result.json")])
@@ -523,9 +525,11 @@ def test_finetune_region_writes_new_weights(finetuned):
         difference, error = result["change"][key]
         assert difference == pytest.approx(result["after"][key] - result["before"][key], abs=1e-9)
         assert error is None if result["after"]["tiles"] == 1 else error >= 0
+    assert result["bands"] == [3, 2, 1] and result["warnings"] == []
     info = describe_checkpoint(finetuned / "tuned.safetensors")
     assert "fine-tuned on" in info["data"] and info["gsd_m"] == pytest.approx(130, rel=0.2)
     assert json.loads(info["metadata"]["finetune"])["tile"] == 32
+    assert json.loads(info["metadata"]["finetune"])["bands"] == [3, 2, 1]
     assert json.loads(info["metadata"]["finetune"])["refiner_own_inputs"] == 0.0  # as the tiny weights were trained
     D3Pipeline.from_pretrained(finetuned / "tuned.safetensors", device="cpu")
 
@@ -553,7 +557,7 @@ def test_train_cli_on_built_tiles(finetuned, tmp_path):
                   "--coarse-grad-weight", "0.25", "--refiner-decoded-weight", "0.5", "--seed", "7"])
     assert args.refiner_own_inputs == 1.0 and args.func(args) == 0
     info = describe_checkpoint(out)
-    assert "rmnp-rgb.tif" in info["data"] and info["gsd_m"] > 100
+    assert "stack.tif" in info["data"] and info["gsd_m"] > 100
     training = json.loads(info["metadata"]["training"])
     assert training["refiner_own_inputs"] == 1.0 and training["coarse_grad_weight"] == 0.25  # the flags arrived
     assert training["seed"] == 7 and training["refiner_decoded_weight"] == 0.5

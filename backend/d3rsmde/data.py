@@ -23,7 +23,7 @@ from rasterio.errors import RasterioIOError, WindowError
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 
-from d3rsmde.bands import select_bands
+from d3rsmde.bands import guessed_bands_warning, select_bands
 from d3rsmde.geodesy import pixel_size_m
 from d3rsmde.imagery import STRETCH_PERCENTILES, stretch, stretch_limits
 from d3rsmde.errors import InputError
@@ -152,11 +152,13 @@ def build_dataset(
     """Cut co-registered image/height tiles into ``out_dir`` (``tiles/*.npz`` + ``index.json``) as ``options``
     say; a tile overlapping split blocks of different splits is dropped.
 
-    ``extent`` is (xmin, ymin, xmax, ymax) in the image CRS. Returns ``{"index_path", "counts", "dropped"}``.
+    ``extent`` is (xmin, ymin, xmax, ymax) in the image CRS. Returns ``{"index_path", "counts", "dropped", "bands",
+    "warnings"}``: the image bands the tiles hold as RGB, and what the user should know (bands guessed blindly).
     """
     o = options
     out_dir = Path(out_dir)
     with _open_raster(image, "image") as img, _open_raster(dem, "elevation") as dem_src:
+        notes = guessed_bands_warning(img, bands)
         bands = select_bands(img, bands)
         window = _window_for(img, extent, o.tile_size)
         low, high = stretch_limits(img, bands, window)
@@ -191,7 +193,8 @@ def build_dataset(
             }
             publish_tiles(tmp, out_dir, index)
     report(progress, 1.0, f"{sum(counts.values())} tiles written to {out_dir}")
-    return {"index_path": str(out_dir / INDEX_NAME), "counts": counts, "dropped": dropped}
+    return {"index_path": str(out_dir / INDEX_NAME), "counts": counts, "dropped": dropped, "bands": bands,
+            "warnings": notes}
 
 
 def _cut_tiles(img, elevation, bands: list[int], window: Window, limits: tuple, image_dtype, tile_dir: Path,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from qgis.core import (
+    QgsProcessingParameterBand,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
@@ -18,12 +19,14 @@ class FinetuneRegion(D3Algorithm):
         "Fine-tunes D3-RSMDE weights on one region: the image and a DEM covering it (any CRS and resolution; "
         "the DEM is resampled to the image grid) are cut into tiles, and the model is trained for the given "
         "number of epochs starting from the base weights. Use the resulting .safetensors file as "
-        "<i>Model weights</i> in <i>Estimate depth</i>. <b>Extent</b> limits training to part of the image "
-        "(e.g. to keep an area for evaluation). Training on a CPU is slow: start with few epochs. "
+        "<i>Model weights</i> in <i>Estimate depth</i>, with the same <b>Bands</b> (left empty, they are chosen as "
+        "<i>Estimate depth</i> chooses them; the log names them). <b>Extent</b> limits training to part of the "
+        "image (e.g. to keep an area for evaluation). Training on a CPU is slow: start with few epochs. "
         "Cancel stops after the current step and writes nothing."
     )
 
     IMAGE = "IMAGE"
+    BANDS = "BANDS"
     DEM = "DEM"
     EXTENT = "EXTENT"
     EPOCHS = "EPOCHS"
@@ -33,6 +36,9 @@ class FinetuneRegion(D3Algorithm):
         from d3rsmde.defaults import FINETUNE_EPOCHS  # torch-free, like the config base.py reads
 
         self.addParameter(QgsProcessingParameterRasterLayer(self.IMAGE, self.tr("Image")))
+        self.addParameter(QgsProcessingParameterBand(
+            self.BANDS, self.tr("Bands used as RGB (empty = automatic)"), parentLayerParameterName=self.IMAGE,
+            optional=True, allowMultiple=True))
         self.addParameter(QgsProcessingParameterRasterLayer(self.DEM, self.tr("DEM (heights in metres)")))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Training extent"), optional=True))
         self.addParameter(QgsProcessingParameterNumber(
@@ -57,7 +63,7 @@ class FinetuneRegion(D3Algorithm):
         summary = finetune_region(
             self.raster_path(parameters, self.IMAGE, context), self.raster_path(parameters, self.DEM, context),
             str(self.weights(parameters, context)), output,
-            extent=extent, epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+            bands=self.band_list(parameters, self.BANDS, context), extent=extent, epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
             tile=self.optional_int(parameters, self.TILE, context), device=self.device(parameters, context),
             progress=progress_callback(feedback), cancel=feedback.isCanceled)
         log_summary(feedback, summary)

@@ -22,7 +22,7 @@ from ..errors import D3Error, InputError
 from ..files import atomic_write_text
 from . import data as data_cli
 from . import train as train_cli
-from .options import bands
+from .options import BANDS_HELP, bands, print_warnings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,16 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
         "relative 0..1, or metres "
         "when a reference DEM is given.",
     )
-    predict.add_argument("input", help="image raster (1, 3 or 4 bands; any CRS)")
+    predict.add_argument("input", help="image raster (any CRS; bands as --bands says)")
     predict.add_argument("output", help="output GeoTIFF")
     predict.add_argument("--weights", help="checkpoint (.safetensors); default: the shipped weights")
     predict.add_argument("--refine-steps", type=int, help="PLBR steps (0: coarse model only; default: the model's)")
     predict.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     predict.add_argument("--overlap", type=int, help="tile overlap in pixels (default: an eighth of the tile)")
     predict.add_argument("--batch-size", type=int, help="tiles per batch (default: chosen for the device)")
-    predict.add_argument("--bands", type=bands, help="1-based bands to use as RGB, e.g. 4,3,2 or 4;3;2, or one band "
-                         "used as grey (default: red, green, blue from the raster's colour interpretation or band "
-                         "names such as Sentinel-2 B4,B3,B2; else band 1 of 1-2 band rasters, the first three of others)")
+    predict.add_argument("--bands", type=bands, help=BANDS_HELP)
     predict.add_argument("--reference-dem", help="elevation raster (any CRS/resolution): the output is then in "
                          "metres, follows it at its resolution and adds the image's relief below it")
     predict.add_argument("--resample-to-gsd", action="store_true",
@@ -168,8 +166,7 @@ def _predict(args) -> int:
         f"wrote {stats['output']} ({stats['units']}): {stats['tiles']} tiles, {stats['megapixels']:.2f} MP "
         f"in {stats['seconds']:.1f} s on {stats['device']}"
     )
-    for warning in stats["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
+    print_warnings(stats["warnings"])
     return 0
 
 
@@ -204,8 +201,7 @@ def _evaluate(args) -> int:
         if args.versus:
             print(f"  minus {Path(args.versus).name}, paired (difference +- standard error): "
                   + format_differences(result["scene_minus_versus"]))
-    for warning in result["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
+    print_warnings(result["warnings"])
     if args.json_path:
         atomic_write_text(Path(args.json_path), json.dumps(result, indent=2))
     return 0

@@ -17,7 +17,7 @@ from ..pairs import EVALUATION_PAIRS, WORLD_OPTIONS, build_world_dataset
 from ..progress import terminal_progress
 from ..sources import STEM_WEIGHTS, fetch
 from ..render_tiles import DEFAULT_DEMS, DEFAULT_SCALES, build_render_dataset
-from .options import add_cache_option, bands, floats
+from .options import BANDS_HELP, add_cache_option, bands, floats, print_warnings
 
 
 def _add_build_options(parser: argparse.ArgumentParser, defaults: BuildOptions) -> None:
@@ -50,6 +50,7 @@ def _report(result: dict) -> int:
     print("tiles: " + ", ".join(f"{k} {v}" for k, v in result["counts"].items()))
     if "dropped" in result:  # rendered tiles are drawn until enough pass, so none are "dropped"
         print("dropped: " + ", ".join(f"{k} {v}" for k, v in result["dropped"].items()))
+    print_warnings(result.get("warnings", []))
     return 0
 
 
@@ -103,11 +104,10 @@ def add_cli(subparsers) -> None:
                                    metavar="{build,world,render,pairs,stem-weights,lpips-weights}")
 
     build = commands.add_parser("build", help="tiles from an image raster and an elevation raster (any CRS)")
-    build.add_argument("image", help="image raster (1, 3 or 4 bands)")
+    build.add_argument("image", help="image raster (bands as --bands says)")
     build.add_argument("dem", help="elevation raster in metres, any CRS and resolution")
     build.add_argument("out", help="output folder (tiles/ + index.json)")
-    build.add_argument("--bands", type=bands, help="1-based image bands as RGB, e.g. 4,3,2 or 4;3;2, or one band "
-                       "(default: chosen as `d3rsmde predict` chooses them)")
+    build.add_argument("--bands", type=bands, help=BANDS_HELP)
     build.add_argument("--extent", type=floats, help="xmin,ymin,xmax,ymax in the image CRS")
     _add_build_options(build, BuildOptions())
     build.set_defaults(func=_cli_build)

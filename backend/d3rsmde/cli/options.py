@@ -1,9 +1,11 @@
-"""Argument types shared by the commands: comma-separated numbers, as ``0,1,3,6``, and band lists in the syntax
-the QGIS plugin takes too (``4,3,2`` or ``4;3;2``)."""
+"""What the commands share: argument types (comma-separated numbers, as ``0,1,3,6``, and band lists in the syntax
+the QGIS plugin takes too, ``4,3,2`` or ``4;3;2``) and how warnings are printed."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Iterable
 
 from ..bands import parse_bands
 from ..errors import InputError
@@ -26,6 +28,11 @@ def floats(text: str) -> list[float]:
     return _numbers(float, text)
 
 
+BANDS_HELP = ("1-based bands to use as RGB, e.g. 4,3,2 or 4;3;2, or one band used as grey (default: red, green, blue "
+              "from the raster's colour interpretation or band names such as Sentinel-2 B4,B3,B2; else band 1 of 1-2 "
+              "band rasters, the first three of others)")
+
+
 def bands(text: str) -> list[int] | None:
     """1-based band numbers, ``"4,3,2"`` or ``"4;3;2"`` (:func:`d3rsmde.bands.parse_bands`)."""
     try:
@@ -37,3 +44,9 @@ def bands(text: str) -> list[int] | None:
 def add_cache_option(parser: argparse.ArgumentParser) -> None:
     """``--cache``: where downloaded packages and the files made from them are kept."""
     parser.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")
+
+
+def print_warnings(warnings: Iterable[str]) -> None:
+    """A backend result's ``warnings``, one per line on stderr, where they stay visible when stdout is piped."""
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)

@@ -25,7 +25,7 @@ from ..train.interpolate import interpolate_weights
 from ..train.recipe import DEFAULT_EPOCHS, REFINER_MAPS, train_pipeline
 from ..train.refiner import REFINER_SETTINGS
 from ..train.vae import DEPTH_DECODER_CHANNELS, VAE_SETTINGS, train_depth_decoder
-from .options import floats, ints
+from .options import BANDS_HELP, bands, floats, ints, print_warnings
 
 
 def train_config(args: argparse.Namespace) -> D3Config:
@@ -61,7 +61,7 @@ def _cli_train(args) -> int:
 
 def _cli_finetune(args) -> int:
     result = finetune_region(
-        args.image, args.dem, args.weights, args.out, extent=args.extent, epochs=args.epochs,
+        args.image, args.dem, args.weights, args.out, bands=args.bands, extent=args.extent, epochs=args.epochs,
         refiner_epochs=args.refiner_epochs, tile=args.tile, batch_size=args.batch_size, device=args.device,
         work_dir=args.work_dir, options=BuildOptions(min_relief_m=args.min_relief), progress=terminal_progress(),
     )
@@ -71,7 +71,9 @@ def _cli_finetune(args) -> int:
           + format_differences(result["change"]))
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1, default=str))
-    print(f"weights: {result['weights']}")
+    print(f"weights: {result['weights']} (trained on bands {','.join(map(str, result['bands']))}: give the same to "
+          "predict)")
+    print_warnings(result["warnings"])
     return 0
 
 
@@ -170,9 +172,10 @@ def add_cli(subparsers) -> None:
     train.set_defaults(func=_cli_train)
 
     tune = subparsers.add_parser("finetune", help="fine-tune weights on one region from an image and a DEM")
-    tune.add_argument("image", help="image raster (1, 3 or 4 bands)")
+    tune.add_argument("image", help="image raster (bands as --bands says)")
     tune.add_argument("dem", help="elevation raster of the same area, any CRS and resolution")
     tune.add_argument("out", help="output weights file (.safetensors)")
+    tune.add_argument("--bands", type=bands, help=BANDS_HELP)
     tune.add_argument("--weights", help="weights to start from (default: the shipped weights)")
     tune.add_argument("--extent", type=floats, help="xmin,ymin,xmax,ymax in the image CRS (write --extent=... when xmin is negative)")
     tune.add_argument("--epochs", type=int, default=FINETUNE_EPOCHS, help="coarse (and refiner) epochs (default %(default)s)")

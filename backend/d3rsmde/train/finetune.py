@@ -14,6 +14,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ def finetune_region(
     weights_in: str | os.PathLike | None,
     weights_out: str | os.PathLike,
     *,
+    bands: Sequence[int] | None = None,
     extent: tuple[float, float, float, float] | None = None,
     epochs: int = FINETUNE_EPOCHS,
     refiner_epochs: int | None = None,
@@ -54,9 +56,11 @@ def finetune_region(
     tiles cut by :func:`~d3rsmde.data.build_dataset` (``options``, tile size ``tile``, default the model's), then
     :func:`finetune_tiles`.
 
-    ``extent`` is (xmin, ymin, xmax, ymax) in the image CRS. ``work_dir`` keeps tiles and stage checkpoints (a
-    rerun resumes); by default a temporary folder is used. Returns what :func:`finetune_tiles` returns, plus
-    ``tiles`` (counts per split) and ``work_dir``.
+    ``bands``: the image bands to train on as RGB (as ``predict_raster`` takes them; None: chosen the same way,
+    so give the same bands to both). ``extent`` is (xmin, ymin, xmax, ymax) in the image CRS. ``work_dir`` keeps
+    tiles and stage checkpoints (a rerun resumes); by default a temporary folder is used. Returns what
+    :func:`finetune_tiles` returns, plus ``tiles`` (counts per split), ``bands`` (those used), ``work_dir`` and
+    ``warnings`` (what the user should know: bands guessed blindly).
     """
     weights_in = Path(weights_in) if weights_in is not None else default_weights_path()
     _check_args(weights_in, weights_out, epochs)
@@ -66,14 +70,15 @@ def finetune_region(
         tile = tile or pipe.config.tile_size
         if tile % pipe.size_multiple:
             raise InputError(f"tile size {tile} must be a multiple of {pipe.size_multiple} for this model")
-        built = build_dataset(image, dem, work / "tiles", options.replace(tile_size=tile), extent=extent,
+        built = build_dataset(image, dem, work / "tiles", options.replace(tile_size=tile), bands=bands, extent=extent,
                               progress=scaled_progress(progress, 0.0, 0.1), cancel=cancel)
         region = f"fine-tuned on {image} + {dem}" + (f" within {tuple(extent)}" if extent else "")
         result = finetune_tiles(pipe, work / "tiles", weights_out, epochs=epochs, refiner_epochs=refiner_epochs,
                                 batch_size=batch_size, device=device, work_dir=work, region=region,
                                 finetuned_from=weights_in, progress=scaled_progress(progress, 0.1, 1.0),
                                 cancel=cancel)
-    return {**result, "tiles": built["counts"], "work_dir": str(work_dir) if work_dir is not None else None}
+    return {**result, "tiles": built["counts"], "bands": built["bands"],
+            "work_dir": str(work_dir) if work_dir is not None else None, "warnings": built["warnings"]}
 
 
 def finetune_tiles(
@@ -133,7 +138,7 @@ def finetune_tiles(
                                       gsd_m=train_ds.index.get("gsd_m", config.gsd_m))
     pipe.save_pretrained(weights_out, finetuned_from=str(finetuned_from), finetune={
         "epochs": epochs, "refiner_epochs": refiner_epochs or epochs, "tile": tile, "refiner_own_inputs": own_inputs,
-        "tiles": train_ds.index["counts"], "before": _finite(before), "after": _finite(after),
+        "tiles": train_ds.index["counts"], "bands": train_ds.index.get("bands"), "before": _finite(before), "after": _finite(after),
     })
     report(progress, 1.0, f"saved {weights_out}")
     return {"before": before, "after": after, "change": change, "weights": str(weights_out), "held_out": held_name}
