@@ -150,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"LPIPS will be n/a: {err}")
     pipe = D3Pipeline.from_pretrained(args.weights, device=args.device)
     start = time.perf_counter()
-    scenes = {name: tuple(map(Path, paths.split(","))) for name, paths in
-              (scene.split("=", 1) for scene in args.scene)} if args.scene else \
-        {title: fetch_pair() for title, fetch_pair in pairs.EVALUATION_PAIRS.values()}
+    scenes = pairs.evaluation_scenes(args.scene)
     results = {name: scene_rows(pipe, image, dem, steps, out, args.overlap) for name, (image, dem) in scenes.items()}
     for root in filter(None, args.tiles.split(",")):
         results[f"held-out tiles: {Path(root).name}"] = tile_rows(pipe, Path(root), steps)

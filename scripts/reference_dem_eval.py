@@ -95,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    scenes = dict(s.split("=", 1) for s in args.scene) if args.scene else {}
-    scenes = {k: tuple(Path(p) for p in v.split(",")) for k, v in scenes.items()} or {
-        title: fetch_pair() for title, fetch_pair in pairs.EVALUATION_PAIRS.values()}
+    scenes = pairs.evaluation_scenes(args.scene)
     pipe = D3Pipeline.from_pretrained(args.weights or default_weights_path())
     rows = []
     factors = [int(f) for f in args.factors.split(",")]

@@ -184,3 +184,14 @@ def test_cli_pairs_prints_name_image_and_dem_of_each_pair_and_refuses_unknown_na
     assert "using cached" in err  # what fetching says goes to stderr, so the lines stay readable by scripts
     assert main(["data", "pairs", "rmnp", "everest", "--cache", str(tmp_path)]) == 2
     assert "no pair named everest: choose from rmnp, meuse, olinda" in capsys.readouterr().err
+
+
+def test_evaluation_scenes_are_given_or_fetched_by_name(tmp_path):
+    """What the evaluation scripts score: NAME=IMAGE,DEM as given, else the named pairs fetched (by title)."""
+    assert pairs.evaluation_scenes(["mine=a.tif,b.tif"]) == {"mine": (Path("a.tif"), Path("b.tif"))}
+    for item, name in [(sources.RMNP_IMAGE, "rmnp-rgb.tif"), (sources.RMNP_DEM, "rmnp-dem.tif")]:
+        put(tmp_path, item).write_bytes((SAMPLE / name).read_bytes())
+    scenes = pairs.evaluation_scenes((), ["rmnp"], cache=tmp_path)
+    assert list(scenes) == ["Rocky Mountain NP"] and scenes["Rocky Mountain NP"][1].name == "rmnp-dem.tif"
+    with pytest.raises(InputError, match="no pair named everest"):
+        pairs.evaluation_scenes((), ["rmnp", "everest"], cache=tmp_path)

@@ -15,6 +15,7 @@ from synthetic import SyntheticTiles
 
 from d3rsmde.checkpoint import describe_checkpoint
 from d3rsmde.config import get_config
+from d3rsmde.data import BuildOptions, build_dataset
 from d3rsmde.errors import Cancelled, InputError
 from d3rsmde.gradient_loss import gradient_matching_loss
 from d3rsmde.hdn_loss import hdn_loss
@@ -544,6 +545,19 @@ def test_finetuning_trains_the_refiner_as_the_weights_were_trained(tmp_path):
     assert [trained_own_inputs(w) for w in (plain, own, tuned, "")] == [0.0, 1.0, 0.5, 0.0]
 
 
+def test_finetune_splits_a_small_region_finer_to_hold_some_out(tiny_weights, tmp_path):
+    """100 x 100 px: 3 x 3 tiles of 32, one usual split block of 4 x 4 tiles, so nothing could be held out; the
+    fine-tuner then splits in blocks of 2 x 2 tiles instead, and trains."""
+    extent = (-105.85, 40.25, -105.70, 40.40)
+    options = BuildOptions(tile_size=32)
+    assert build_dataset(SAMPLE_RGB, SAMPLE_DEM, tmp_path / "usual", options, extent=extent)["counts"] == {
+        "train": 9, "val": 0, "test": 0}
+    result = finetune_region(SAMPLE_RGB, SAMPLE_DEM, tiny_weights, tmp_path / "small.safetensors", extent=extent,
+                             tile=32, epochs=1, device="cpu", options=options)
+    assert result["tiles"]["train"] > 0 and result["tiles"]["val"] + result["tiles"]["test"] > 0
+    assert (tmp_path / "small.safetensors").is_file()
+
+
 def test_finetune_refuses_to_overwrite_its_input(tiny_weights):
     with pytest.raises(InputError, match="overwrite"):
         finetune_region(SAMPLE_RGB, SAMPLE_DEM, tiny_weights, tiny_weights, epochs=1)
@@ -596,6 +610,7 @@ DDP_SCRIPT = """
 import os, sys, torch
 from synthetic import SyntheticTiles
 from d3rsmde.config import get_config
+from d3rsmde.data import BuildOptions, build_dataset
 from d3rsmde.models import CoarseDepthModel
 from d3rsmde.train import train_coarse
 torch.manual_seed(0)

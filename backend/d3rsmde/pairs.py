@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import rasterio
@@ -173,6 +173,23 @@ EVALUATION_PAIRS: dict[str, tuple[str, Callable[..., tuple[Path, Path]]]] = {
     "meuse": ("Meuse floodplain", meuse),
     "olinda": ("Olinda", olinda),
 }
+
+
+def pair_names(names: Sequence[str] | None = None) -> list[str]:
+    """``names`` checked against :data:`EVALUATION_PAIRS` (None or empty: all of them)."""
+    unknown = [name for name in names or () if name not in EVALUATION_PAIRS]
+    if unknown:
+        raise InputError(f"no pair named {', '.join(unknown)}: choose from {', '.join(EVALUATION_PAIRS)}")
+    return list(names or EVALUATION_PAIRS)
+
+
+def evaluation_scenes(specs: Sequence[str] = (), names: Sequence[str] | None = None,
+                      cache=None) -> dict[str, tuple[Path, Path]]:
+    """Scenes for the evaluation scripts, title -> (image, DEM): ``specs`` as ``NAME=IMAGE,DEM`` when given, else the
+    pairs named in ``names`` (None: all), fetched."""
+    if specs:
+        return {name: tuple(Path(p) for p in paths.split(",")) for name, paths in (s.split("=", 1) for s in specs)}
+    return {EVALUATION_PAIRS[name][0]: EVALUATION_PAIRS[name][1](cache) for name in pair_names(names)}
 
 
 def build_world_dataset(out_dir, options: BuildOptions = WORLD_OPTIONS, *, elevation: str = "etopo5", extent=None,

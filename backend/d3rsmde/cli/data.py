@@ -11,9 +11,8 @@ from ..config import get_config
 from ..data import BuildOptions, build_dataset
 from ..defaults import SEED
 from ..dems import dem_names
-from ..errors import InputError
 from ..lpips_alexnet import lpips_weights
-from ..pairs import EVALUATION_PAIRS, WORLD_OPTIONS, build_world_dataset
+from ..pairs import EVALUATION_PAIRS, WORLD_OPTIONS, build_world_dataset, pair_names
 from ..progress import terminal_progress
 from ..sources import STEM_WEIGHTS, fetch
 from ..render_tiles import DEFAULT_DEMS, DEFAULT_SCALES, build_render_dataset
@@ -86,10 +85,7 @@ def _cli_weights_file(args) -> int:
 def _cli_pairs(args) -> int:
     """Fetch the real evaluation pairs once; print one line per pair: name, image, DEM (tab-separated; what the
     downloads report goes to stderr, so the lines can be read by a script)."""
-    unknown = [name for name in args.names if name not in EVALUATION_PAIRS]
-    if unknown:
-        raise InputError(f"no pair named {', '.join(unknown)}: choose from {', '.join(EVALUATION_PAIRS)}")
-    for name in args.names or EVALUATION_PAIRS:
+    for name in pair_names(args.names):
         with contextlib.redirect_stdout(sys.stderr):
             _, fetch_pair = EVALUATION_PAIRS[name]
             image, dem = fetch_pair(args.cache, progress=terminal_progress(0.1))

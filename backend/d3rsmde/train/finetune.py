@@ -70,8 +70,12 @@ def finetune_region(
         tile = tile or pipe.config.tile_size
         if tile % pipe.size_multiple:
             raise InputError(f"tile size {tile} must be a multiple of {pipe.size_multiple} for this model")
-        built = build_dataset(image, dem, work / "tiles", options.replace(tile_size=tile), bands=bands, extent=extent,
-                              progress=scaled_progress(progress, 0.0, 0.1), cancel=cancel)
+        for block in _split_blocks(options, tile):
+            built = build_dataset(image, dem, work / "tiles", options.replace(tile_size=tile, block_size=block),
+                                  bands=bands, extent=extent, progress=scaled_progress(progress, 0.0, 0.1),
+                                  cancel=cancel)
+            if built["counts"]["train"] and (built["counts"]["val"] or built["counts"]["test"]):
+                break
         region = f"fine-tuned on {image} + {dem}" + (f" within {tuple(extent)}" if extent else "")
         result = finetune_tiles(pipe, work / "tiles", weights_out, epochs=epochs, refiner_epochs=refiner_epochs,
                                 batch_size=batch_size, device=device, work_dir=work, region=region,
@@ -110,8 +114,8 @@ def finetune_tiles(
     if len(train_ds) == 0 or len(held_out) == 0:
         raise InputError(
             f"the region gave {train_ds.index['counts']} tiles (dropped: {train_ds.index.get('dropped')}); "
-            "fine-tuning needs training tiles and a held-out block: use a larger extent, a smaller tile or a lower "
-            "min_relief_m")
+            "fine-tuning needs training tiles and a held-out block: use a larger extent or a smaller tile (tiles "
+            "whose heights span less than the minimum relief are dropped as flat: d3rsmde finetune --min-relief)")
     val = val_ds if len(val_ds) and held_name == "test" else None
     tile = int(train_ds.index["tile_size"])
     work = Path(work_dir) if work_dir is not None else None
@@ -154,6 +158,15 @@ def trained_own_inputs(weights: str | os.PathLike) -> float:
         if key in meta:
             return float(json.loads(meta[key]).get("refiner_own_inputs", 0.0))
     return 0.0
+
+
+def _split_blocks(options: BuildOptions, tile: int) -> list[int]:
+    """Split block sides to try, largest first: a region too small for a held-out block of the usual 4 x 4 tiles is
+    split in blocks of 2 x 2, then single tiles (neighbouring tiles then fall in different splits, which is still no
+    overlap at the default stride). A block size the caller chose is kept."""
+    if options.block_size is not None:
+        return [options.block_size]
+    return [4 * tile, 2 * tile, tile]
 
 
 def _check_args(weights_in, weights_out, epochs: int) -> None:
