@@ -90,3 +90,30 @@ def test_reference_dem_eval_scores_output_and_reference_alone(tiny_weights, tmp_
         assert 0 < output["rmse_m"] < 3 * alone["rmse_m"]  # metres that follow the reference (bundled model, 0.5.0 engine: 13x at 2x)
     assert rows[1]["rmse_m"] < rows[3]["rmse_m"]  # a coarser reference misses more
     assert (tmp_path / "figure.png").stat().st_size > 10_000
+
+
+def test_finetune_transfer_eval_tunes_on_one_half_and_scores_the_other(tiny_weights, tmp_path):
+    """scripts/finetune_transfer_eval.py: four halves, four variants each; the "coarse tuned" variant is the start
+    refiner under the tuned coarse model, and the summary counts runs against the start's."""
+    spec = importlib.util.spec_from_file_location("transfer", REPO / "scripts" / "finetune_transfer_eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    box = module.footprint(SAMPLE_RGB, SAMPLE_DEM)
+    west, east = module.halves(box, "west")
+    assert west[0] == box[0] and west[2] == east[0] < box[2] and west[1::2] == east[1::2] == box[1::2]
+    out = tmp_path / "transfer"
+    assert module.main(["--weights", str(tiny_weights), "--scene", f"RMNP={SAMPLE_RGB},{SAMPLE_DEM}", "--tile", "32",
+                        "--epochs", "1", "--out", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert [(r["trained on"], r["weights"]) for r in result["rows"][:4]] == [
+        ("west half", "start"), ("west half", "coarse + refiner tuned"), ("west half", "coarse tuned"),
+        ("west half", "halfway (coarse + refiner)")]
+    assert len(result["rows"]) == 16 and result["rows"][0]["minus start"] is None
+    assert result["summary"]["RMNP: start"]["better"]["mae"] == 0
+    assert result["summary"]["RMNP: coarse tuned"]["runs"] == 4
+    from d3rsmde.pipeline import D3Pipeline
+
+    start, tuned = D3Pipeline.from_pretrained(tiny_weights), out / "rmnp-west-seed42.safetensors"
+    mixed = module.coarse_tuned(tiny_weights, tuned)
+    assert all(v.equal(start.refiner.state_dict()[k]) for k, v in mixed.refiner.state_dict().items())
+    assert not all(v.equal(start.coarse.state_dict()[k]) for k, v in mixed.coarse.state_dict().items())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -381,6 +382,7 @@ def test_evaluate_whole_scene_and_paired_difference(d3_provider, tiny_weights, t
 
 
 def test_finetune_writes_loadable_weights(d3_provider, tiny_weights, tmp_path):
+    from d3rsmde.checkpoint import describe_checkpoint
     from d3rsmde.pipeline import D3Pipeline
 
     output = tmp_path / "tuned.safetensors"
@@ -395,10 +397,14 @@ def test_finetune_writes_loadable_weights(d3_provider, tiny_weights, tmp_path):
     assert tuned.config.name == "tiny"
     assert "bands: [3, 2, 1]" in feedback.infos and not feedback.warnings, (feedback.infos, feedback.warnings)
     guessed = RecordingFeedback()  # the bands left automatic: blue taken as red, and the log says so
-    run("d3rsmde:finetune", {"IMAGE": str(stack), "DEM": str(SAMPLE_DEM), "EXTENT": "-105.90,-105.52,40.30,40.54 [EPSG:4326]",
-                             "EPOCHS": 1, "TILE": 32, "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
-                             "OUTPUT": str(tmp_path / "guessed.safetensors")}, guessed)
+    run("d3rsmde:finetune", {"IMAGE": str(stack), "DEM": str(SAMPLE_DEM),
+                             "EXTENT": "-105.90,-105.52,40.30,40.54 [EPSG:4326]",
+                             "EPOCHS": 1, "REFINER_EPOCHS": 1, "TILE": 32, "WEIGHTS": str(tiny_weights),
+                             "DEVICE": CPU, "OUTPUT": str(tmp_path / "guessed.safetensors")}, guessed)
     assert "bands: [1, 2, 3]" in guessed.infos and any("3,2,1 for Landsat 4-7" in w for w in guessed.warnings)
+    epochs = [json.loads(describe_checkpoint(path)["metadata"]["finetune"])["refiner_epochs"]
+              for path in (output, tmp_path / "guessed.safetensors")]
+    assert epochs == [0, 1]  # the refiner is kept unless Refiner epochs (advanced) asks
     assert any(line.startswith("after: mae ") for line in feedback.infos), feedback.infos
     change = next(line for line in feedback.infos if line.startswith("change: "))  # after minus before, paired
     assert change.startswith("change: mae +") or change.startswith("change: mae -"), change

@@ -532,7 +532,25 @@ def test_finetune_region_writes_new_weights(finetuned):
     assert json.loads(info["metadata"]["finetune"])["tile"] == 32
     assert json.loads(info["metadata"]["finetune"])["bands"] == [3, 2, 1]
     assert json.loads(info["metadata"]["finetune"])["refiner_own_inputs"] == 0.0  # as the tiny weights were trained
-    D3Pipeline.from_pretrained(finetuned / "tuned.safetensors", device="cpu")
+    assert json.loads(info["metadata"]["finetune"])["refiner_epochs"] == 0
+
+
+def test_finetuning_tunes_the_coarse_model_and_keeps_the_refiner_unless_asked(finetuned, tiny_weights, tmp_path):
+    """By default only the coarse model changes; refiner_epochs > 0 tunes the refiner after it."""
+    start = D3Pipeline.from_pretrained(tiny_weights, device="cpu")
+    tuned = D3Pipeline.from_pretrained(finetuned / "tuned.safetensors", device="cpu")
+
+    def changed(a, b, part):
+        first, second = getattr(a, part).state_dict(), getattr(b, part).state_dict()
+        return any(not torch.equal(first[k], second[k]) for k in first)
+
+    assert changed(start, tuned, "coarse") and not changed(start, tuned, "refiner")
+    both = tmp_path / "both.safetensors"
+    finetune_region(SAMPLE_RGB, SAMPLE_DEM, tiny_weights, both, extent=REGION, tile=32, epochs=1, refiner_epochs=1,
+                    device="cpu")
+    assert changed(start, D3Pipeline.from_pretrained(both, device="cpu"), "refiner")
+    with pytest.raises(InputError, match="refiner epochs must be 0"):
+        finetune_region(SAMPLE_RGB, SAMPLE_DEM, tiny_weights, both, refiner_epochs=-1)
 
 
 def test_finetuning_trains_the_refiner_as_the_weights_were_trained(tmp_path):

@@ -9,7 +9,10 @@ from pathlib import Path
 
 SEED = 42  # data splits, initialisation and batch order: runs repeat
 TRAIN_BATCH_SIZE = 8  # tiles per training step of the full recipe
-FINETUNE_EPOCHS = 10  # fine-tuning on one region: coarse model, then refiner
+FINETUNE_EPOCHS = 10  # fine-tuning on one region: the coarse model's epochs
+# ... and the refiner's: 0 keeps it. Tuned on one region's few tiles it made the region's unseen half worse more
+# often than better; the coarse model alone did better (scripts/finetune_transfer_eval.py, model card).
+FINETUNE_REFINER_EPOCHS = 0
 FINETUNE_BATCH_SIZE = 4  # one region's few tiles; fits a laptop's memory
 SOURCES_CACHE_ENV = "D3RSMDE_SOURCES"
 # Tiles overlap by this share of the tile size unless the user says otherwise: 32 px at the default 256 infers

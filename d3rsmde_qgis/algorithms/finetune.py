@@ -18,7 +18,10 @@ class FinetuneRegion(D3Algorithm):
     HELP = (
         "Fine-tunes D3-RSMDE weights on one region: the image and a DEM covering it (any CRS and resolution; "
         "the DEM is resampled to the image grid) are cut into tiles, and the model is trained for the given "
-        "number of epochs starting from the base weights. Use the resulting .safetensors file as "
+        "number of epochs starting from the base weights: its coarse model, and its refiner only when <i>Refiner "
+        "epochs</i> (advanced) is above 0 (tuned on one region's few tiles, the refiner made the rest of the region "
+        "worse more often than better). The log compares held-out tiles before and after: a change within about "
+        "one standard error is not evidence that it helped. Use the resulting .safetensors file as "
         "<i>Model weights</i> in <i>Estimate depth</i>, with the same <b>Bands</b> (left empty, they are chosen as "
         "<i>Estimate depth</i> chooses them; the log names them). <b>Extent</b> limits training to part of the "
         "image (e.g. to keep an area for evaluation). Training on a CPU is slow: start with few epochs. "
@@ -30,10 +33,11 @@ class FinetuneRegion(D3Algorithm):
     DEM = "DEM"
     EXTENT = "EXTENT"
     EPOCHS = "EPOCHS"
+    REFINER_EPOCHS = "REFINER_EPOCHS"
     OUTPUT = "OUTPUT"
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
-        from d3rsmde.defaults import FINETUNE_EPOCHS  # torch-free, like the config base.py reads
+        from d3rsmde.defaults import FINETUNE_EPOCHS, FINETUNE_REFINER_EPOCHS  # torch-free, as base.py's config
 
         self.addParameter(QgsProcessingParameterRasterLayer(self.IMAGE, self.tr("Image")))
         self.addParameter(QgsProcessingParameterBand(
@@ -42,8 +46,12 @@ class FinetuneRegion(D3Algorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.DEM, self.tr("DEM (heights in metres)")))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Training extent"), optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            self.EPOCHS, self.tr("Epochs"), type=QgsProcessingParameterNumber.Integer, minValue=1, defaultValue=FINETUNE_EPOCHS))
+            self.EPOCHS, self.tr("Epochs"), type=QgsProcessingParameterNumber.Integer, minValue=1,
+            defaultValue=FINETUNE_EPOCHS))
         self.add_weights_parameter("Base weights (.safetensors; empty = bundled default)")
+        self.add_advanced(QgsProcessingParameterNumber(
+            self.REFINER_EPOCHS, self.tr("Refiner epochs (0 = keep the refiner)"),
+            type=QgsProcessingParameterNumber.Integer, minValue=0, defaultValue=FINETUNE_REFINER_EPOCHS))
         self.add_advanced(QgsProcessingParameterNumber(
             self.TILE, self.tr("Tile size in pixels (empty = from the weights)"),
             type=QgsProcessingParameterNumber.Integer, minValue=16, optional=True))
@@ -63,7 +71,9 @@ class FinetuneRegion(D3Algorithm):
         summary = finetune_region(
             self.raster_path(parameters, self.IMAGE, context), self.raster_path(parameters, self.DEM, context),
             str(self.weights(parameters, context)), output,
-            bands=self.band_list(parameters, self.BANDS, context), extent=extent, epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+            bands=self.band_list(parameters, self.BANDS, context), extent=extent,
+            epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+            refiner_epochs=self.parameterAsInt(parameters, self.REFINER_EPOCHS, context),
             tile=self.optional_int(parameters, self.TILE, context), device=self.device(parameters, context),
             progress=progress_callback(feedback), cancel=feedback.isCanceled)
         log_summary(feedback, summary)

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..config import D3Config, config_names, get_config
 from ..data import BuildOptions
 from ..datasets import TileDatasets
-from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, SEED, TRAIN_BATCH_SIZE
+from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, FINETUNE_REFINER_EPOCHS, SEED, TRAIN_BATCH_SIZE
 from ..errors import InputError
 from ..files import atomic_write_text
 from ..metrics import format_differences, format_metrics_table
@@ -178,8 +178,10 @@ def add_cli(subparsers) -> None:
     tune.add_argument("--bands", type=bands, help=BANDS_HELP)
     tune.add_argument("--weights", help="weights to start from (default: the shipped weights)")
     tune.add_argument("--extent", type=floats, help="xmin,ymin,xmax,ymax in the image CRS (write --extent=... when xmin is negative)")
-    tune.add_argument("--epochs", type=int, default=FINETUNE_EPOCHS, help="coarse (and refiner) epochs (default %(default)s)")
-    tune.add_argument("--refiner-epochs", type=int, help="refiner epochs (default: --epochs)")
+    tune.add_argument("--epochs", type=int, default=FINETUNE_EPOCHS, help="coarse model epochs (default %(default)s)")
+    tune.add_argument("--refiner-epochs", type=int, default=FINETUNE_REFINER_EPOCHS,
+                      help="refiner epochs after the coarse model's (default %(default)s: the refiner is kept; tuned "
+                      "on one region's few tiles it hurt the rest of the region more often than it helped)")
     tune.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     tune.add_argument("--batch-size", type=int, default=FINETUNE_BATCH_SIZE, help="default %(default)s")
     tune.add_argument("--min-relief", type=float, default=BuildOptions().min_relief_m,

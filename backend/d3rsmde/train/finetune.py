@@ -22,7 +22,7 @@ import torch
 from ..checkpoint import describe_checkpoint
 from ..data import BuildOptions, build_dataset
 from ..datasets import TileDataset
-from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS
+from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, FINETUNE_REFINER_EPOCHS, SEED
 from ..errors import InputError
 from ..evaluation import mean_tile_metrics, tile_difference, tile_metrics
 from ..pipeline import D3Pipeline
@@ -43,12 +43,13 @@ def finetune_region(
     bands: Sequence[int] | None = None,
     extent: tuple[float, float, float, float] | None = None,
     epochs: int = FINETUNE_EPOCHS,
-    refiner_epochs: int | None = None,
+    refiner_epochs: int = FINETUNE_REFINER_EPOCHS,
     tile: int | None = None,
     batch_size: int = FINETUNE_BATCH_SIZE,
     device: str | torch.device = "auto",
     options: BuildOptions = BuildOptions(),
     work_dir: str | os.PathLike | None = None,
+    seed: int = SEED,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> dict:
@@ -56,14 +57,14 @@ def finetune_region(
     tiles cut by :func:`~d3rsmde.data.build_dataset` (``options``, tile size ``tile``, default the model's), then
     :func:`finetune_tiles`.
 
-    ``bands``: the image bands to train on as RGB (as ``predict_raster`` takes them; None: chosen the same way,
-    so give the same bands to both). ``extent`` is (xmin, ymin, xmax, ymax) in the image CRS. ``work_dir`` keeps
-    tiles and stage checkpoints (a rerun resumes); by default a temporary folder is used. Returns what
-    :func:`finetune_tiles` returns, plus ``tiles`` (counts per split), ``bands`` (those used), ``work_dir`` and
-    ``warnings`` (what the user should know: bands guessed blindly).
+    ``bands``: the image bands to train on as RGB (as ``predict_raster`` takes them; None: chosen the same way, so
+    give the same bands to both). ``extent`` is (xmin, ymin, xmax, ymax) in the image CRS. ``work_dir`` keeps tiles
+    and stage checkpoints (a rerun resumes); by default a temporary folder is used. ``seed`` seeds the training
+    (``options.seed`` the split). Returns what :func:`finetune_tiles` returns, plus ``tiles`` (counts per split),
+    ``bands`` (those used), ``work_dir`` and ``warnings`` (what the user should know: bands guessed blindly).
     """
     weights_in = Path(weights_in) if weights_in is not None else default_weights_path()
-    _check_args(weights_in, weights_out, epochs)
+    _check_args(weights_in, weights_out, epochs, refiner_epochs)
     with tempfile.TemporaryDirectory(prefix="d3rsmde-finetune-") as tmp:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
         pipe = D3Pipeline.from_pretrained(weights_in, device=device)
@@ -79,7 +80,7 @@ def finetune_region(
         region = f"fine-tuned on {image} + {dem}" + (f" within {tuple(extent)}" if extent else "")
         result = finetune_tiles(pipe, work / "tiles", weights_out, epochs=epochs, refiner_epochs=refiner_epochs,
                                 batch_size=batch_size, device=device, work_dir=work, region=region,
-                                finetuned_from=weights_in, progress=scaled_progress(progress, 0.1, 1.0),
+                                finetuned_from=weights_in, seed=seed, progress=scaled_progress(progress, 0.1, 1.0),
                                 cancel=cancel)
     return {**result, "tiles": built["counts"], "bands": built["bands"],
             "work_dir": str(work_dir) if work_dir is not None else None, "warnings": built["warnings"]}
@@ -91,24 +92,27 @@ def finetune_tiles(
     weights_out: str | os.PathLike,
     *,
     epochs: int = FINETUNE_EPOCHS,
-    refiner_epochs: int | None = None,
+    refiner_epochs: int = FINETUNE_REFINER_EPOCHS,
     batch_size: int = FINETUNE_BATCH_SIZE,
     device: str | torch.device = "auto",
     work_dir: str | os.PathLike | None = None,
     region: str = "",
     finetuned_from: str | os.PathLike = "",
+    seed: int = SEED,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
 ) -> dict:
     """Fine-tune ``pipe`` in place on the tile dataset folder ``tiles`` and save it to ``weights_out``.
 
-    ``epochs`` applies to the coarse model and, unless ``refiner_epochs`` is given, to the refiner; ``region``
-    is appended to the weights' description of their data. ``work_dir`` keeps stage checkpoints (a rerun
-    resumes). Returns ``{"before", "after", "change", "weights", "held_out"}``: metrics are tile means on the
-    held-out split (test, or val when the region is too small for a test block), ``change`` after minus before
-    with its standard error, paired tile by tile (:func:`~d3rsmde.evaluation.tile_difference`).
+    ``epochs`` trains the coarse model, ``refiner_epochs`` then the refiner (0: it is kept as it is, the default,
+    since tuning it on one region's few tiles hurt more often than it helped); ``region`` is appended to the
+    weights' description of their data. ``work_dir`` keeps stage checkpoints (a rerun resumes); ``seed`` seeds the
+    training (batch order, augmentation). Returns ``{"before", "after", "change", "weights", "held_out"}``:
+    metrics are tile means on the held-out split (test, or val when the region is too small for a test block),
+    ``change`` after minus before with its standard error, paired tile by tile
+    (:func:`~d3rsmde.evaluation.tile_difference`).
     """
-    _check_args(finetuned_from, weights_out, epochs)
+    _check_args(finetuned_from, weights_out, epochs, refiner_epochs)
     train_ds, val_ds, test_ds = (TileDataset(tiles, s) for s in ("train", "val", "test"))
     held_out, held_name = (test_ds, "test") if len(test_ds) else (val_ds, "val")
     if len(train_ds) == 0 or len(held_out) == 0:
@@ -122,17 +126,21 @@ def finetune_tiles(
     before_rows = tile_metrics(pipe, held_out, batch_size=batch_size, cancel=cancel)
     before = mean_tile_metrics(before_rows)
 
-    maps = predict_coarse(pipe.coarse, train_ds, batch_size=batch_size, cancel=cancel)
-    train_coarse(pipe.coarse, train_ds, val, epochs=epochs, batch_size=batch_size, device=device,
-                 work_dir=work / "coarse" if work else None, progress=scaled_progress(progress, 0.05, 0.5),
+    # The refiner learns on the start coarse model's maps of the training tiles (maps it has not fitted yet, as
+    # the k-fold maps of training are), so they are made before the coarse model is tuned.
+    maps = predict_coarse(pipe.coarse, train_ds, batch_size=batch_size, cancel=cancel) if refiner_epochs else None
+    coarse_end = 0.5 if refiner_epochs else 0.95
+    train_coarse(pipe.coarse, train_ds, val, epochs=epochs, batch_size=batch_size, device=device, seed=seed,
+                 work_dir=work / "coarse" if work else None, progress=scaled_progress(progress, 0.05, coarse_end),
                  cancel=cancel)
-    val_maps = None if val is None else predict_coarse(pipe.coarse, val, batch_size=batch_size, cancel=cancel)
     config = pipe.config
     own_inputs = trained_own_inputs(finetuned_from)
-    train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val,
-                  val_maps, own_inputs=own_inputs, coarse=pipe.coarse, epochs=refiner_epochs or epochs,
-                  batch_size=batch_size, device=device, work_dir=work / "refiner" if work else None,
-                  progress=scaled_progress(progress, 0.5, 0.95), cancel=cancel)
+    if refiner_epochs:
+        val_maps = None if val is None else predict_coarse(pipe.coarse, val, batch_size=batch_size, cancel=cancel)
+        train_refiner(pipe.refiner, pipe.codec, train_ds, maps, PLBRSchedule(config.num_steps, config.eps), val,
+                      val_maps, own_inputs=own_inputs, coarse=pipe.coarse, epochs=refiner_epochs,
+                      batch_size=batch_size, device=device, seed=seed, work_dir=work / "refiner" if work else None,
+                      progress=scaled_progress(progress, 0.5, 0.95), cancel=cancel)
     pipe.eval()
     after_rows = tile_metrics(pipe, held_out, batch_size=batch_size, cancel=cancel)
     after, change = mean_tile_metrics(after_rows), tile_difference(after_rows, before_rows)
@@ -141,8 +149,9 @@ def finetune_tiles(
     pipe.config = dataclasses.replace(config, data="; ".join(filter(None, [config.data, region])),
                                       gsd_m=train_ds.index.get("gsd_m", config.gsd_m))
     pipe.save_pretrained(weights_out, finetuned_from=str(finetuned_from), finetune={
-        "epochs": epochs, "refiner_epochs": refiner_epochs or epochs, "tile": tile, "refiner_own_inputs": own_inputs,
-        "tiles": train_ds.index["counts"], "bands": train_ds.index.get("bands"), "before": _finite(before), "after": _finite(after),
+        "epochs": epochs, "refiner_epochs": refiner_epochs, "tile": tile, "refiner_own_inputs": own_inputs,
+        "tiles": train_ds.index["counts"], "bands": train_ds.index.get("bands"), "seed": seed,
+        "before": _finite(before), "after": _finite(after),
     })
     report(progress, 1.0, f"saved {weights_out}")
     return {"before": before, "after": after, "change": change, "weights": str(weights_out), "held_out": held_name}
@@ -169,11 +178,13 @@ def _split_blocks(options: BuildOptions, tile: int) -> list[int]:
     return [4 * tile, 2 * tile, tile]
 
 
-def _check_args(weights_in, weights_out, epochs: int) -> None:
+def _check_args(weights_in, weights_out, epochs: int, refiner_epochs: int) -> None:
     if weights_in and Path(weights_out).resolve() == Path(weights_in).resolve():
         raise InputError(f"the output weights {weights_out} would overwrite the input weights: choose another path")
     if epochs < 1:
         raise InputError(f"epochs must be at least 1, got {epochs}")
+    if refiner_epochs < 0:
+        raise InputError(f"refiner epochs must be 0 (keep the refiner) or more, got {refiner_epochs}")
 
 
 def _finite(metrics: dict) -> dict:
