@@ -397,13 +397,14 @@ def test_finetune_writes_loadable_weights(d3_provider, tiny_weights, tmp_path):
     assert tuned.config.name == "tiny"
     assert "bands: [3, 2, 1]" in feedback.infos and not feedback.warnings, (feedback.infos, feedback.warnings)
     guessed = RecordingFeedback()  # the bands left automatic: blue taken as red, and the log says so
-    run("d3rsmde:finetune", {"IMAGE": str(stack), "DEM": str(SAMPLE_DEM),
-                             "EXTENT": "-105.90,-105.52,40.30,40.54 [EPSG:4326]",
-                             "EPOCHS": 1, "REFINER_EPOCHS": 1, "TILE": 32, "WEIGHTS": str(tiny_weights),
-                             "DEVICE": CPU, "OUTPUT": str(tmp_path / "guessed.safetensors")}, guessed)
+    guessed_result = run("d3rsmde:finetune", {
+        "IMAGE": str(stack), "DEM": str(SAMPLE_DEM), "EXTENT": "-105.90,-105.52,40.30,40.54 [EPSG:4326]",
+        "EPOCHS": 1, "REFINER_EPOCHS": 1, "TILE": 32, "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
+        "OUTPUT": "TEMPORARY_OUTPUT"}, guessed)
     assert "bands: [1, 2, 3]" in guessed.infos and any("3,2,1 for Landsat 4-7" in w for w in guessed.warnings)
+    assert any("temporary folder" in w for w in guessed.warnings)  # QGIS deletes it on exit: the user is told
     epochs = [json.loads(describe_checkpoint(path)["metadata"]["finetune"])["refiner_epochs"]
-              for path in (output, tmp_path / "guessed.safetensors")]
+              for path in (output, guessed_result["OUTPUT"])]
     assert epochs == [0, 1]  # the refiner is kept unless Refiner epochs (advanced) asks
     assert any(line.startswith("after: mae ") for line in feedback.infos), feedback.infos
     change = next(line for line in feedback.infos if line.startswith("change: "))  # after minus before, paired

@@ -1,12 +1,15 @@
 """d3rsmde:finetune - adapt a checkpoint to one region from its image and a DEM; writes a new weights file."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from qgis.core import (
     QgsProcessingParameterBand,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingUtils,
 )
 
 from .base import D3Algorithm, log_summary, progress_callback
@@ -25,7 +28,8 @@ class FinetuneRegion(D3Algorithm):
         "<i>Model weights</i> in <i>Estimate depth</i>, with the same <b>Bands</b> (left empty, they are chosen as "
         "<i>Estimate depth</i> chooses them; the log names them). <b>Extent</b> limits training to part of the "
         "image (e.g. to keep an area for evaluation). Training on a CPU is slow: start with few epochs. "
-        "Cancel stops after the current step and writes nothing."
+        "Cancel stops after the current step and writes nothing. Choose a file for <b>Fine-tuned weights</b>: left "
+        "as a temporary file, they are deleted when QGIS closes (the log warns)."
     )
 
     IMAGE = "IMAGE"
@@ -77,4 +81,8 @@ class FinetuneRegion(D3Algorithm):
             tile=self.optional_int(parameters, self.TILE, context), device=self.device(parameters, context),
             progress=progress_callback(feedback), cancel=feedback.isCanceled)
         log_summary(feedback, summary)
+        if Path(output).resolve().is_relative_to(Path(QgsProcessingUtils.tempFolder()).resolve()):
+            feedback.pushWarning(
+                f"The fine-tuned weights were saved in QGIS's temporary folder ({output}), which QGIS deletes when it "
+                "closes: copy them elsewhere, or choose a file for Fine-tuned weights.")
         return {self.OUTPUT: output}
