@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Does fine-tuning on part of a region help where there is no DEM, and which networks should it tune?
-``finetune_region`` on one half of a real pair, tuning the coarse model and then the refiner, then the other half
-predicted with: the start weights; the tuned coarse model and refiner; the tuned coarse model under the start
-refiner (what fine-tuning the coarse model alone gives, ``refiner_epochs=0``, the default since 0.5.7: the coarse
-model is tuned before the refiner, so it is the same model); and every weight halfway between the start and the
-tuned ones (WiSE-FT, ``interpolate_weights``, alpha 0.5). Scored as whole scenes, paired with the start
-(``scene_report``: difference +- jackknife standard error). Each scene is split four ways (train on the west / east
-/ south / north half of the image's footprint on the DEM, test on the opposite half), so every pixel is tested
-twice; ``--seed`` changes which tiles are held out for validation within the trained half.
+``finetune_region`` on one half of a real pair, then the other half predicted with: the start weights; the tuned
+coarse model under the start refiner ("coarse tuned": what fine-tuning gives by default since 0.5.7,
+``refiner_epochs=0``); and, when the refiner is tuned too (``--refiner-epochs`` above 0), the tuned coarse model
+and refiner, and every weight halfway between the start and the tuned ones (WiSE-FT, ``interpolate_weights``, alpha
+0.5). The coarse model is tuned before the refiner, so "coarse tuned" is the same model either way. Scored as
+whole scenes, paired with the start (``scene_report``: difference +- jackknife standard error). Each scene is split
+four ways (train on the west / east / south / north half of the image's footprint on the DEM, test on the opposite
+half), so every pixel is tested twice; each seed seeds the training and which tiles of the half are held out.
 
-    python scripts/finetune_transfer_eval.py --pairs rmnp,olinda --out build/finetune-transfer
+    python scripts/finetune_transfer_eval.py --seeds 42,1,2 --epochs 10 --out build/finetune-transfer
+    python scripts/finetune_transfer_eval.py --seeds 42,1,2 --epochs 30 --refiner-epochs 0 \
+        --out build/finetune-transfer-30
 
 Writes results.json and results.md into --out (the weights and maps stay there too; a rerun reuses the weights).
 """
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", default="rmnp,olinda", help="real pairs (d3rsmde data pairs names)")
     parser.add_argument("--scene", action="append", default=[], metavar="NAME=IMAGE,DEM", help="instead of --pairs")
     parser.add_argument("--tile", type=int, default=64, help="fine-tuning tile (predictions use the model's)")
-    parser.add_argument("--epochs", type=int, default=FINETUNE_EPOCHS, help="coarse and refiner epochs")
+    parser.add_argument("--epochs", type=int, default=FINETUNE_EPOCHS, help="coarse epochs")
+    parser.add_argument("--refiner-epochs", type=int, default=None, help="refiner epochs (default: --epochs)")
     parser.add_argument("--seeds", default=str(SEED), help="fine-tuning seeds (training and split), comma-separated")
     parser.add_argument("--out", default="build/finetune-transfer")
     args = parser.parse_args(argv)
@@ -88,16 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = Path(args.weights or default_weights_path())
     scenes = pairs.evaluation_scenes(args.scene, args.pairs.split(","))
+    refiner_epochs = args.epochs if args.refiner_epochs is None else args.refiner_epochs
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for name, (image, dem) in scenes.items():
             box = footprint(image, dem)
             for side in SIDES:
                 rows += transfer_rows(name, image, dem, side, halves(box, side), start, out, args.tile, args.epochs,
-                                      seed)
+                                      refiner_epochs, seed)
     summary = summarise(rows)
     machine = f"{describe_device('cpu')}; {os.cpu_count()} CPUs; {platform.platform()}; torch {torch.__version__}"
-    result = {"machine": machine, "start": str(start), "tile": args.tile, "epochs": args.epochs, "rows": rows,
+    result = {"machine": machine, "start": str(start), "tile": args.tile, "epochs": args.epochs,
+              "refiner_epochs": refiner_epochs, "rows": rows,
               "summary": summary}
     atomic_write_text(out / "results.json", json.dumps(result, indent=2))
     lines = ["| scene | seed | trained on | weights | " + " | ".join(SCENE_FIGURES)
@@ -117,18 +122,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def transfer_rows(name: str, image: Path, dem: Path, side: str, boxes: tuple, start: Path, out: Path, tile: int,
-                  epochs: int, seed: int) -> list[dict]:
+                  epochs: int, refiner_epochs: int, seed: int) -> list[dict]:
     """Fine-tune on ``boxes[0]`` (once: a rerun reuses the weights), score every variant on ``boxes[1]``."""
     train_box, test_box = boxes
     tag = f"{slug(name)}-{side}-seed{seed}"
     tuned = out / f"{tag}.safetensors"
     if not tuned.exists():
         finetune_region(image, dem, start, tuned, extent=train_box, tile=tile, device="cpu",
-                        options=BuildOptions(seed=seed), epochs=epochs, refiner_epochs=epochs, seed=seed)
-    models = {"start": D3Pipeline.from_pretrained(start),
-              "coarse + refiner tuned": D3Pipeline.from_pretrained(tuned),
-              "coarse tuned": coarse_tuned(start, tuned),
-              "halfway (coarse + refiner)": interpolate_weights(start, tuned, 0.5)}
+                        options=BuildOptions(seed=seed), epochs=epochs, refiner_epochs=refiner_epochs, seed=seed)
+    models = {"start": D3Pipeline.from_pretrained(start), "coarse tuned": coarse_tuned(start, tuned)}
+    if refiner_epochs:
+        models.update({"coarse + refiner tuned": D3Pipeline.from_pretrained(tuned),
+                       "halfway (coarse + refiner)": interpolate_weights(start, tuned, 0.5)})
     maps = {label: out / f"{tag}-{slug(label)}.tif" for label in models}
     for label, pipe in models.items():
         predict_raster(image, maps[label], pipe, bounds=test_box)

@@ -106,7 +106,7 @@ def test_finetune_transfer_eval_tunes_on_one_half_and_scores_the_other(tiny_weig
                         "--epochs", "1", "--out", str(out)]) == 0
     result = json.loads((out / "results.json").read_text())
     assert [(r["trained on"], r["weights"]) for r in result["rows"][:4]] == [
-        ("west half", "start"), ("west half", "coarse + refiner tuned"), ("west half", "coarse tuned"),
+        ("west half", "start"), ("west half", "coarse tuned"), ("west half", "coarse + refiner tuned"),
         ("west half", "halfway (coarse + refiner)")]
     assert len(result["rows"]) == 16 and result["rows"][0]["minus start"] is None
     assert result["summary"]["RMNP: start"]["better"]["mae"] == 0
