@@ -117,3 +117,19 @@ def test_finetune_transfer_eval_tunes_on_one_half_and_scores_the_other(tiny_weig
     mixed = module.coarse_tuned(tiny_weights, tuned)
     assert all(v.equal(start.refiner.state_dict()[k]) for k, v in mixed.refiner.state_dict().items())
     assert not all(v.equal(start.coarse.state_dict()[k]) for k, v in mixed.coarse.state_dict().items())
+
+
+def test_refiner_ceiling_probe_scores_the_true_dem_through_the_vae_and_refiner(tiny_weights, tmp_path):
+    """scripts/refiner_ceiling_probe.py: the true DEM, put on the image grid and scored back on its own, is nearly
+    perfect (so the maps are lined up), and each of the six maps is scored."""
+    spec = importlib.util.spec_from_file_location("ceiling", REPO / "scripts" / "refiner_ceiling_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "ceiling"
+    assert module.main(["--weights", str(tiny_weights), "--scene", f"RMNP={SAMPLE_RGB},{SAMPLE_DEM}",
+                        "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["map"] for r in rows] == ["true DEM", "true DEM through the VAE", "true DEM refined, T = 1",
+                                        "true DEM refined, T = 6", "the model, coarse only", "the model, T = 6"]
+    assert rows[0]["grad_r"] > 0.95 and rows[0]["mae"] < 5
+    assert rows[3]["grad_r"] < rows[0]["grad_r"]  # a random tiny refiner loses most of it
