@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """How good can the refined map be, whatever the coarse model? The true DEM itself as the coarse map, through the
-weights' VAE alone and through their PLBR refiner (T = 1 and the default 6), beside the weights' own maps, each
-image run whole as one tile and scored as a whole scene (``scene_report``, on the DEM's grid).
+weights' VAE alone and through their PLBR refiner (T = 1 and the default 6, and 6 with a uniform grey image in
+place of the real one: how much of the change comes from what the refiner reads in the image), beside the weights'
+own maps, each image run whole as one tile and scored as a whole scene (``scene_report``, on the DEM's grid).
 
 If the refined true DEM misses a figure of issue 12's bar, no coarse model can meet it with this refiner and VAE.
 
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         maps = {"true DEM": truth, "true DEM through the VAE": vae,
                 "true DEM refined, T = 1": pipe.refine(images, truth, 1),
                 "true DEM refined, T = 6": pipe.refine(images, truth, 6),
+                "true DEM refined, T = 6, grey image": pipe.refine(torch.full_like(images, 0.5), truth, 6),
                 "the model, coarse only": coarse, "the model, T = 6": pipe.refine(images, coarse, 6)}
         for label, depth in maps.items():
             path = out / f"{'-'.join(name.lower().split())}-{'-'.join(label.replace(',', '').split())}.tif"

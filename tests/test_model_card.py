@@ -121,7 +121,7 @@ def test_finetune_transfer_eval_tunes_on_one_half_and_scores_the_other(tiny_weig
 
 def test_refiner_ceiling_probe_scores_the_true_dem_through_the_vae_and_refiner(tiny_weights, tmp_path):
     """scripts/refiner_ceiling_probe.py: the true DEM, put on the image grid and scored back on its own, is nearly
-    perfect (so the maps are lined up), and each of the six maps is scored."""
+    perfect (so the maps are lined up), and each of the seven maps is scored."""
     spec = importlib.util.spec_from_file_location("ceiling", REPO / "scripts" / "refiner_ceiling_probe.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -130,6 +130,7 @@ def test_refiner_ceiling_probe_scores_the_true_dem_through_the_vae_and_refiner(t
                         "--out", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["map"] for r in rows] == ["true DEM", "true DEM through the VAE", "true DEM refined, T = 1",
-                                        "true DEM refined, T = 6", "the model, coarse only", "the model, T = 6"]
+                                        "true DEM refined, T = 6", "true DEM refined, T = 6, grey image",
+                                        "the model, coarse only", "the model, T = 6"]
     assert rows[0]["grad_r"] > 0.95 and rows[0]["mae"] < 5
     assert rows[3]["grad_r"] < rows[0]["grad_r"]  # a random tiny refiner loses most of it
