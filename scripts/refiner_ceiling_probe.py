@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         images = torch.from_numpy(np.pad(rgb, [(0, 0)] + pad, mode="reflect"))[None]
         truth = torch.from_numpy(np.pad(truth01, pad, mode="reflect"))[None, None]
         coarse = pipe.coarse_depth(images)
-        with torch.no_grad():
-            vae = pipe.codec.decode_depth(pipe.codec.encode_depth(pipe._as_input(truth))).float()
+        with torch.no_grad():  # the pipeline is float32 on the CPU, as ``truth`` is
+            vae = pipe.codec.decode_depth(pipe.codec.encode_depth(truth))
         maps = {"true DEM": truth, "true DEM through the VAE": vae,
                 "true DEM refined, T = 1": pipe.refine(images, truth, 1),
                 "true DEM refined, T = 6": pipe.refine(images, truth, 6),

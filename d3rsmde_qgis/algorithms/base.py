@@ -10,6 +10,7 @@ from pathlib import Path
 from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingException,
+    QgsProcessingParameterBand,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
@@ -44,6 +45,7 @@ class D3Algorithm(QgsProcessingAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     DEVICE = "DEVICE"
     REFERENCE_DEM = "REFERENCE_DEM"
+    BANDS = "BANDS"
 
     def name(self) -> str:
         return self.NAME
@@ -74,6 +76,12 @@ class D3Algorithm(QgsProcessingAlgorithm):
     def add_advanced(self, parameter: QgsProcessingParameterDefinition) -> None:
         parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(parameter)
+
+    def add_bands_parameter(self, image: str) -> None:
+        """BANDS: the bands of the raster layer parameter ``image`` fed to the model as RGB (empty = automatic)."""
+        self.addParameter(QgsProcessingParameterBand(
+            self.BANDS, self.tr("Bands used as RGB (empty = automatic)"), parentLayerParameterName=image,
+            optional=True, allowMultiple=True))
 
     def add_weights_parameter(self, description: str = "Model weights (.safetensors; empty = bundled default)"):
         self.addParameter(QgsProcessingParameterFile(

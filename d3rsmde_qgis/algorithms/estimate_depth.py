@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
     QgsProcessingParameterRasterDestination,
@@ -39,16 +38,13 @@ class EstimateDepth(D3Algorithm):
     )
 
     INPUT = "INPUT"
-    BANDS = "BANDS"
     EXTENT = "EXTENT"
     HILLSHADE = "HILLSHADE"
     OUTPUT = "OUTPUT"
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input image")))
-        self.addParameter(QgsProcessingParameterBand(
-            self.BANDS, self.tr("Bands used as RGB (empty = automatic)"), parentLayerParameterName=self.INPUT,
-            optional=True, allowMultiple=True))
+        self.add_bands_parameter(self.INPUT)
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, self.tr("Extent (empty = the whole image)"), optional=True))
         self.add_model_parameters()

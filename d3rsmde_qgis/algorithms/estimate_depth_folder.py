@@ -44,7 +44,6 @@ class EstimateDepthFolder(D3Algorithm):
 
     INPUT_FOLDER = "INPUT_FOLDER"
     PATTERN = "PATTERN"
-    BANDS = "BANDS"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     PROCESSED = "PROCESSED"
     FAILED = "FAILED"

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from qgis.core import (
-    QgsProcessingParameterBand,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
@@ -33,7 +32,6 @@ class FinetuneRegion(D3Algorithm):
     )
 
     IMAGE = "IMAGE"
-    BANDS = "BANDS"
     DEM = "DEM"
     EXTENT = "EXTENT"
     EPOCHS = "EPOCHS"
@@ -44,9 +42,7 @@ class FinetuneRegion(D3Algorithm):
         from d3rsmde.defaults import FINETUNE_EPOCHS, FINETUNE_REFINER_EPOCHS  # torch-free, as base.py's config
 
         self.addParameter(QgsProcessingParameterRasterLayer(self.IMAGE, self.tr("Image")))
-        self.addParameter(QgsProcessingParameterBand(
-            self.BANDS, self.tr("Bands used as RGB (empty = automatic)"), parentLayerParameterName=self.IMAGE,
-            optional=True, allowMultiple=True))
+        self.add_bands_parameter(self.IMAGE)
         self.addParameter(QgsProcessingParameterRasterLayer(self.DEM, self.tr("DEM (heights in metres)")))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Training extent"), optional=True))
         self.addParameter(QgsProcessingParameterNumber(
