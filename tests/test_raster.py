@@ -31,6 +31,7 @@ from d3rsmde.raster import NODATA, height_profile, predict_raster
 from d3rsmde.raster.output import GridSpec
 from d3rsmde.raster.predict import batch_ranges
 from d3rsmde.tiling import TileGrid
+from conftest import SAMPLE_RGB
 from synthetic import render
 
 UTM = "EPSG:32633"
@@ -209,6 +210,44 @@ def test_stitching_undoes_per_tile_normalisation_without_seams(tmp_path):
     naive = seam_ratio(naive_acc, grid)
     print(f"seam ratio without alignment: {naive:.3f}")
     assert naive > 3.0
+
+
+@pytest.mark.parametrize("contrast", [None, 0.0])
+def test_calm_sea_is_flat_and_leaves_the_land_its_relief(tmp_path, monkeypatch, contrast):
+    """The bundled model's coarse map of the sample with a calm sea (a few grey levels of noise) east of column
+    200. A featureless tile used to be stretched to 0..1 like any other: the model's faint round bump on a uniform
+    image became a mountain, and since such a tile agrees with its neighbours at any scale, the seam solve gave it
+    the whole mean scale and flattened the land. Control: with the contrast test off (threshold 0) that comes back."""
+    from d3rsmde.pipeline import D3Pipeline
+    from d3rsmde.raster import predict
+    from d3rsmde.weights import default_weights_path
+
+    if contrast is not None:
+        monkeypatch.setattr(predict, "FEATURELESS_CONTRAST", contrast)
+    with rasterio.open(SAMPLE_RGB) as ds:
+        image, profile = ds.read(), ds.profile
+    noise = np.random.default_rng(0).integers(0, 3, image[:, :, 200:].shape)
+    image[:, :, 200:] = np.array([20, 40, 70])[:, None, None] + noise
+    with rasterio.open(tmp_path / "coast.tif", "w", **profile) as ds:
+        ds.write(image)
+    pipe = D3Pipeline.from_pretrained(default_weights_path(), device="cpu")
+    stats = predict_raster(tmp_path / "coast.tif", tmp_path / "out.tif", pipe, refine_steps=0)
+    out = read(tmp_path / "out.tif")
+    land, open_sea = out[20:-20, 20:180], out[20:-20, 300:]  # open sea: no tile over it holds land
+    if contrast is None:
+        assert np.ptp(open_sea) < 0.02 and open_sea.mean() < land.mean()
+        assert np.ptp(land) > 0.8
+        assert any("show no contrast" in w for w in stats["warnings"])
+    else:
+        assert np.ptp(land) < 0.5 or np.ptp(open_sea) > 0.3
+        assert not any("show no contrast" in w for w in stats["warnings"])
+
+
+def test_an_image_without_contrast_is_an_input_error(tmp_path):
+    src = write(tmp_path / "grey.tif", np.full((3, 100, 150), 128, np.uint8))
+    with pytest.raises(InputError, match="shows no contrast"):
+        predict_raster(src, tmp_path / "out.tif", Oracle(), tile=TILE, overlap=OVERLAP)
+    assert not (tmp_path / "out.tif").exists()
 
 
 def test_real_tiny_pipeline_stitches_without_seams(tmp_path, tiny):
@@ -406,7 +445,7 @@ def test_memory_stays_flat_on_a_large_raster(tmp_path):
             y, x = np.mgrid[row : row + 500, 0:n]
             v = (127 + 100 * np.sin(x / 300.0) * np.cos(y / 250.0)).astype(np.uint8)
             ds.write(np.stack([v, v, v]), window=Window(0, row, n, 500))
-    small = write(tmp_path / "small.tif", np.full((3, 300, 300), 100, np.uint8))
+    small = write(tmp_path / "small.tif", np.broadcast_to((np.arange(300) % 250).astype(np.uint8), (3, 300, 300)))
     env = {**os.environ, "GDAL_CACHEMAX": "16", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     run = subprocess.run(
         [sys.executable, "-c", MEMORY_SCRIPT, str(small), str(big), str(tmp_path / "out.tif")],
@@ -713,7 +752,7 @@ def test_a_virtual_mosaic_of_tiles_gives_the_map_of_the_whole(tmp_path):
 
 
 def test_bad_inputs_are_input_errors(tmp_path):
-    good = write(tmp_path / "good.tif", np.zeros((3, 40, 40), np.uint8) + 7)
+    good = write(tmp_path / "good.tif", np.arange(3 * 40 * 40).reshape(3, 40, 40).astype(np.uint8))
     two = write(tmp_path / "two.tif", np.zeros((2, 40, 40), np.uint8))
     (tmp_path / "empty.tif").write_bytes(b"")
     (tmp_path / "text.tif").write_text("this is not a raster\n")
@@ -736,7 +775,7 @@ def test_bad_inputs_are_input_errors(tmp_path):
 
 
 def test_unwritable_destination_is_an_input_error(tmp_path):
-    src = write(tmp_path / "in.tif", np.zeros((3, 40, 40), np.uint8) + 7)
+    src = write(tmp_path / "in.tif", np.arange(3 * 40 * 40).reshape(3, 40, 40).astype(np.uint8))
     if os.geteuid() == 0:  # root writes anywhere a permission bit allows nothing: use a filesystem that refuses
         dst = "/proc/d3rsmde-out.tif"
     else:

@@ -141,6 +141,24 @@ def test_alignment_undoes_per_tile_normalisation():
     assert _misfit(grid, tiles, truth, ones, 0 * ones) > 0.1
 
 
+def test_a_flat_tile_out_of_the_gauge_cannot_take_the_scale():
+    """A tile whose map is a constant agrees with its neighbours at any scale. Here the tiles with relief also
+    disagree a little with it at the seams (their maps are not flat there), so with every tile counted equally the
+    cheapest solution gives the flat tile all the scale and the others none; given gauge weight 0 it cannot."""
+    truth = _terrain(160, 220)
+    grid = TileGrid(*truth.shape, 64, 16)
+    tiles = _normalised_tiles(grid, truth)
+    flat = len(grid) // 2
+    tiles[flat] = np.full_like(tiles[flat], 0.5)
+    weights = np.ones(len(grid))
+    weights[flat] = 0.0
+    scale, _ = solve_affines(len(grid), _pairs(grid, tiles), gauge_weights=weights)
+    others = np.delete(scale, flat)
+    assert others.mean() == pytest.approx(1.0, abs=0.01) and np.median(others) > 0.5
+    plain, _ = solve_affines(len(grid), _pairs(grid, tiles))  # control: the flat tile takes the scale
+    assert np.delete(plain, flat).max() < 0.1 < plain[flat]
+
+
 def test_pair_rows_have_the_same_cost_as_all_pixels():
     rng = np.random.default_rng(1)
     p_i, p_j = rng.random((16, 64)), rng.random((16, 64))

@@ -205,12 +205,16 @@ def solve_affines(
     *,
     initial_scale: np.ndarray | float = 1.0,
     initial_shift: np.ndarray | float = 0.0,
+    gauge_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-tile ``(scale, shift)`` that make overlapping tiles agree and, given ``fits``, match their targets.
 
     ``pairs``: ``(i, j, R)`` from :func:`pair_rows`; ``fits``: ``(i, A, rhs)`` from :func:`fit_rows`.
     Overlaps alone are met by any common scale and shift, scale 0 included, so without fits two extra equations
-    hold the mean scale and shift at those of the initial values. One sparse least-squares problem solved with
+    hold the mean scale and shift at those of the initial values, each tile counted by its ``gauge_weights``
+    (default: equally). A flat tile (its map a constant) matches its neighbours at any scale: counted like the
+    others, it could take the whole mean scale and leave the tiles with relief flat; given weight 0, it cannot.
+    One sparse least-squares problem solved with
     LSQR for the correction to the initial values: what the equations leave open (a tile with no overlap or
     target) keeps its initial value.
     """
@@ -239,8 +243,10 @@ def solve_affines(
     x0[1::2] = np.broadcast_to(initial_shift, n_tiles)
     if not n_fits:
         # Weighted like all overlap pixels together, so the gauge holds without fighting the data.
-        w = math.sqrt(max(energy, 1.0)) / n_tiles
-        gauge = np.full((1, n_tiles), w)
+        share = np.full(n_tiles, 1.0 / n_tiles)
+        if gauge_weights is not None and np.sum(gauge_weights) > 0:
+            share = np.asarray(gauge_weights, dtype=np.float64) / np.sum(gauge_weights)
+        gauge = math.sqrt(max(energy, 1.0)) * share[None, :]
         add(gauge, np.arange(0, 2 * n_tiles, 2), gauge @ x0[0::2])
         add(gauge, np.arange(1, 2 * n_tiles, 2), gauge @ x0[1::2])
 

@@ -24,11 +24,12 @@ MIN_REFERENCE_PIXELS = 2  # one reference pixel gives a level but no relief to s
 def align_tiles(grid: TileGrid, store: TileStore, ranges: np.ndarray, reference: Path | None = None,
                 spec: GridSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-tile (scale, shift) that join the tiles in ``store`` into one surface (``ranges``: each tile's (min,
-    max), NaN for a tile without data): of mean scale 1 and mean shift 0, or in the units of the ``reference`` DEM
-    read on ``spec``, the grid the tiles were predicted on."""
+    max), NaN for a tile without data): of mean scale 1 and mean shift 0 over the tiles with relief (a flat tile,
+    min = max, fits any scale and must not take it all), or in the units of the ``reference`` DEM read on ``spec``,
+    the grid the tiles were predicted on."""
     has_data = np.isfinite(ranges).all(axis=1)
     pairs = _overlap_rows(grid, store, has_data)
-    scale, shift = solve_affines(len(grid), pairs)
+    scale, shift = solve_affines(len(grid), pairs, gauge_weights=(has_data & (ranges[:, 1] > ranges[:, 0])) * 1.0)
     if reference is None:
         return scale, shift
     fits = _reference_fits(grid, store, has_data, reference, spec)

@@ -41,6 +41,14 @@ from .reference import keep_reference_lows
 from .tiles import Prefetcher, Source, TileStore
 from .workers import WorkerPool, default_workers
 
+# Below this standard deviation of the stretched image (0..1), in every band, a tile shows no relief to the model:
+# uniform sea with noise of 3 grey levels in 255 measures 0.015-0.020 (band-dependent), the least textured tile of
+# the evaluation scenes (ocean with some coast, a world block) 0.061 in its most varied band, the others 0.12-0.29.
+FEATURELESS_CONTRAST = 0.03
+# A per-tile map with relief spreads over its 0..1: a plane 0.29; the least spread of the bundled model's 124 tile
+# maps of the 9 evaluation scenes 0.087 (coarse only) and 0.086 (T = 6); its coarse maps of calm sea 0.002-0.017.
+STRAY_MAP_SPREAD = 0.05
+
 
 def predict_raster(
     src,
@@ -107,6 +115,10 @@ def predict_raster(
             nodata = ds.nodatavals[indexes[0] - 1]
             extent, notes = _extent_window(ds, bounds)
             lo, hi = stretch_limits(ds, indexes, extent, prep.stretch_percentiles)
+            if (hi <= lo).all():
+                raise InputError(f"{src_path.name} shows no contrast: in every band used ({sorted(set(indexes))}), at least "
+                                 f"{np.ptp(prep.stretch_percentiles):g} % of its pixels have one value, so "
+                                 "there is no relief in it to estimate (an empty, fill or cloud-covered raster?)")
             factor = _gsd_factor(ds, prep.gsd_m) if resample_to_gsd else 1.0
             out_grid = GridSpec.of(ds).within(extent)
         if ref_path is not None:
@@ -179,7 +191,8 @@ def predict_raster(
         "nodata_holes_used": holes,
         "extent": None if bounds is None else list(rasterio.transform.array_bounds(
             out_grid.height, out_grid.width, out_grid.transform)),
-        "warnings": band_notes + out_grid.warnings(src_path) + notes + _hole_warnings(src_path, holes, nodata),
+        "warnings": band_notes + out_grid.warnings(src_path) + notes + _hole_warnings(src_path, holes, nodata)
+        + _featureless_warnings(src_path, ranges),
     }
 
 
@@ -246,14 +259,34 @@ def _infer_tiles(run: _Run) -> tuple[np.ndarray, int]:
     ranges = np.full((len(grid), 2), np.nan)
     holes = 0.0
     with Prefetcher(batches) as prefetched, WorkerPool(run.workers) as pool:
-        for (ids, _, masks, done, closed), pred in pool.map(infer, unless_cancelled(prefetched)):
+        for (ids, images, masks, done, closed), pred in pool.map(infer, unless_cancelled(prefetched)):
             holes += closed
             pred[~masks] = np.nan
-            for i, p, m in zip(ids, pred, masks):
+            for i, image, p, m in zip(ids, images, pred, masks):
+                if featureless(image, p, m):
+                    p[m] = np.median(p[m])
                 run.store.write(i, p)
                 ranges[i] = p[m].min(), p[m].max()
             report(run.progress, 0.9 * done / len(grid), f"tiles {done}/{len(grid)}")
     return ranges, round(holes)
+
+
+def featureless(image: np.ndarray, depth: np.ndarray, valid: np.ndarray) -> bool:
+    """True when a tile shows the model no relief: its stretched image (``3 x H x W`` in [0, 1]) varies by less than
+    :data:`FEATURELESS_CONTRAST` (standard deviation, every band) over its ``valid`` pixels (calm water, cloud, haze
+    or fill), and the model's map of it (min-max stretched per tile) is flat but for a few stray values (standard
+    deviation under :data:`STRAY_MAP_SPREAD`). Such a map is made flat: stretched to the full 0..1 its stray values
+    would be read as a mountain, and gentle real relief under a plain image still gives a map with spread."""
+    return bool(np.all(image[:, valid].std(axis=1) < FEATURELESS_CONTRAST)) and depth[valid].std() < STRAY_MAP_SPREAD
+
+
+def _featureless_warnings(src_path: Path, ranges: np.ndarray) -> list[str]:
+    has_data = np.isfinite(ranges).all(axis=1)
+    flat = int(np.sum(has_data & (ranges[:, 0] == ranges[:, 1])))
+    if not flat:
+        return []
+    return [f"{flat} of {int(has_data.sum())} tiles of {src_path.name} show no contrast (calm water, cloud, haze or "
+            "fill): the model sees no relief there, and the map is flat in them"]
 
 
 def _hole_warnings(src_path: Path, pixels: int, nodata) -> list[str]:
