@@ -116,8 +116,8 @@ def predict_raster(
             extent, notes = _extent_window(ds, bounds)
             lo, hi = stretch_limits(ds, indexes, extent, prep.stretch_percentiles)
             if (hi <= lo).all():
-                raise InputError(f"{src_path.name} shows no contrast: in every band used ({sorted(set(indexes))}), at least "
-                                 f"{np.ptp(prep.stretch_percentiles):g} % of its pixels have one value, so "
+                raise InputError(f"{src_path.name} shows no contrast: in every band used ({sorted(set(indexes))}), "
+                                 f"at least {np.ptp(prep.stretch_percentiles):g} % of its pixels have one value, so "
                                  "there is no relief in it to estimate (an empty, fill or cloud-covered raster?)")
             factor = _gsd_factor(ds, prep.gsd_m) if resample_to_gsd else 1.0
             out_grid = GridSpec.of(ds).within(extent)
@@ -263,7 +263,7 @@ def _infer_tiles(run: _Run) -> tuple[np.ndarray, int]:
             holes += closed
             pred[~masks] = np.nan
             for i, image, p, m in zip(ids, images, pred, masks):
-                if featureless(image, p, m):
+                if _featureless(image, p, m):
                     p[m] = np.median(p[m])
                 run.store.write(i, p)
                 ranges[i] = p[m].min(), p[m].max()
@@ -271,7 +271,7 @@ def _infer_tiles(run: _Run) -> tuple[np.ndarray, int]:
     return ranges, round(holes)
 
 
-def featureless(image: np.ndarray, depth: np.ndarray, valid: np.ndarray) -> bool:
+def _featureless(image: np.ndarray, depth: np.ndarray, valid: np.ndarray) -> bool:
     """True when a tile shows the model no relief: its stretched image (``3 x H x W`` in [0, 1]) varies by less than
     :data:`FEATURELESS_CONTRAST` (standard deviation, every band) over its ``valid`` pixels (calm water, cloud, haze
     or fill), and the model's map of it (min-max stretched per tile) is flat but for a few stray values (standard
