@@ -16,6 +16,7 @@ from synthetic import SyntheticTiles
 from d3rsmde.checkpoint import describe_checkpoint
 from d3rsmde.config import get_config
 from d3rsmde.data import BuildOptions, build_dataset
+from d3rsmde.defaults import FINETUNE_MIN_TILE
 from d3rsmde.errors import Cancelled, InputError
 from d3rsmde.gradient_loss import gradient_matching_loss
 from d3rsmde.hdn_loss import hdn_loss
@@ -576,6 +577,22 @@ def test_finetune_splits_a_small_region_finer_to_hold_some_out(tiny_weights, tmp
     assert (tmp_path / "small.safetensors").is_file()
 
 
+def test_finetune_cuts_a_region_too_small_for_the_models_tile_into_smaller_tiles(tmp_path):
+    """The sample's DEM covers too little of it for training tiles and a held-out block of 256 px (the bundled
+    model's tile): with no tile given, the tile is halved down to FINETUNE_MIN_TILE until they fit, and the result
+    says so; a tile the user gave is kept, and then the region is refused as before."""
+    weights = tmp_path / "tile256.safetensors"
+    D3Pipeline.from_config(dataclasses.replace(get_config("tiny"), tile_size=256)).save_pretrained(weights)
+    result = finetune_region(SAMPLE_RGB, SAMPLE_DEM, weights, tmp_path / "tuned.safetensors", epochs=1,
+                             device="cpu")
+    tile = json.loads(describe_checkpoint(tmp_path / "tuned.safetensors")["metadata"]["finetune"])["tile"]
+    assert FINETUNE_MIN_TILE <= tile < 256 and result["tiles"]["train"] > 0
+    assert any(f"it was cut into tiles of {tile} px" in w for w in result["warnings"])
+    with pytest.raises(InputError, match="fine-tuning needs training tiles and a held-out block"):
+        finetune_region(SAMPLE_RGB, SAMPLE_DEM, weights, tmp_path / "given.safetensors", tile=256, epochs=1,
+                        device="cpu")
+
+
 def test_finetune_refuses_to_overwrite_its_input(tiny_weights):
     with pytest.raises(InputError, match="overwrite"):
         finetune_region(SAMPLE_RGB, SAMPLE_DEM, tiny_weights, tiny_weights, epochs=1)
@@ -629,6 +646,7 @@ import os, sys, torch
 from synthetic import SyntheticTiles
 from d3rsmde.config import get_config
 from d3rsmde.data import BuildOptions, build_dataset
+from d3rsmde.defaults import FINETUNE_MIN_TILE
 from d3rsmde.models import CoarseDepthModel
 from d3rsmde.train import train_coarse
 torch.manual_seed(0)

@@ -14,6 +14,9 @@ FINETUNE_EPOCHS = 30  # fine-tuning on one region: the coarse model's epochs (10
 # often than better; the coarse model alone did better (scripts/finetune_transfer_eval.py, model card).
 FINETUNE_REFINER_EPOCHS = 0
 FINETUNE_BATCH_SIZE = 4  # one region's few tiles; fits a laptop's memory
+# A region too small for training tiles and a held-out block at the model's tile is cut at half and a quarter of it,
+# down to this (the tile of the fine-tuning measurements in the README and the model card).
+FINETUNE_MIN_TILE = 64
 SOURCES_CACHE_ENV = "D3RSMDE_SOURCES"
 # Tiles overlap by this share of the tile size unless the user says otherwise: 32 px at the default 256 infers
 # 1.3 instead of 2.0 pixels per output pixel (overlap 64), and the seams stay under 3x the median roughness

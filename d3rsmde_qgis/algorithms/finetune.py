@@ -53,7 +53,8 @@ class FinetuneRegion(D3Algorithm):
             self.REFINER_EPOCHS, self.tr("Refiner epochs (0 = keep the refiner)"),
             type=QgsProcessingParameterNumber.Integer, minValue=0, defaultValue=FINETUNE_REFINER_EPOCHS))
         self.add_advanced(QgsProcessingParameterNumber(
-            self.TILE, self.tr("Tile size in pixels (empty = from the weights)"),
+            self.TILE, self.tr("Tile size in pixels (empty = from the weights, or half or a quarter of it if the "
+                               "region is too small)"),
             type=QgsProcessingParameterNumber.Integer, minValue=16, optional=True))
         self.add_device_parameter()
         self.addParameter(QgsProcessingParameterFileDestination(

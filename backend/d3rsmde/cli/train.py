@@ -182,7 +182,9 @@ def add_cli(subparsers) -> None:
     tune.add_argument("--refiner-epochs", type=int, default=FINETUNE_REFINER_EPOCHS,
                       help="refiner epochs after the coarse model's (default %(default)s: the refiner is kept; tuned "
                       "on one region's few tiles it hurt the rest of the region more often than it helped)")
-    tune.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
+    tune.add_argument("--tile", type=int, help="tile size in pixels (default: the model's, or half or a quarter of "
+                                               "it when the region is too small for training tiles and a held-out "
+                                               "block at it)")
     tune.add_argument("--batch-size", type=int, default=FINETUNE_BATCH_SIZE, help="default %(default)s")
     tune.add_argument("--min-relief", type=float, default=BuildOptions().min_relief_m,
                       help="least 2-98%% height range of a tile, metres (default %(default)s)")

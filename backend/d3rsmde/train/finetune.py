@@ -22,7 +22,7 @@ import torch
 from ..checkpoint import describe_checkpoint
 from ..data import BuildOptions, build_dataset
 from ..datasets import TileDataset
-from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, FINETUNE_REFINER_EPOCHS, SEED
+from ..defaults import FINETUNE_BATCH_SIZE, FINETUNE_EPOCHS, FINETUNE_MIN_TILE, FINETUNE_REFINER_EPOCHS, SEED
 from ..errors import InputError
 from ..evaluation import mean_tile_metrics, tile_difference, tile_metrics
 from ..pipeline import D3Pipeline
@@ -54,7 +54,8 @@ def finetune_region(
     cancel: Cancel | None = None,
 ) -> dict:
     """Fine-tune ``weights_in`` (None: the shipped weights) on ``image`` + ``dem`` and save ``weights_out``:
-    tiles cut by :func:`~d3rsmde.data.build_dataset` (``options``, tile size ``tile``, default the model's), then
+    tiles cut by :func:`~d3rsmde.data.build_dataset` (``options``, tile size ``tile``; by default the model's, or a
+    half or a quarter of it when the region is too small for training tiles and a held-out block at it), then
     :func:`finetune_tiles`.
 
     ``bands``: the image bands to train on as RGB (as ``predict_raster`` takes them; None: chosen the same way, so
@@ -68,15 +69,22 @@ def finetune_region(
     with tempfile.TemporaryDirectory(prefix="d3rsmde-finetune-") as tmp:
         work = Path(work_dir) if work_dir is not None else Path(tmp)
         pipe = D3Pipeline.from_pretrained(weights_in, device=device)
-        tile = tile or pipe.config.tile_size
-        if tile % pipe.size_multiple:
+        if tile and tile % pipe.size_multiple:
             raise InputError(f"tile size {tile} must be a multiple of {pipe.size_multiple} for this model")
-        for block in _split_blocks(options, tile):
-            built = build_dataset(image, dem, work / "tiles", options.replace(tile_size=tile, block_size=block),
-                                  bands=bands, extent=extent, progress=scaled_progress(progress, 0.0, 0.1),
-                                  cancel=cancel)
-            if built["counts"]["train"] and (built["counts"]["val"] or built["counts"]["test"]):
-                break
+        sizes = [tile] if tile else _tile_sizes(pipe.config.tile_size, pipe.size_multiple)
+        for size in sizes:
+            for block in _split_blocks(options, size):
+                built = build_dataset(image, dem, work / "tiles", options.replace(tile_size=size, block_size=block),
+                                      bands=bands, extent=extent, progress=scaled_progress(progress, 0.0, 0.1),
+                                      cancel=cancel)
+                if built["counts"]["train"] and (built["counts"]["val"] or built["counts"]["test"]):
+                    break
+            else:
+                continue
+            break
+        if size != sizes[0]:
+            built["warnings"].append(f"the region is too small for training tiles and a held-out block of "
+                                     f"{sizes[0]} px: it was cut into tiles of {size} px")
         region = f"fine-tuned on {image} + {dem}" + (f" within {tuple(extent)}" if extent else "")
         result = finetune_tiles(pipe, work / "tiles", weights_out, epochs=epochs, refiner_epochs=refiner_epochs,
                                 batch_size=batch_size, device=device, work_dir=work, region=region,
@@ -167,6 +175,15 @@ def trained_own_inputs(weights: str | os.PathLike) -> float:
         if key in meta:
             return float(json.loads(meta[key]).get("refiner_own_inputs", 0.0))
     return 0.0
+
+
+def _tile_sizes(model_tile: int, multiple: int) -> list[int]:
+    """Tile sizes to try when none was given, largest first: the model's, then halves of it down to
+    :data:`~d3rsmde.defaults.FINETUNE_MIN_TILE` (multiples of ``multiple`` only)."""
+    sizes = [model_tile]
+    while sizes[-1] // 2 >= FINETUNE_MIN_TILE and (sizes[-1] // 2) % multiple == 0:
+        sizes.append(sizes[-1] // 2)
+    return sizes
 
 
 def _split_blocks(options: BuildOptions, tile: int) -> list[int]:
