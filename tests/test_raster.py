@@ -243,6 +243,36 @@ def test_calm_sea_is_flat_and_leaves_the_land_its_relief(tmp_path, monkeypatch, 
         assert not any("show no contrast" in w for w in stats["warnings"])
 
 
+def test_a_paletted_raster_is_read_as_its_colours(tmp_path):
+    """One band of colour-table indexes (an 8-bit image saved with a palette) is read through its table: the map
+    equals that of the same colours stored as RGB (resampled to the model's GSD: nearly). Before 0.5.8 the indexes were read
+    as brightness; the palette here is shuffled, so that gives another map (the control)."""
+    truth = terrain_m(128, 192)
+    level = np.round(255 * (truth - truth.min()) / np.ptp(truth)).astype(np.uint8)
+    colours = np.stack([np.arange(256), 255 - np.arange(256), np.arange(256) // 2], axis=1).astype(np.uint8)
+    order = np.random.default_rng(0).permutation(256)  # palette entry i holds the colour of level order[i]
+    index_of_level = np.argsort(order).astype(np.uint8)
+    rgb = write(tmp_path / "rgb.tif", np.moveaxis(colours[level], -1, 0))
+    paletted = write(tmp_path / "paletted.tif", index_of_level[level][None], photometric="palette")
+    with rasterio.open(paletted, "r+") as ds:
+        ds.write_colormap(1, {i: (*colours[order[i]], 255) for i in range(256)})
+    with rasterio.open(paletted) as ds:
+        assert ds.colorinterp[0] == ColorInterp.palette
+    for resample in (False, True):
+        maps = []
+        for src in (rgb, paletted):
+            out = tmp_path / f"{src.stem}-{resample}.tif"
+            predict_raster(src, out, Oracle(gsd_m=2.0), tile=TILE, overlap=OVERLAP, resample_to_gsd=resample)
+            maps.append(read(out))
+        if resample:  # the RGB image is averaged down, the indexes are taken nearest: close, not equal
+            assert np.corrcoef(maps[1].ravel(), maps[0].ravel())[0, 1] > 0.99
+        else:
+            np.testing.assert_allclose(maps[1], maps[0], atol=1e-5)
+        assert np.corrcoef(maps[1].ravel(), truth.ravel())[0, 1] > 0.99
+    with rasterio.open(paletted) as ds:  # control: the indexes themselves say nothing of the terrain
+        assert abs(np.corrcoef(ds.read(1).ravel().astype(float), truth.ravel())[0, 1]) < 0.2
+
+
 def test_an_image_without_contrast_is_an_input_error(tmp_path):
     src = write(tmp_path / "grey.tif", np.full((3, 100, 150), 128, np.uint8))
     with pytest.raises(InputError, match="shows no contrast"):

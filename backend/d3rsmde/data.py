@@ -25,7 +25,7 @@ from rasterio.windows import bounds as window_bounds
 
 from d3rsmde.bands import guessed_bands_warning, select_bands
 from d3rsmde.geodesy import pixel_size_m
-from d3rsmde.imagery import STRETCH_PERCENTILES, stretch, stretch_limits
+from d3rsmde.imagery import STRETCH_PERCENTILES, read_image, stretch, stretch_limits
 from d3rsmde.errors import InputError
 
 from d3rsmde.datasets import INDEX_NAME, SPLITS, publish_tiles, staged_tiles
@@ -228,7 +228,7 @@ def _cut_tiles(img, elevation, bands: list[int], window: Window, limits: tuple, 
         if hi - lo < o.min_relief_m:
             dropped["flat"] += 1
             continue
-        pixels = stretch(img.read(bands, window=win), *limits)
+        pixels = stretch(read_image(img, bands, win), *limits)
         pixels = np.round(pixels * scale).astype(image_dtype) * valid
         depth = np.where(valid, height, 0.0).astype(np.float32)[None]
         name = f"r{int(win.row_off):06d}_c{int(win.col_off):06d}.npz"

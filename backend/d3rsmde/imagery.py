@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.windows import Window
 
 from .config import STRETCH_PERCENTILES
@@ -17,13 +17,32 @@ from .errors import InputError
 STATS_MAX_SIDE = 1024  # percentiles come from a decimated read: exact enough, flat memory
 
 
+def read_image(src, bands: Sequence[int], window: Window | None = None, out_shape: tuple[int, int] | None = None,
+               resampling: Resampling = Resampling.nearest) -> np.ndarray:
+    """``bands`` of ``src`` (an open rasterio dataset) over ``window``, ``len(bands) x H x W``: what the model sees.
+    A paletted raster (one band of colour-table indexes, e.g. an 8-bit PNG or GeoTIFF saved with a palette) reads
+    as the red, green and blue of its colour table: its indexes are no brightness. Decimated reads take the nearest
+    index, never a mean of indexes."""
+    paletted = src.colorinterp[bands[0] - 1] == ColorInterp.palette
+    shape = None if out_shape is None else (len(bands), *out_shape)
+    data = src.read(list(bands), window=window, out_shape=shape,
+                    resampling=Resampling.nearest if paletted else resampling)
+    if not paletted:
+        return data
+    table = src.colormap(bands[0])
+    lut = np.zeros((max(max(table) + 1, int(data.max()) + 1), 3), np.uint8)
+    for index, rgba in table.items():
+        lut[index] = rgba[:3]
+    return np.moveaxis(lut[data[0]], -1, 0)
+
+
 def stretch_limits(src, bands: Sequence[int], window: Window,
                    percentiles: Sequence[float] = STRETCH_PERCENTILES) -> tuple[np.ndarray, np.ndarray]:
     """Per-band ``percentiles`` (low, high; by default the 1st and 99th) over the valid pixels of ``window``, from
     a decimated read."""
     scale = min(1.0, STATS_MAX_SIDE / max(window.width, window.height))
     shape = (max(1, round(window.height * scale)), max(1, round(window.width * scale)))
-    data = src.read(bands, window=window, out_shape=(len(bands), *shape), resampling=Resampling.nearest)
+    data = read_image(src, bands, window, shape)
     valid = src.dataset_mask(window=window, out_shape=shape, resampling=Resampling.nearest) > 0
     valid &= np.isfinite(data).all(axis=0)  # float rasters may carry NaN/inf without declaring nodata
     if not valid.any():

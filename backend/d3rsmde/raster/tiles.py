@@ -12,11 +12,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from ..imagery import stretch
+from ..imagery import read_image, stretch
 from ..tiling import TileGrid
 from .masks import image_mask
 from .output import GridSpec
@@ -41,6 +41,7 @@ class Source:
         if (ds.width, ds.height, ds.transform) == (self.grid.width, self.grid.height, self.grid.transform):
             return ds
         down = self.grid.width < ds.width
+        paletted = ds.colorinterp[self.indexes[0] - 1] == ColorInterp.palette  # indexes cannot be averaged
         return stack.enter_context(
             WarpedVRT(
                 ds,
@@ -48,7 +49,7 @@ class Source:
                 transform=self.grid.transform,
                 width=self.grid.width,
                 height=self.grid.height,
-                resampling=Resampling.average if down else Resampling.bilinear,
+                resampling=Resampling.nearest if paletted else Resampling.average if down else Resampling.bilinear,
             )
         )
 
@@ -61,7 +62,7 @@ class Source:
         """
         box, (r, c) = grid.box(i), grid.origin(i)
         window = Window(box.col0, box.row0, box.col1 - box.col0, box.row1 - box.row0)
-        data = ds.read(list(self.indexes), window=window)
+        data = read_image(ds, self.indexes, window)
         valid, closed = image_mask(ds, self.indexes, window, self.close_holes)
         finite = np.isfinite(data).all(axis=0)  # float rasters may carry NaN without declaring nodata
         valid &= finite
