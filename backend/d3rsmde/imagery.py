@@ -17,13 +17,18 @@ from .errors import InputError
 STATS_MAX_SIDE = 1024  # percentiles come from a decimated read: exact enough, flat memory
 
 
+def is_paletted(src, band: int) -> bool:
+    """Whether ``band`` of ``src`` holds colour-table indexes (read them nearest: a mean of indexes is no colour)."""
+    return src.colorinterp[band - 1] == ColorInterp.palette
+
+
 def read_image(src, bands: Sequence[int], window: Window | None = None, out_shape: tuple[int, int] | None = None,
                resampling: Resampling = Resampling.nearest) -> np.ndarray:
     """``bands`` of ``src`` (an open rasterio dataset) over ``window``, ``len(bands) x H x W``: what the model sees.
     A paletted raster (one band of colour-table indexes, e.g. an 8-bit PNG or GeoTIFF saved with a palette) reads
     as the red, green and blue of its colour table: its indexes are no brightness. Decimated reads take the nearest
     index, never a mean of indexes."""
-    paletted = src.colorinterp[bands[0] - 1] == ColorInterp.palette
+    paletted = is_paletted(src, bands[0])
     shape = None if out_shape is None else (len(bands), *out_shape)
     data = src.read(list(bands), window=window, out_shape=shape,
                     resampling=Resampling.nearest if paletted else resampling)

@@ -21,6 +21,12 @@ from .tiles import TileStore
 MIN_REFERENCE_PIXELS = 2  # one reference pixel gives a level but no relief to scale the heights by
 
 
+def flat_tiles(ranges: np.ndarray) -> np.ndarray:
+    """Which tiles' maps are a constant (min = max; ``ranges`` as :func:`align_tiles` takes them): drawn flat
+    where the image shows no relief (:mod:`.predict`), they fit any scale."""
+    return np.isfinite(ranges).all(axis=1) & (ranges[:, 0] == ranges[:, 1])
+
+
 def align_tiles(grid: TileGrid, store: TileStore, ranges: np.ndarray, reference: Path | None = None,
                 spec: GridSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-tile (scale, shift) that join the tiles in ``store`` into one surface (``ranges``: each tile's (min,
@@ -29,7 +35,7 @@ def align_tiles(grid: TileGrid, store: TileStore, ranges: np.ndarray, reference:
     the grid the tiles were predicted on."""
     has_data = np.isfinite(ranges).all(axis=1)
     pairs = _overlap_rows(grid, store, has_data)
-    scale, shift = solve_affines(len(grid), pairs, gauge_weights=(has_data & (ranges[:, 1] > ranges[:, 0])) * 1.0)
+    scale, shift = solve_affines(len(grid), pairs, gauge_weights=(has_data & ~flat_tiles(ranges)) * 1.0)
     if reference is None:
         return scale, shift
     fits = _reference_fits(grid, store, has_data, reference, spec)

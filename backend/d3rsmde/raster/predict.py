@@ -33,7 +33,7 @@ from ..geodesy import pixel_size_m
 from ..imagery import stretch_limits
 from ..progress import Cancel, Progress, check_cancel, report
 from ..tiling import TileGrid
-from .calibration import align_tiles
+from .calibration import align_tiles, flat_tiles
 from .io import check_paths, gdal_settings, open_raster, warp_onto
 from .masks import SMALL_HOLE_PIXELS, image_mask, nodata_holes_closable
 from .output import BLOCK, NODATA, GridSpec, VerifiedOutput, finish
@@ -281,12 +281,12 @@ def _featureless(image: np.ndarray, depth: np.ndarray, valid: np.ndarray) -> boo
 
 
 def _featureless_warnings(src_path: Path, ranges: np.ndarray) -> list[str]:
-    has_data = np.isfinite(ranges).all(axis=1)
-    flat = int(np.sum(has_data & (ranges[:, 0] == ranges[:, 1])))
+    flat = int(flat_tiles(ranges).sum())
     if not flat:
         return []
-    return [f"{flat} of {int(has_data.sum())} tiles of {src_path.name} show no contrast (calm water, cloud, haze or "
-            "fill): the model sees no relief there, and the map is flat in them"]
+    tiles = int(np.isfinite(ranges).all(axis=1).sum())
+    return [f"{flat} of {tiles} tiles of {src_path.name} show no contrast (calm water, cloud, haze or fill): the "
+            "model sees no relief there, and the map is flat in them"]
 
 
 def _hole_warnings(src_path: Path, pixels: int, nodata) -> list[str]:

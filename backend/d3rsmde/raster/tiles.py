@@ -12,11 +12,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 import rasterio
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from ..imagery import read_image, stretch
+from ..imagery import is_paletted, read_image, stretch
 from ..tiling import TileGrid
 from .masks import image_mask
 from .output import GridSpec
@@ -40,8 +40,10 @@ class Source:
         ds = stack.enter_context(rasterio.open(self.path))
         if (ds.width, ds.height, ds.transform) == (self.grid.width, self.grid.height, self.grid.transform):
             return ds
-        down = self.grid.width < ds.width
-        paletted = ds.colorinterp[self.indexes[0] - 1] == ColorInterp.palette  # indexes cannot be averaged
+        if is_paletted(ds, self.indexes[0]):
+            resampling = Resampling.nearest
+        else:
+            resampling = Resampling.average if self.grid.width < ds.width else Resampling.bilinear
         return stack.enter_context(
             WarpedVRT(
                 ds,
@@ -49,7 +51,7 @@ class Source:
                 transform=self.grid.transform,
                 width=self.grid.width,
                 height=self.grid.height,
-                resampling=Resampling.nearest if paletted else Resampling.average if down else Resampling.bilinear,
+                resampling=resampling,
             )
         )
 

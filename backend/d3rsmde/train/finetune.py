@@ -72,16 +72,12 @@ def finetune_region(
         if tile and tile % pipe.size_multiple:
             raise InputError(f"tile size {tile} must be a multiple of {pipe.size_multiple} for this model")
         sizes = [tile] if tile else _tile_sizes(pipe.config.tile_size, pipe.size_multiple)
-        for size in sizes:
-            for block in _split_blocks(options, size):
-                built = build_dataset(image, dem, work / "tiles", options.replace(tile_size=size, block_size=block),
-                                      bands=bands, extent=extent, progress=scaled_progress(progress, 0.0, 0.1),
-                                      cancel=cancel)
-                if built["counts"]["train"] and (built["counts"]["val"] or built["counts"]["test"]):
-                    break
-            else:
-                continue
-            break
+        for size, block in [(size, block) for size in sizes for block in _split_blocks(options, size)]:
+            built = build_dataset(image, dem, work / "tiles", options.replace(tile_size=size, block_size=block),
+                                  bands=bands, extent=extent, progress=scaled_progress(progress, 0.0, 0.1),
+                                  cancel=cancel)
+            if built["counts"]["train"] and (built["counts"]["val"] or built["counts"]["test"]):
+                break
         if size != sizes[0]:
             built["warnings"].append(f"the region is too small for training tiles and a held-out block of "
                                      f"{sizes[0]} px: it was cut into tiles of {size} px")
