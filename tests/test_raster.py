@@ -243,6 +243,52 @@ def test_calm_sea_is_flat_and_leaves_the_land_its_relief(tmp_path, monkeypatch, 
         assert not any("show no contrast" in w for w in stats["warnings"])
 
 
+@pytest.mark.parametrize("plain_stretch", [False, True])
+def test_a_cloud_leaves_the_rest_of_the_map_alone(tmp_path, monkeypatch, plain_stretch):
+    """A uniform white cloud over 3.5 % of the sample. Until 0.5.9 it set the top of the stretch (the 99th percentile):
+    the whole image reached the model darker and the heights far from the cloud moved by a median 0.093 of the map's
+    range (0.019 now). Control: the plain 1-99 % stretch."""
+    from d3rsmde import imagery
+    from d3rsmde.pipeline import D3Pipeline
+    from d3rsmde.weights import default_weights_path
+
+    if plain_stretch:
+        monkeypatch.setattr(imagery, "image_limits",
+                            lambda image, valid, percentiles: imagery.band_limits(image[:, valid], percentiles))
+    with rasterio.open(SAMPLE_RGB) as ds:
+        image, profile = ds.read(), ds.profile
+    rows, cols = np.mgrid[: image.shape[1], : image.shape[2]]
+    cover = np.clip((45 - np.hypot(rows - 120, cols - 150)) / 10, 0, 1)  # a soft edge 10 pixels wide
+    with rasterio.open(tmp_path / "cloud.tif", "w", **profile) as ds:
+        ds.write(np.round(image * (1 - cover) + 250 * cover).astype(np.uint8))
+    pipe = D3Pipeline.from_pretrained(default_weights_path(), device="cpu")
+    predict_raster(SAMPLE_RGB, tmp_path / "clear-map.tif", pipe)
+    predict_raster(tmp_path / "cloud.tif", tmp_path / "cloud-map.tif", pipe)
+    far = np.hypot(rows - 120, cols - 150) > 120
+    moved = np.median(np.abs(read(tmp_path / "cloud-map.tif") - read(tmp_path / "clear-map.tif"))[far])
+    print(f"median move far from the cloud: {moved:.3f}")
+    assert (moved > 0.08) if plain_stretch else (moved < 0.04)
+
+
+def test_featureless_patches_do_not_raise_the_top_of_the_stretch():
+    """A bright uniform patch (cloud, fill, saturated snow) is left out of the top; a dark uniform one (calm water)
+    keeps its say in the bottom; a scene without such patches gets the plain 1-99 % limits."""
+    from d3rsmde.imagery import band_limits, image_limits
+
+    rng = np.random.default_rng(0)
+    image = rng.uniform(50, 150, (3, 200, 200)).astype(np.float32)
+    valid = np.ones((200, 200), bool)
+    plain = band_limits(image.reshape(3, -1))
+    assert np.allclose(image_limits(image, valid), plain)
+    clouded, lake = image.copy(), image.copy()
+    clouded[:, :50, :50] = 250  # 6 % of the scene
+    lake[:, :50, :50] = 5
+    low, high = image_limits(clouded, valid)
+    assert np.allclose(low, band_limits(clouded.reshape(3, -1))[0]) and np.all(high < 150)
+    assert np.all(band_limits(clouded.reshape(3, -1))[1] == 250)  # the plain top: the cloud itself
+    assert np.allclose(image_limits(lake, valid), band_limits(lake.reshape(3, -1)))
+
+
 def test_a_paletted_raster_is_read_as_its_colours(tmp_path):
     """One band of colour-table indexes (an 8-bit image saved with a palette) is read through its table: the map
     equals that of the same colours stored as RGB (resampled to the model's GSD: nearly). Before 0.5.8 the indexes were read

@@ -30,7 +30,7 @@ from ..device import default_batch_size, is_out_of_memory
 from ..errors import InputError, OutputError
 from ..files import describe_write_error, staged_output
 from ..geodesy import pixel_size_m
-from ..imagery import stretch_limits
+from ..imagery import FEATURELESS_CONTRAST, stretch_limits
 from ..progress import Cancel, Progress, check_cancel, report
 from ..tiling import TileGrid
 from .calibration import align_tiles, flat_tiles
@@ -41,10 +41,6 @@ from .reference import keep_reference_lows
 from .tiles import Prefetcher, Source, TileStore
 from .workers import WorkerPool, default_workers
 
-# Below this standard deviation of the stretched image (0..1), in every band, a tile shows no relief to the model:
-# uniform sea with noise of 3 grey levels in 255 measures 0.015-0.020 (band-dependent), the least textured tile of
-# the evaluation scenes (ocean with some coast, a world block) 0.061 in its most varied band, the others 0.12-0.29.
-FEATURELESS_CONTRAST = 0.03
 # A per-tile map with relief spreads over its 0..1: a plane 0.29; the least spread of the bundled model's 124 tile
 # maps of the 9 evaluation scenes 0.087 (coarse only) and 0.086 (T = 6); its coarse maps of calm sea 0.002-0.017.
 STRAY_MAP_SPREAD = 0.05
