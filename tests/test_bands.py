@@ -42,6 +42,9 @@ def test_parse_bands_refuses_what_is_not_a_band_number(value):
     (7, ["gray"] + ["undefined"] * 6, [f"SR_B{i}" for i in range(1, 8)], [1, 2, 3]),  # Landsat 5/7 or 8: unsure
     (8, ["gray"] + ["undefined"] * 7, [f"SR_B{i}" for i in range(1, 8)] + ["ST_B10"], [4, 3, 2]),  # Landsat 8/9
     (13, ["gray"] + ["undefined"] * 12, [None] * 13, [1, 2, 3]),
+    (4, ["gray"] + ["undefined"] * 3, ["B2", "B3", "B4", "B8"], [3, 2, 1]),  # Sentinel-2's 10 m bands
+    (4, ["gray"] + ["undefined"] * 3, ["B08", "B04", "B03", "B02"], [2, 3, 4]),
+    (4, ["gray"] + ["undefined"] * 3, ["B1", "B2", "B3", "B4"], [1, 2, 3]),  # Landsat 4-7 or 8: unsure
 ])
 def test_default_bands_from_what_the_raster_says(count, colors, descriptions, expected):
     assert default_bands(count, colors, descriptions) == expected
@@ -89,6 +92,7 @@ def test_bands_guessed_blindly_from_four_or_more_silent_bands_are_warned_about(t
     for path, bands, warned in [
         (landsat7, None, True), (landsat7, "3,2,1", False), (write_raster(tmp_path / "rgb.tif", 3), None, False),
         (write_raster(tmp_path / "s2.tif", 13, SENTINEL2_L1C), None, False),
+        (write_raster(tmp_path / "s2-10m.tif", 4, ["B2", "B3", "B4", "B8"]), None, False),
         (write_raster(tmp_path / "rgba.tif", 4, colorinterp=[ColorInterp.red, ColorInterp.green, ColorInterp.blue,
                                                             ColorInterp.alpha]), None, False),
     ]:

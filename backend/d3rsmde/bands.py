@@ -12,9 +12,11 @@ from .errors import InputError
 RGB = ("red", "green", "blue")
 # Band names in which B2, B3, B4 are blue, green, red: Sentinel-2 (B1..B12, B8A) and Landsat 8/9 (B1..B11).
 # Landsat 4-7 also name bands B1..B7 but with B3 = red, so the layout is trusted only when a band beyond B8
-# (B8A, B9..B12) is present, which Landsat 4-7 never have.
-SENTINEL2_LANDSAT8_RGB = ("4", "3", "2")
+# (B8A, B9..B12) is present, which Landsat 4-7 never have, or when the bands are exactly Sentinel-2's four 10 m
+# bands (B2, B3, B4, B8: the usual Sentinel-2 export; B8 of Landsat 7 is a 15 m panchromatic band that no stack of
+# its 30 m bands 2-4 holds without band 1).
 SENTINEL2_LANDSAT8_ONLY = {"8a", "9", "10", "11", "12"}
+SENTINEL2_10M = {"2", "3", "4", "8"}
 # Words that disqualify a colour word in a description: "red edge", "near infrared", "coastal blue".
 NOT_VISIBLE = {"edge", "rededge", "nir", "infrared", "coastal", "aerosol"}
 
@@ -66,7 +68,7 @@ def _hinted_bands(colors: Sequence[str], descriptions: Sequence[str | None]) -> 
     if by_words:
         return by_words
     names = [_band_name(text) for text in descriptions]
-    if SENTINEL2_LANDSAT8_ONLY & set(names):
+    if SENTINEL2_LANDSAT8_ONLY & set(names) or sorted(names) == sorted(SENTINEL2_10M):
         return _indexes(["red" if n == "4" else "green" if n == "3" else "blue" if n == "2" else "" for n in names])
     return None
 
