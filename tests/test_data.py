@@ -106,6 +106,25 @@ def test_tile_filters_drop_nodata_sea_and_flat_tiles(tmp_path):
     assert strict["dropped"]["sea"] == 4 and strict["counts"]["train"] == 2
 
 
+@pytest.mark.parametrize("find_collar", [True, False])
+def test_an_undeclared_fill_border_is_nodata_to_training_too(tmp_path, monkeypatch, find_collar):
+    """The scene above with its white fill column left undeclared (no nodata value): found as a collar, it drops
+    the same tiles as declared nodata, with a warning. Control: not looked for, it is cut into training tiles."""
+    from d3rsmde import data
+
+    if not find_collar:
+        monkeypatch.setattr(data, "collar_value", lambda ds, bands: None)
+    image, dem = filter_scene(tmp_path)
+    with rasterio.open(image) as src:
+        pixels, profile = src.read(), src.profile
+    profile["nodata"] = None
+    with rasterio.open(tmp_path / "undeclared.tif", "w", **profile) as dst:
+        dst.write(pixels)
+    result = build_dataset(tmp_path / "undeclared.tif", dem, tmp_path / "ds", BuildOptions(tile_size=32, block_size=512, val_fraction=0, test_fraction=0, min_relief_m=10, max_sea_fraction=0.5))
+    warned = any("a border of 255 in every band" in w for w in result["warnings"])
+    assert (result["dropped"]["nodata"], warned) == ((2, True) if find_collar else (0, False))
+
+
 def test_split_blocks_are_spatially_disjoint(tmp_path):
     size, tile, block = 512, 32, 128
     height = ramp_terrain(size, size)

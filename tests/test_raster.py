@@ -243,50 +243,60 @@ def test_calm_sea_is_flat_and_leaves_the_land_its_relief(tmp_path, monkeypatch, 
         assert not any("show no contrast" in w for w in stats["warnings"])
 
 
-@pytest.mark.parametrize("plain_stretch", [False, True])
-def test_a_cloud_leaves_the_rest_of_the_map_alone(tmp_path, monkeypatch, plain_stretch):
-    """A uniform white cloud over 3.5 % of the sample. Until 0.5.9 it set the top of the stretch (the 99th percentile):
-    the whole image reached the model darker and the heights far from the cloud moved by a median 0.093 of the map's
-    range (0.019 now). Control: the plain 1-99 % stretch."""
-    from d3rsmde import imagery
+@pytest.mark.parametrize("find_collar", [True, False])
+def test_an_undeclared_black_border_is_nodata(tmp_path, monkeypatch, find_collar):
+    """The sample turned by 12 degrees inside a black border, with no nodata value (a rotated scene stacked without
+    one): its map equals that of the same image with the border as an alpha band, with nodata over the border and
+    a warning. Control: not looked for, the border is a plain in the map and the image's map changes."""
+    from scipy import ndimage
     from d3rsmde.pipeline import D3Pipeline
+    from d3rsmde.raster import predict
     from d3rsmde.weights import default_weights_path
 
-    if plain_stretch:
-        monkeypatch.setattr(imagery, "image_limits",
-                            lambda image, valid, percentiles: imagery.band_limits(image[:, valid], percentiles))
+    if not find_collar:
+        monkeypatch.setattr(predict, "collar_value", lambda ds, indexes: None)
     with rasterio.open(SAMPLE_RGB) as ds:
-        image, profile = ds.read(), ds.profile
-    rows, cols = np.mgrid[: image.shape[1], : image.shape[2]]
-    cover = np.clip((45 - np.hypot(rows - 120, cols - 150)) / 10, 0, 1)  # a soft edge 10 pixels wide
-    with rasterio.open(tmp_path / "cloud.tif", "w", **profile) as ds:
-        ds.write(np.round(image * (1 - cover) + 250 * cover).astype(np.uint8))
+        image, valid = ds.read(), ds.dataset_mask() > 0
+    nearest = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    image = image[:, nearest[0], nearest[1]]  # the sample's own nodata border filled with image
+    turned = np.stack([ndimage.rotate(band, 12, order=0) for band in image])
+    inside = ndimage.rotate(np.ones(image.shape[1:], np.uint8), 12, order=0) > 0
+    turned[:, ~inside] = 0
+    bare = write(tmp_path / "bare.tif", turned)
+    alpha = write(tmp_path / "alpha.tif", np.concatenate([turned, 255 * inside[None].astype(np.uint8)]),
+                  photometric="RGB", alpha="YES")
     pipe = D3Pipeline.from_pretrained(default_weights_path(), device="cpu")
-    predict_raster(SAMPLE_RGB, tmp_path / "clear-map.tif", pipe)
-    predict_raster(tmp_path / "cloud.tif", tmp_path / "cloud-map.tif", pipe)
-    far = np.hypot(rows - 120, cols - 150) > 120
-    moved = np.median(np.abs(read(tmp_path / "cloud-map.tif") - read(tmp_path / "clear-map.tif"))[far])
-    print(f"median move far from the cloud: {moved:.3f}")
-    assert (moved > 0.08) if plain_stretch else (moved < 0.04)
+    stats = predict_raster(bare, tmp_path / "bare-map.tif", pipe, refine_steps=0)
+    predict_raster(alpha, tmp_path / "alpha-map.tif", pipe, refine_steps=0)
+    with rasterio.open(tmp_path / "bare-map.tif") as a, rasterio.open(tmp_path / "alpha-map.tif") as b:
+        bare_map, alpha_map = a.read(1, masked=True), b.read(1, masked=True)
+    assert np.array_equal(alpha_map.mask, ~inside)
+    warned = any("a border of 0 in every band surrounds the image" in w for w in stats["warnings"])
+    if find_collar:
+        assert warned and np.array_equal(bare_map.mask, ~inside) and np.abs(bare_map - alpha_map).max() < 1e-6
+    else:
+        assert not warned and not bare_map.mask.any()
+        assert np.median(np.abs(bare_map - alpha_map)[inside]) > 0.02  # 0.046 (coarse only)
 
 
-def test_featureless_patches_do_not_raise_the_top_of_the_stretch():
-    """A bright uniform patch (cloud, fill, saturated snow) is left out of the top; a dark uniform one (calm water)
-    keeps its say in the bottom; a scene without such patches gets the plain 1-99 % limits."""
-    from d3rsmde.imagery import band_limits, image_limits
+def test_collar_value_finds_fill_borders_only():
+    from rasterio.io import MemoryFile
+    from d3rsmde.raster.masks import collar_value
 
-    rng = np.random.default_rng(0)
-    image = rng.uniform(50, 150, (3, 200, 200)).astype(np.float32)
-    valid = np.ones((200, 200), bool)
-    plain = band_limits(image.reshape(3, -1))
-    assert np.allclose(image_limits(image, valid), plain)
-    clouded, lake = image.copy(), image.copy()
-    clouded[:, :50, :50] = 250  # 6 % of the scene
-    lake[:, :50, :50] = 5
-    low, high = image_limits(clouded, valid)
-    assert np.allclose(low, band_limits(clouded.reshape(3, -1))[0]) and np.all(high < 150)
-    assert np.all(band_limits(clouded.reshape(3, -1))[1] == 250)  # the plain top: the cloud itself
-    assert np.allclose(image_limits(lake, valid), band_limits(lake.reshape(3, -1)))
+    image = np.random.default_rng(0).integers(1, 255, (3, 100, 100)).astype(np.uint8)
+    cases = []
+    black = image.copy(); black[:, :, :20] = 0; cases.append((black, {}, 0.0))
+    white = image.copy(); white[:, -20:] = 255; cases.append((white, {}, 255.0))
+    speck = image.copy(); speck[:, :5, :1] = 0; cases.append((speck, {}, None))  # 0.05 %: image
+    shadow = image.copy(); shadow[:, 30:60, :10] = 0; cases.append((shadow, {}, None))  # at the edge, no corner
+    lake = image.copy(); lake[:, 40:60, 40:60] = 0; cases.append((lake, {}, None))  # inside, away from the edge
+    cases.append((black, {"nodata": 0}, None))  # declared: taken as the raster says
+    for data, profile, expected in cases:
+        with MemoryFile() as mem:
+            with mem.open(driver="GTiff", width=100, height=100, count=3, dtype="uint8", **profile) as ds:
+                ds.write(data)
+            with mem.open() as ds:
+                assert collar_value(ds, [1, 2, 3]) == expected
 
 
 def test_a_paletted_raster_is_read_as_its_colours(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,6 +33,7 @@ from d3rsmde.datasets import INDEX_NAME, SPLITS, publish_tiles, staged_tiles
 from d3rsmde.defaults import SEED
 from d3rsmde.progress import Cancel, Progress, check_cancel, report
 from d3rsmde.raster.io import warp_onto
+from d3rsmde.raster.masks import collar_masked, collar_value, collar_warning
 
 
 @dataclass(frozen=True)
@@ -157,9 +159,15 @@ def build_dataset(
     """
     o = options
     out_dir = Path(out_dir)
-    with _open_raster(image, "image") as img, _open_raster(dem, "elevation") as dem_src:
+    with ExitStack() as stack:
+        img = stack.enter_context(_open_raster(image, "image"))
+        dem_src = stack.enter_context(_open_raster(dem, "elevation"))
         notes = guessed_bands_warning(img, bands)
         bands = select_bands(img, bands)
+        collar = collar_value(img, bands)
+        if collar is not None:  # masked as the raster engine masks it at inference
+            notes.append(collar_warning(Path(image).name, collar))
+            img = stack.enter_context(collar_masked(img, collar))
         window = _window_for(img, extent, o.tile_size)
         low, high = stretch_limits(img, bands, window)
         image_dtype = np.uint8 if img.dtypes[bands[0] - 1] == "uint8" else np.uint16

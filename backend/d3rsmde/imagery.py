@@ -1,7 +1,6 @@
 """Imagery preprocessing shared by inference and training-data building (the role of diffusers' image processor):
 bands chosen by :mod:`d3rsmde.bands`, then each band stretched linearly from its robust 1-99 percentiles over the
-whole raster to [0, 1], featureless patches kept from raising the top (:func:`image_limits`). Tiles cut for
-training and rendered tiles are stretched exactly as the raster engine stretches at inference.
+whole raster to [0, 1]. Tiles cut for training are stretched exactly as the raster engine stretches at inference.
 """
 
 from __future__ import annotations
@@ -11,17 +10,11 @@ from typing import Sequence
 import numpy as np
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.windows import Window
-from scipy import ndimage
 
 from .config import STRETCH_PERCENTILES
 from .errors import InputError
 
 STATS_MAX_SIDE = 1024  # percentiles come from a decimated read: exact enough, flat memory
-# Below this standard deviation of the stretched image (0..1), in every band, an area shows no relief: uniform sea
-# with noise of 3 grey levels in 255 measures 0.015-0.020 (band-dependent), the least textured tile of the
-# evaluation scenes (ocean with some coast, a world block) 0.061 in its most varied band, the others 0.12-0.29.
-FEATURELESS_CONTRAST = 0.03
-FEATURELESS_WINDOW = 5  # pixels of the statistics read over which a patch is judged featureless
 
 
 def is_paletted(src, band: int) -> bool:
@@ -59,34 +52,7 @@ def stretch_limits(src, bands: Sequence[int], window: Window,
     valid &= np.isfinite(data).all(axis=0)  # float rasters may carry NaN/inf without declaring nodata
     if not valid.any():
         raise InputError(f"{src.name} has no valid pixels in the chosen extent (all nodata or masked)")
-    return image_limits(data, valid, percentiles)
-
-
-def image_limits(image: np.ndarray, valid: np.ndarray,
-                 percentiles: Sequence[float] = STRETCH_PERCENTILES) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band (low, high) stretch limits of ``image`` (bands x H x W) over its ``valid`` pixels, the top taken
-    without featureless patches (:func:`featureless_pixels`, widened by their window to drop their soft edges).
-    A cloud, fill or saturated snowfield over more than 1 % of a scene would otherwise set the top and darken the
-    whole image the model sees: a cloud over 3.5 % of the bundled sample moved the heights far from it by a median
-    9 % of the map's range (2 % with this rule). Featureless dark patches (calm water) keep their say in the
-    bottom, as in the training renders, which have water but no clouds."""
-    low, high = band_limits(image[:, valid], percentiles)
-    flat = ndimage.binary_dilation(featureless_pixels(stretch(image, low, high)),
-                                   np.ones((FEATURELESS_WINDOW, FEATURELESS_WINDOW), bool))
-    textured = valid & ~flat
-    if textured.sum() >= 0.01 * valid.sum():
-        top = band_limits(image[:, textured], percentiles)[1]
-        high = np.where(top > low, np.minimum(high, top), high)
-    return low, high
-
-
-def featureless_pixels(stretched: np.ndarray) -> np.ndarray:
-    """H x W: pixels whose :data:`FEATURELESS_WINDOW`-square neighbourhood of ``stretched`` (bands x H x W in
-    [0, 1]) varies by less than :data:`FEATURELESS_CONTRAST` (standard deviation) in every band."""
-    size = (0, FEATURELESS_WINDOW, FEATURELESS_WINDOW)
-    mean = ndimage.uniform_filter(stretched, size)
-    spread = np.sqrt(np.maximum(ndimage.uniform_filter(stretched * stretched, size) - mean * mean, 0.0))
-    return (spread < FEATURELESS_CONTRAST).all(axis=0)
+    return band_limits(data[:, valid], percentiles)
 
 
 def band_limits(pixels: np.ndarray,

@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from .datasets import INDEX_NAME, SPLITS, publish_tiles, staged_tiles
 from .defaults import SEED
-from .imagery import image_limits, stretch
+from .imagery import band_limits, stretch
 from .dems import DEM, load_dem
 from .errors import InputError
 from .render import render_dem
@@ -104,7 +104,7 @@ def stretched_render(height: np.ndarray, gsd_m: float, seed: int, water_level: f
     band) into uint8, so a render and an inference tile reach the model in the same value range."""
     image, info = render_dem(height, gsd_m, seed, water_level=water_level, dry_share=dry_share,
                              settled_share=settled_share)
-    return np.round(stretch(image, *image_limits(image, np.ones(image.shape[1:], bool))) * 255).astype(np.uint8), info
+    return np.round(stretch(image, *band_limits(image.reshape(3, -1))) * 255).astype(np.uint8), info
 
 
 def _render_job(job: dict, dry_share: float, settled_share: float) -> tuple[np.ndarray, dict]:

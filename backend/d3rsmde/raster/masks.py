@@ -7,6 +7,11 @@ they would be dark dots in the model's input and holes in the height map, which 
 lines downstream. So an enclosed hole of at most :data:`SMALL_HOLE_PIXELS` pixels in a mask that comes from a
 nodata value is taken as image data, its pixel values as they are. Larger holes, holes that reach the raster's
 edge, and alpha or internal masks (a producer's explicit "transparent") stay nodata.
+
+A raster that declares no mask at all may still have a fill border ("collar") of one value around the image: a
+rotated Landsat or Sentinel-2 scene stacked without a nodata value, or a viewer's export. Read as image it is a
+black plain (or a white wall) in the map and skews the stretch, so :func:`collar_value` finds it and
+:func:`collar_masked` masks it.
 """
 
 from __future__ import annotations
@@ -15,10 +20,14 @@ from typing import Sequence
 
 import numpy as np
 from rasterio.enums import MaskFlags
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from scipy import ndimage
 
+from ..imagery import STATS_MAX_SIDE, is_paletted, read_image
+
 SMALL_HOLE_PIXELS = 64  # the largest enclosed nodata hole (8-connected pixels) taken as image data
+COLLAR_MIN_SHARE = 0.01  # a fill border over at least this share of an unmasked raster is masked as a collar
 
 
 def nodata_holes_closable(ds, indexes: Sequence[int]) -> bool:
@@ -51,3 +60,36 @@ def image_mask(ds, indexes: Sequence[int], window: Window, close_holes: bool) ->
                   int(window.col_off) - col0 : int(window.col_off) - col0 + valid.shape[1]]
     closed = small[holes[inner]]
     return valid | closed, closed
+
+
+def collar_value(ds, indexes: Sequence[int]) -> float | None:
+    """The value of the fill border of an unmasked raster, or None: pixels equal to 0 (or to the largest value of
+    an integer type) in every band of ``indexes``, connected to a corner of the raster (a rotated scene's collar
+    holds all four, a padded strip two; a black shadow or a white roof at the edge seldom one), over at least
+    :data:`COLLAR_MIN_SHARE` of it (judged on a decimated read). Rasters with a nodata value, an alpha band or a
+    mask, and paletted ones, are taken as they say."""
+    if is_paletted(ds, indexes[0]) or not all(MaskFlags.all_valid in ds.mask_flag_enums[i - 1] for i in indexes):
+        return None
+    scale = min(1.0, STATS_MAX_SIDE / max(ds.width, ds.height))
+    shape = (max(1, round(ds.height * scale)), max(1, round(ds.width * scale)))
+    data = read_image(ds, indexes, out_shape=shape)
+    dtype = np.dtype(ds.dtypes[indexes[0] - 1])
+    shares = {}
+    for value in [0] + ([np.iinfo(dtype).max] if dtype.kind in "ui" else []):
+        parts, _ = ndimage.label((data == value).all(axis=0), structure=np.ones((3, 3), bool))
+        corners = parts[[0, 0, -1, -1], [0, -1, 0, -1]]
+        shares[float(value)] = np.isin(parts, corners[corners > 0]).mean()
+    value = max(shares, key=shares.get)
+    return value if shares[value] >= COLLAR_MIN_SHARE else None
+
+
+def collar_masked(ds, value: float) -> WarpedVRT:
+    """``ds`` on its own grid, its pixels equal to ``value`` in every band masked (an alpha band: GDAL's unified
+    source nodata), every value as it is."""
+    return WarpedVRT(ds, src_nodata=value, add_alpha=True, crs=ds.crs, transform=ds.transform, width=ds.width,
+                     height=ds.height, warp_extras={"UNIFIED_SRC_NODATA": "YES"})
+
+
+def collar_warning(name: str, value: float) -> str:
+    return (f"{name} declares no nodata value, but a border of {value:g} in every band surrounds the image (as around "
+            "a rotated scene): it was read as nodata, and the height map has none there")

@@ -12,7 +12,7 @@ import math
 import os
 import time
 import warnings
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -30,17 +30,22 @@ from ..device import default_batch_size, is_out_of_memory
 from ..errors import InputError, OutputError
 from ..files import describe_write_error, staged_output
 from ..geodesy import pixel_size_m
-from ..imagery import FEATURELESS_CONTRAST, stretch_limits
+from ..imagery import stretch_limits
 from ..progress import Cancel, Progress, check_cancel, report
 from ..tiling import TileGrid
 from .calibration import align_tiles, flat_tiles
 from .io import check_paths, gdal_settings, open_raster, warp_onto
-from .masks import SMALL_HOLE_PIXELS, image_mask, nodata_holes_closable
+from .masks import (SMALL_HOLE_PIXELS, collar_masked, collar_value, collar_warning, image_mask,
+                    nodata_holes_closable)
 from .output import BLOCK, NODATA, GridSpec, VerifiedOutput, finish
 from .reference import keep_reference_lows
 from .tiles import Prefetcher, Source, TileStore
 from .workers import WorkerPool, default_workers
 
+# Below this standard deviation of the stretched image (0..1), in every band, a tile shows no relief to the model:
+# uniform sea with noise of 3 grey levels in 255 measures 0.015-0.020 (band-dependent), the least textured tile of
+# the evaluation scenes (ocean with some coast, a world block) 0.061 in its most varied band, the others 0.12-0.29.
+FEATURELESS_CONTRAST = 0.03
 # A per-tile map with relief spreads over its 0..1: a plane 0.29; the least spread of the bundled model's 124 tile
 # maps of the 9 evaluation scenes 0.087 (coarse only) and 0.086 (T = 6); its coarse maps of calm sea 0.002-0.017.
 STRAY_MAP_SPREAD = 0.05
@@ -110,7 +115,11 @@ def predict_raster(
             close_holes = nodata_holes_closable(ds, indexes)
             nodata = ds.nodatavals[indexes[0] - 1]
             extent, notes = _extent_window(ds, bounds)
-            lo, hi = stretch_limits(ds, indexes, extent, prep.stretch_percentiles)
+            collar = collar_value(ds, indexes)
+            if collar is not None:
+                band_notes.append(collar_warning(src_path.name, collar))
+            with nullcontext(ds) if collar is None else collar_masked(ds, collar) as seen:
+                lo, hi = stretch_limits(seen, indexes, extent, prep.stretch_percentiles)
             if (hi <= lo).all():
                 raise InputError(f"{src_path.name} shows no contrast: in every band used ({sorted(set(indexes))}), "
                                  f"at least {np.ptp(prep.stretch_percentiles):g} % of its pixels have one value, so "
@@ -122,7 +131,7 @@ def predict_raster(
                 if ref.crs is None or out_grid.crs is None:
                     raise InputError(f"to use a reference DEM, {ref_path.name} and {src_path.name} both need a CRS")
                 ref_units = ref.units[0] if ref.units and ref.units[0] else "m"
-        source = Source(src_path, tuple(indexes), lo, hi, out_grid.scaled(factor), close_holes)
+        source = Source(src_path, tuple(indexes), lo, hi, out_grid.scaled(factor), close_holes, collar)
         _check_tile_fits(tile, source.grid, prep.tile_size, multiple)
         # A tile's outer pixels carry the model's edge artefact (the VAE decoder's bright frame: 17x the median
         # |second difference| at the edge pixel, 3x at 7 pixels, bundled model at tile 128); none of them reaches
@@ -356,8 +365,10 @@ def _scratch_pass(path: Path, grid: GridSpec, write: Callable[[VerifiedOutput], 
 def _resample_back(run: _Run, work: Path, out: VerifiedOutput, grid: GridSpec) -> None:
     """Warp the model-GSD result onto the output ``grid`` (the input's, within the extent), one band of rows at a
     time, masked like the input."""
-    with rasterio.open(work) as w, rasterio.open(run.source.path) as src, \
-            warp_onto(w, grid, Resampling.bilinear) as vrt:
+    with ExitStack() as stack:
+        w = stack.enter_context(rasterio.open(work))
+        src = run.source.open_native(stack)
+        vrt = stack.enter_context(warp_onto(w, grid, Resampling.bilinear))
         for row0 in range(0, grid.height, BLOCK):
             check_cancel(run.cancel, message="cancelled while writing the output")
             window = Window(0, row0, grid.width, min(BLOCK, grid.height - row0))

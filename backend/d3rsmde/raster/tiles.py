@@ -18,7 +18,7 @@ from rasterio.windows import Window
 
 from ..imagery import is_paletted, read_image, stretch
 from ..tiling import TileGrid
-from .masks import image_mask
+from .masks import collar_masked, image_mask
 from .output import GridSpec
 
 PREFETCH_BATCHES = 2
@@ -26,8 +26,8 @@ PREFETCH_BATCHES = 2
 
 @dataclass(frozen=True)
 class Source:
-    """How model input is read: bands, stretch, the grid it is read on (resampled for the model's GSD), and
-    whether small nodata holes are image data (:mod:`.masks`)."""
+    """How model input is read: bands, stretch, the grid it is read on (resampled for the model's GSD), whether
+    small nodata holes are image data and the value of a fill border to mask (:mod:`.masks`)."""
 
     path: Path
     indexes: tuple[int, ...]
@@ -35,9 +35,16 @@ class Source:
     hi: np.ndarray
     grid: GridSpec
     close_holes: bool
+    collar: float | None = None
+
+    def open_native(self, stack: ExitStack):
+        """The raster on its own grid, its fill border masked."""
+        ds = stack.enter_context(rasterio.open(self.path))
+        return ds if self.collar is None else stack.enter_context(collar_masked(ds, self.collar))
 
     def open(self, stack: ExitStack):
-        ds = stack.enter_context(rasterio.open(self.path))
+        """The raster on the grid the model runs on."""
+        ds = self.open_native(stack)
         if (ds.width, ds.height, ds.transform) == (self.grid.width, self.grid.height, self.grid.transform):
             return ds
         if is_paletted(ds, self.indexes[0]):
