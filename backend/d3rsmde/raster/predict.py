@@ -72,8 +72,8 @@ def predict_raster(
     """Predict a height map for the raster at ``src`` and write it to ``dst`` (.tif/.tiff) as a float32 GeoTIFF.
 
     The output has the input's size and georeferencing (CRS and transform, or GCPs, or RPCs), nodata where the
-    input is nodata or transparent (small enclosed holes where it equals its nodata value excepted:
-    :mod:`.masks`), and is relative height 0..1 over the whole raster, or metres (the reference's
+    input is nodata or transparent or in the fill border of an unmasked raster (small enclosed holes where it
+    equals its nodata value excepted: :mod:`.masks`), and is relative height 0..1 over the whole raster, or metres (the reference's
     units) when ``reference_dem`` (any raster, any CRS and resolution, at least 2 pixels over the input) is
     given: then the output follows the reference at the reference's resolution and the model adds the relief
     below it (:mod:`.reference`). The image is prepared as the weights' preprocessing config says
