@@ -26,7 +26,7 @@ from d3rsmde.plbr import PLBRSchedule, refine_step
 from d3rsmde.train import finetune_region, fit, train_coarse, train_pipeline, train_refiner, train_vae
 from d3rsmde.cli.train import add_cli, train_config
 from d3rsmde.train.coarse import COARSE_SETTINGS, CoarseLoss
-from d3rsmde.train.augment import flip_rotate, random_crop
+from d3rsmde.train.augment import flip_rotate, photometric_jitter, random_crop
 from d3rsmde.train.common import evaluate_loss
 from d3rsmde.train.finetune import trained_own_inputs
 from d3rsmde.train.refiner import REFINER_SETTINGS, RefinerLoss, WithCoarse
@@ -83,6 +83,23 @@ def test_random_crop_cuts_one_window_from_all_maps():
         corners.add(int(out["image"][0, 0, 0]))
     assert len(corners) > 10  # the window moves
     assert random_crop(item, 16, gen)["image"] is image and random_crop(item, 32, gen)["image"] is image
+
+
+def test_photometric_jitter_changes_the_image_alone_within_its_range():
+    image = torch.rand(3, 16, 16)
+    item = {"image": image, "depth": image[:1].clone(), "mask": image[:1] > 0.5, "name": "x"}
+    assert photometric_jitter(item, 0.0) is item
+    gen = torch.Generator().manual_seed(0)
+    means, spreads = [], []
+    for _ in range(200):
+        out = photometric_jitter(item, 1.0, gen)
+        assert out["depth"] is item["depth"] and out["mask"] is item["mask"] and out["name"] == "x"
+        assert out["image"].shape == image.shape and 0 <= out["image"].min() and out["image"].max() <= 1
+        means.append(float(out["image"].mean()))
+        spreads.append(float(out["image"].std()))
+    assert np.ptp(means) > 0.3 and np.ptp(spreads) > 0.1  # brightness and contrast both move
+    again = photometric_jitter(item, 1.0, torch.Generator().manual_seed(0))["image"]
+    assert torch.equal(again, photometric_jitter(item, 1.0, torch.Generator().manual_seed(0))["image"])
 
 
 def test_vae_gradient_term_sees_lost_slopes_not_offsets():

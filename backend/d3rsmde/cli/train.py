@@ -52,6 +52,7 @@ def _cli_train(args) -> int:
         device=args.device, resume=not args.restart,
         batch_size=args.batch_size, num_workers=args.workers,
         steps_per_epoch=args.steps_per_epoch, average_from=args.average_from, seed=args.seed,
+        photometric=args.photometric_jitter,
         progress=terminal_progress(),
         max_shard_bytes=_shard_bytes(args), init_weights=args.init_weights,
     )
@@ -154,6 +155,10 @@ def add_cli(subparsers) -> None:
     train.add_argument("--refiner-decoded-weight", type=float, default=0.0, metavar="W",
                        help="add W x a loss on the decoded map (L1 and gradient matching, through the frozen "
                             "decoder) to the refiner's latent L1 (default %(default)s: the paper's latent L1 alone)")
+    train.add_argument("--photometric-jitter", type=float, default=0.0, metavar="S",
+                       help="give each training image a random gamma, contrast, brightness and band gains of "
+                            "strength S (1: gamma x0.67-1.49, contrast x0.6-1.4, brightness +-0.15, gains +-10 %%; "
+                            "default %(default)s: none)")
     train.add_argument("--k", type=int, default=5, help="coarse folds (default %(default)s)")
     train.add_argument("--fold-epochs", type=int, help="epochs of each fold's coarse model (default: --coarse-epochs)")
     train.add_argument("--batch-size", type=int, default=TRAIN_BATCH_SIZE, help="default %(default)s")

@@ -60,6 +60,7 @@ class TrainSettings:
     num_workers: int = 0
     steps_per_epoch: int | None = None  # cap on batches per epoch (quick runs); None: the whole dataset
     crop: int | None = None  # train on random square crops of this size (validation sees whole tiles)
+    photometric: float = 0.0  # strength of the training images' random gamma/contrast/brightness (augment.py)
     # Keep the mean of the weights after each epoch from this one on (stochastic weight averaging) instead of the
     # best epoch's: with few, noisy validation tiles the "best" epoch is partly chance, an average is not.
     average_from: int | None = None
@@ -162,7 +163,8 @@ def fit(
         if world > 1 else model
     sampler = DistributedSampler(train_ds, seed=settings.seed) if world > 1 else RandomSampler(train_ds)
     loader = DataLoader(
-        Augmented(train_ds, settings.augment, settings.crop) if settings.augment or settings.crop else train_ds,
+        Augmented(train_ds, settings.augment, settings.crop, settings.photometric)
+        if settings.augment or settings.crop or settings.photometric else train_ds,
         batch_size=settings.batch_size,
         sampler=sampler,
         num_workers=settings.num_workers,
