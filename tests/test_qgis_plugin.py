@@ -299,6 +299,17 @@ def test_cancel_during_run_leaves_no_output(d3_provider, tiny_weights, small_rgb
     assert list(out_dir.iterdir()) == []  # neither the output nor a scratch file
 
 
+def test_folder_patterns_match_in_any_case(tmp_path):
+    """Landsat names its bands .TIF: the default pattern takes them, once each, and nothing else."""
+    from d3rsmde_qgis.algorithms.estimate_depth_folder import DEFAULT_PATTERN, matching_files
+
+    for name in ["LC09_SR_B4.TIF", "scene.tif", "tile.JPG", "notes.txt", "scene.tif.aux.xml"]:
+        (tmp_path / name).write_text("x")
+    (tmp_path / "sub.tif").mkdir()
+    assert [p.name for p in matching_files(tmp_path, DEFAULT_PATTERN)] == ["LC09_SR_B4.TIF", "scene.tif", "tile.JPG"]
+    assert [p.name for p in matching_files(tmp_path, "*.tif;*.TIF")] == ["LC09_SR_B4.TIF", "scene.tif"]
+
+
 def test_folder_loads_once_and_skips_bad_files(d3_provider, tiny_weights, small_rgb, tmp_path):
     from d3rsmde_qgis.cache import pipeline_for
 

@@ -1,6 +1,7 @@
 """d3rsmde:estimatedepthfolder - every matching image of a folder, one model load, per-file errors kept apart."""
 from __future__ import annotations
 
+from fnmatch import fnmatch
 from pathlib import Path
 
 from qgis.core import (
@@ -20,16 +21,18 @@ OUTPUT_SUFFIX = "_depth.tif"
 
 
 def matching_files(folder: Path, pattern: str) -> list[Path]:
-    """Files directly in `folder` matching any of the ';'-separated glob patterns, sorted, without repeats."""
-    globs = [part.strip() for part in pattern.split(";") if part.strip()]
-    return sorted({path for glob in globs for path in folder.glob(glob) if path.is_file()})
+    """Files directly in `folder` matching any of the ';'-separated glob patterns in any case (Landsat names its
+    bands .TIF), sorted."""
+    globs = [part.strip().lower() for part in pattern.split(";") if part.strip()]
+    return sorted(path for path in folder.iterdir()
+                  if path.is_file() and any(fnmatch(path.name.lower(), glob) for glob in globs))
 
 
 class EstimateDepthFolder(D3Algorithm):
     NAME = "estimatedepthfolder"
     DISPLAY_NAME = "Estimate depth for folder"
     HELP = (
-        "Runs <i>Estimate depth</i> on every image of a folder (not its subfolders) whose name matches one of "
+        "Runs <i>Estimate depth</i> on every image of a folder (not its subfolders) whose name matches (in any case) one of "
         "the ';'-separated patterns, writing <i>name</i>_depth.tif into the output folder. No file is ever "
         "overwritten: a name already taken gets -2, -3..., images sharing a name get their extension in it "
         "(scene_png_depth.tif), and height rasters written by D3-RSMDE are not taken as images. The model is loaded "
