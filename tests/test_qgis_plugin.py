@@ -299,6 +299,36 @@ def test_cancel_during_run_leaves_no_output(d3_provider, tiny_weights, small_rgb
     assert list(out_dir.iterdir()) == []  # neither the output nor a scratch file
 
 
+def test_rasters_inside_zips_and_geopackages_are_read_as_qgis_shows_them(d3_provider, tiny_weights, small_rgb,
+                                                                          tmp_path):
+    """QGIS names a raster inside a zip /vsizip/ZIP/INNER and a GeoPackage raster table GPKG:FILE:TABLE; both used
+    to reach the engine as the bare zip (no raster) or GeoPackage (its first table, here another image)."""
+    import zipfile
+
+    from qgis.core import QgsRasterLayer
+
+    with zipfile.ZipFile(tmp_path / "scene.zip", "w") as archive:
+        archive.write(small_rgb, "inner/scene.tif")
+    with rasterio.open(small_rgb) as src:
+        image, crs, transform = src.read(), src.crs, src.transform
+    for table, data, extra in [("other", image[:, ::-1].copy(), {}), ("rgb", image, {"APPEND_SUBDATASET": "YES"})]:
+        with rasterio.open(tmp_path / "scenes.gpkg", "w", driver="GPKG", width=image.shape[2], height=image.shape[1],
+                           count=3, dtype="uint8", crs=crs, transform=transform, RASTER_TABLE=table,
+                           TILE_FORMAT="PNG", **extra) as dst:
+            dst.write(data)
+    options = {"WEIGHTS": str(tiny_weights), "DEVICE": CPU, "REFINE_STEPS": 0}
+    run("d3rsmde:estimatedepth", {**options, "INPUT": str(small_rgb), "OUTPUT": str(tmp_path / "plain.tif")})
+    with rasterio.open(tmp_path / "plain.tif") as ds:
+        plain = ds.read(1)
+    for name, uri in [("zip", f"/vsizip/{tmp_path}/scene.zip/inner/scene.tif"), ("gpkg", f"GPKG:{tmp_path}/scenes.gpkg:rgb")]:
+        layer = QgsRasterLayer(uri, name, "gdal")
+        assert layer.isValid(), uri
+        run("d3rsmde:estimatedepth", {**options, "INPUT": layer, "OUTPUT": str(tmp_path / f"{name}.tif")})
+        with rasterio.open(tmp_path / f"{name}.tif") as ds:
+            assert ds.transform.almost_equals(transform)
+            assert np.corrcoef(ds.read(1).ravel(), plain.ravel())[0, 1] > 0.999, name
+
+
 def test_folder_patterns_match_in_any_case(tmp_path):
     """Landsat names its bands .TIF: the default pattern takes them, once each, and nothing else."""
     from d3rsmde_qgis.algorithms.estimate_depth_folder import DEFAULT_PATTERN, matching_files

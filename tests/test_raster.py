@@ -299,6 +299,29 @@ def test_collar_value_finds_fill_borders_only():
                 assert collar_value(ds, [1, 2, 3]) == expected
 
 
+def test_a_raster_inside_a_zip_is_read_and_a_container_is_refused_plainly(tmp_path, tiny):
+    """GDAL names a raster inside a zip /vsizip//ABS/a.zip/inner.tif; pathlib used to fold its double slash into a
+    relative name that GDAL cannot find. A GeoPackage of two raster tables holds no bands itself: a clear error
+    naming its subdatasets, not an IndexError."""
+    import zipfile
+
+    image = height_image(terrain_m(64, 64))
+    src = write(tmp_path / "in.tif", image)
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as archive:
+        archive.write(src, "inner/in.tif")
+    predict_raster(src, tmp_path / "plain.tif", tiny, refine_steps=0)
+    predict_raster(f"/vsizip/{tmp_path}/a.zip/inner/in.tif", tmp_path / "zipped.tif", tiny, refine_steps=0)
+    assert np.array_equal(read(tmp_path / "plain.tif"), read(tmp_path / "zipped.tif"))
+    grey = np.repeat((image // 256).astype(np.uint8)[None], 3, axis=0)
+    for table, extra in [("one", {}), ("two", {"APPEND_SUBDATASET": "YES"})]:
+        with rasterio.open(tmp_path / "two.gpkg", "w", driver="GPKG", width=64, height=64, count=3, dtype="uint8",
+                           crs=UTM, transform=METRE_PIXELS, RASTER_TABLE=table, TILE_FORMAT="PNG", **extra) as ds:
+            ds.write(grey)
+    with pytest.raises(InputError, match=r"two.gpkg holds no raster bands: open one of its 2 subdatasets, e.g. GPKG:"):
+        predict_raster(tmp_path / "two.gpkg", tmp_path / "none.tif", tiny, refine_steps=0)
+    assert not (tmp_path / "none.tif").exists()
+
+
 def test_a_paletted_raster_is_read_as_its_colours(tmp_path):
     """One band of colour-table indexes (an 8-bit image saved with a palette) is read through its table: the map
     equals that of the same colours stored as RGB (resampled to the model's GSD: nearly). Before 0.5.8 the indexes were read

@@ -201,12 +201,15 @@ class D3Algorithm(QgsProcessingAlgorithm):
 
 
 def layer_file(layer: QgsRasterLayer) -> str:
-    """The file a GDAL raster layer reads; other providers (WMS, PostGIS...) cannot be passed to rasterio."""
+    """The GDAL dataset name a GDAL raster layer reads (a file, a file inside a zip, a GeoPackage table, a
+    subdataset), without QGIS's own options; other providers (WMS, PostGIS...) cannot be passed to rasterio."""
     if layer.providerType() != "gdal":
         raise QgsProcessingException(
             f"Layer '{layer.name()}' is not a file raster (provider {layer.providerType()}); "
             "export it to GeoTIFF first.")
-    return QgsProviderRegistry.instance().decodeUri("gdal", layer.source())["path"]
+    parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
+    name = f"{parts.get('vsiPrefix') or ''}{parts['path']}{parts.get('vsiSuffix') or ''}"
+    return f"GPKG:{name}:{parts['layerName']}" if parts.get("layerName") else name
 
 
 def log_summary(feedback, summary: dict) -> None:

@@ -5,6 +5,7 @@ a CRS are lined up only pixel for pixel."""
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,6 +25,8 @@ from ..files import check_not_an_input
 # not read again and, as resident memory, costs about twice its nominal size: most of the peak of a large run.
 GDAL_CACHE_BYTES = 128 * 2**20
 OUTPUT_EXTENSIONS = (".tif", ".tiff")  # the output is always a GeoTIFF; another extension would lie about it
+# An absolute archive member as GDAL names it (/vsizip//data/a.zip/b.tif): prefix, archive, path inside.
+ARCHIVE_MEMBER = re.compile(r"^(/vsi(?:zip|tar|7z|rar)/)(/.+?\.(?:zip|kmz|tar|tgz|tar\.gz|7z|rar))(/.*)?$", re.I)
 
 
 def gdal_settings() -> dict:
@@ -48,18 +51,34 @@ def open_raster(path: Path | str):
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             raise InputError(f"{path} is empty (0 bytes)") from exc
         raise InputError(f"{path} is not a raster GDAL can read: {exc}") from exc
+    if ds.count == 0:  # a container: a zip, a NetCDF or HDF file, a Sentinel-2 product's metadata file
+        subdatasets = ds.subdatasets
+        ds.close()
+        hint = f": open one of its {len(subdatasets)} subdatasets, e.g. {subdatasets[0]}" if subdatasets else ""
+        raise InputError(f"{path} holds no raster bands{hint}")
     if ds.dtypes[0].startswith("complex"):
         ds.close()
         raise InputError(f"{path} has complex pixels ({ds.dtypes[0]}); give a real-valued raster")
     return ds
 
 
+def dataset_path(name: str | os.PathLike) -> Path:
+    """``name`` as a Path naming the same GDAL dataset. Path folds the double slash of an absolute archive member
+    (/vsizip//data/a.zip/b.tif, as QGIS names a raster inside a zip), so the archive is written in GDAL's braces
+    instead (/vsizip/{/data/a.zip}/b.tif)."""
+    text = os.fspath(name)
+    member = ARCHIVE_MEMBER.match(text)
+    if member:
+        text = f"{member[1]}{{{member[2]}}}{member[3] or ''}"
+    return Path(text).expanduser()
+
+
 def check_paths(src, dst, reference_dem) -> tuple[Path, Path, Path | None]:
     """The input, output and reference paths of a prediction, refused before any work if the output cannot be
     written there or would overwrite a file an input reads."""
-    src_path = Path(src).expanduser()
+    src_path = dataset_path(src)
     dst_path = Path(dst).expanduser()
-    ref_path = None if reference_dem is None else Path(reference_dem).expanduser()
+    ref_path = None if reference_dem is None else dataset_path(reference_dem)
     spare_inputs(dst_path, [("input", src_path), ("reference DEM", ref_path)])
     if dst_path.suffix.lower() not in OUTPUT_EXTENSIONS:
         raise InputError(f"the output {dst_path.name} must end in .tif or .tiff: it is always a float32 GeoTIFF")
