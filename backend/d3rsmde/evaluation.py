@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from .errors import InputError
 from .metrics import PixelSums, depth_metrics
 from .progress import Cancel, check_cancel
-from .raster.io import height_units, onto_grid, open_raster, warp_onto
+from .raster.io import dataset_path, height_units, onto_grid, open_raster, warp_onto
 
 
 def evaluate_rasters(pred, reference, *, mask=None, tile: int | None = None) -> dict:
@@ -36,8 +36,8 @@ def evaluate_rasters(pred, reference, *, mask=None, tile: int | None = None) -> 
     ``mask``: optional raster, nonzero where to evaluate. Rasters without a CRS are compared pixel for pixel, and
     only with a raster of the same size and no CRS either.
     """
-    pred_path, ref_path = Path(pred).expanduser(), Path(reference).expanduser()
-    mask_path = None if mask is None else Path(mask).expanduser()
+    pred_path, ref_path = dataset_path(pred), dataset_path(reference)
+    mask_path = None if mask is None else dataset_path(mask)
     with ExitStack() as stack:
         p_ds = stack.enter_context(open_raster(pred_path))
         tile = int(tile or p_ds.tags().get("tile_size", 512))
@@ -90,8 +90,8 @@ def scene_on_reference_grid(pred, reference) -> tuple[np.ndarray, np.ndarray]:
     would take 1.6 GB here).
     """
     with ExitStack() as stack:
-        ref = stack.enter_context(open_raster(Path(reference).expanduser()))
-        src = stack.enter_context(open_raster(Path(pred).expanduser()))
+        ref = stack.enter_context(open_raster(dataset_path(reference)))
+        src = stack.enter_context(open_raster(dataset_path(pred)))
         if ref.crs is None or src.crs is None:
             raise InputError("whole-scene evaluation needs both rasters georeferenced (a CRS): "
                              f"{'reference' if ref.crs is None else 'prediction'} has none")
