@@ -6,7 +6,8 @@
 # lr 1e-4 on the shipped renders + the world tiles, validated on the world tiles, weights averaged from epoch 4,
 # seed 0), with the jitter at strength $STRENGTH; VAE and refiner kept.
 # 17b, the refiner: stage 16's round (stage 4's recipe from the shipped weights on stage 12's fold maps, own inputs,
-# 10 epochs averaged from epoch 3, one thread) with the jitter; its control is stage 12's control round.
+# 10 epochs averaged from epoch 3, one thread, seed $REFINER_SEED, default 42 as stage 12's) with the jitter; its
+# control is stage 12's control round.
 # scripts/stage17_eval.sh scores both. Resumable: each step is skipped when its output exists.
 set -euo pipefail
 work=${WORK:-build/stage17}
@@ -30,6 +31,6 @@ if [ ! -f "$work/refiner-jitter.safetensors" ]; then
     "$work/refiner-jitter.safetensors" --init-weights "$start" --work-dir "$work/run-refiner-jitter" \
     --stem-weights "$stem" --k 3 --fold-epochs 4 --vae-epochs 0 --coarse-epochs 0 --batch-size 8 \
     --steps-per-epoch "${STEPS:-50}" --refiner-lr 1e-4 --refiner-epochs 10 --average-from 3 \
-    --refiner-own-inputs 1 --photometric-jitter "$strength"
+    --refiner-own-inputs 1 --photometric-jitter "$strength" --seed "${REFINER_SEED:-42}"
 fi
 log "17b: ${SECONDS}s"
