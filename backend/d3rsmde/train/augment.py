@@ -48,8 +48,8 @@ def random_crop(item: dict, size: int, generator: torch.Generator | None = None)
 def photometric_jitter(item: dict, strength: float, generator: torch.Generator | None = None) -> dict:
     """``item`` with its image (``3 x H x W`` in [0, 1]) given a random gamma (x0.67-1.49 at ``strength`` 1),
     contrast about its mean (x0.6-1.4), brightness (+-0.15) and gain per band (+-10 %), all scaled by ``strength``.
-    How bright a tile is depends on sun, season, haze, land cover and the raster's stretch more than on its heights:
-    the shipped model moved its map by a median 10 % of the range when a cloud darkened the rest of the image."""
+    How bright a tile is depends on sun, season, haze, land cover and the raster's stretch more than on its heights
+    (measured as the model card's stage 17: not used by the default weights)."""
     if strength <= 0 or "image" not in item:
         return item
 
