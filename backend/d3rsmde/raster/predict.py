@@ -74,9 +74,9 @@ def predict_raster(
     The output has the input's size and georeferencing (CRS and transform, or GCPs, or RPCs), nodata where the
     input is nodata or transparent or in the fill border of an unmasked raster (small enclosed holes where it
     equals its nodata value excepted: :mod:`.masks`), and is relative height 0..1 over the whole raster, or
-    metres (the reference's units) when ``reference_dem`` (any raster, any CRS and resolution, at least 2 pixels over the input) is
-    given: then the output follows the reference at the reference's resolution and the model adds the relief
-    below it (:mod:`.reference`). The image is prepared as the weights' preprocessing config says
+    metres (the reference's units) when ``reference_dem`` (any raster, any CRS and resolution, at least 2 pixels
+    over the input) is given: then the output follows the reference at the reference's resolution and the model
+    adds the relief below it (:mod:`.reference`). The image is prepared as the weights' preprocessing config says
     (``pipeline.config.preprocessing``: band order, stretch percentiles, tile size, GSD). ``bands``: 1-based band
     numbers in the model's channel order (one band is replicated to three).
     ``tile``/``overlap``/``batch_size``/``workers`` default to the model's tile size, an eighth of it
