@@ -320,7 +320,8 @@ def test_rasters_inside_zips_and_geopackages_are_read_as_qgis_shows_them(d3_prov
     run("d3rsmde:estimatedepth", {**options, "INPUT": str(small_rgb), "OUTPUT": str(tmp_path / "plain.tif")})
     with rasterio.open(tmp_path / "plain.tif") as ds:
         plain = ds.read(1)
-    for name, uri in [("zip", f"/vsizip/{tmp_path}/scene.zip/inner/scene.tif"), ("gpkg", f"GPKG:{tmp_path}/scenes.gpkg:rgb")]:
+    for name, uri in [("zip", f"/vsizip/{tmp_path}/scene.zip/inner/scene.tif"),
+                      ("gpkg", f"GPKG:{tmp_path}/scenes.gpkg:rgb")]:
         layer = QgsRasterLayer(uri, name, "gdal")
         assert layer.isValid(), uri
         run("d3rsmde:estimatedepth", {**options, "INPUT": layer, "OUTPUT": str(tmp_path / f"{name}.tif")})

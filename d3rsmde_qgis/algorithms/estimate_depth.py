@@ -32,8 +32,8 @@ class EstimateDepth(D3Algorithm):
         "below it. Without it the output is relative height in 0..1 (higher = higher).<br>"
         "The output has the input's grid, CRS and transform (float32 GeoTIFF), with nodata where the input is "
         "nodata or transparent, or in a fill border of 0 (or 255) around an image without a nodata value (a "
-        "rotated scene: the log says so), except small holes (at most 64 pixels) where the image equals its nodata value, "
-        "such as snow saturated at 255 when nodata is 255: those get heights, and the log counts them. "
+        "rotated scene: the log says so), except small holes (at most 64 pixels) where the image equals its "
+        "nodata value, such as snow saturated at 255 when nodata is 255: those get heights, and the log counts them. "
         "Large rasters are processed in overlapping tiles; progress and Cancel work per batch of tiles. "
         "The model stays loaded between runs and batch rows that use the same weights and device."
     )

@@ -33,8 +33,8 @@ class EstimateDepthFolder(D3Algorithm):
     DISPLAY_NAME = "Estimate depth for folder"
     HELP = (
         "Runs <i>Estimate depth</i> on every image of a folder (not its subfolders) whose name matches one of "
-        "the ';'-separated patterns (in any case), writing <i>name</i>_depth.tif into the output folder. No file is ever "
-        "overwritten: a name already taken gets -2, -3..., images sharing a name get their extension in it "
+        "the ';'-separated patterns (in any case), writing <i>name</i>_depth.tif into the output folder. No file "
+        "is ever overwritten: a name already taken gets -2, -3..., images sharing a name get their extension in it "
         "(scene_png_depth.tif), and height rasters written by D3-RSMDE are not taken as images. The model is loaded "
         "once for all files. A file that cannot be processed is reported as an error and skipped; the others "
         "still run. Cancel keeps the files already written. A reference DEM, when given, turns every output into "
