@@ -41,12 +41,18 @@ def read_image(src, bands: Sequence[int], window: Window | None = None, out_shap
     return np.moveaxis(lut[data[0]], -1, 0)
 
 
+def stats_shape(height: int, width: int) -> tuple[int, int]:
+    """The shape of a decimated read of ``height`` x ``width`` pixels, at most :data:`STATS_MAX_SIDE` a side, for
+    statistics of a whole raster."""
+    scale = min(1.0, STATS_MAX_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def stretch_limits(src, bands: Sequence[int], window: Window,
                    percentiles: Sequence[float] = STRETCH_PERCENTILES) -> tuple[np.ndarray, np.ndarray]:
     """Per-band ``percentiles`` (low, high; by default the 1st and 99th) over the valid pixels of ``window``, from
     a decimated read."""
-    scale = min(1.0, STATS_MAX_SIDE / max(window.width, window.height))
-    shape = (max(1, round(window.height * scale)), max(1, round(window.width * scale)))
+    shape = stats_shape(window.height, window.width)
     data = read_image(src, bands, window, shape)
     valid = src.dataset_mask(window=window, out_shape=shape, resampling=Resampling.nearest) > 0
     valid &= np.isfinite(data).all(axis=0)  # float rasters may carry NaN/inf without declaring nodata

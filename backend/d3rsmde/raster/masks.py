@@ -24,7 +24,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from scipy import ndimage
 
-from ..imagery import STATS_MAX_SIDE, is_paletted, read_image
+from ..imagery import is_paletted, read_image, stats_shape
 
 SMALL_HOLE_PIXELS = 64  # the largest enclosed nodata hole (8-connected pixels) taken as image data
 COLLAR_MIN_SHARE = 0.01  # a fill border over at least this share of an unmasked raster is masked as a collar
@@ -70,9 +70,7 @@ def collar_value(ds, indexes: Sequence[int]) -> float | None:
     mask, and paletted ones, are taken as they say."""
     if is_paletted(ds, indexes[0]) or not all(MaskFlags.all_valid in ds.mask_flag_enums[i - 1] for i in indexes):
         return None
-    scale = min(1.0, STATS_MAX_SIDE / max(ds.width, ds.height))
-    shape = (max(1, round(ds.height * scale)), max(1, round(ds.width * scale)))
-    data = read_image(ds, indexes, out_shape=shape)
+    data = read_image(ds, indexes, out_shape=stats_shape(ds.height, ds.width))
     dtype = np.dtype(ds.dtypes[indexes[0] - 1])
     shares = {}
     for value in [0] + ([np.iinfo(dtype).max] if dtype.kind in "ui" else []):
