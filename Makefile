@@ -31,6 +31,7 @@ venv: $(STAMP)
 # it is dead weight, so it is removed.
 $(STAMP): requirements.txt pyproject.toml
 	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || scripts/require_disk.sh 6 $(VENV) "Installing torch and the other packages into $(VENV)"
 	$(PY) -m pip install -q --upgrade "pip>=23"
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .

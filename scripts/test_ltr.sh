@@ -148,6 +148,8 @@ if [ -n "${LTR_REBUILD:-}" ] && [ -d "$ROOT" ]; then
   rm -rf --one-file-system "$ROOT"
 fi
 BASE_KEY=$(digest "$SUITE" "$MIRROR")
+# The finished root takes about 3.4 GB (QGIS, torch, the venv); check before a full disk can break it half-way.
+stamp_ok apt "$(digest $APT_PACKAGES)" || "$REPO/scripts/require_disk.sh" 4 "$ROOT" "The QGIS 3.40 root"
 if stamp_ok debootstrap "$BASE_KEY"; then
   stage_done skipped
 else
