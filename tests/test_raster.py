@@ -300,9 +300,11 @@ def test_collar_value_finds_fill_borders_only():
 
 
 def test_a_raster_inside_a_zip_is_read_and_a_container_is_refused_plainly(tmp_path, tiny):
-    """GDAL names a raster inside a zip /vsizip//ABS/a.zip/inner.tif; pathlib used to fold its double slash into a
-    relative name that GDAL cannot find. A GeoPackage of two raster tables holds no bands itself: a clear error
-    naming its subdatasets, not an IndexError."""
+    """GDAL names a raster inside a zip /vsizip//ABS/a.zip/inner.tif and a gzipped one /vsigzip//ABS/a.tif.gz;
+    pathlib used to fold their double slash into a relative name that GDAL cannot find. A GeoPackage of two raster
+    tables holds no bands itself: a clear error naming its subdatasets, not an IndexError."""
+    import gzip
+    import shutil
     import zipfile
 
     image = height_image(terrain_m(64, 64))
@@ -312,6 +314,10 @@ def test_a_raster_inside_a_zip_is_read_and_a_container_is_refused_plainly(tmp_pa
     predict_raster(src, tmp_path / "plain.tif", tiny, refine_steps=0)
     predict_raster(f"/vsizip/{tmp_path}/a.zip/inner/in.tif", tmp_path / "zipped.tif", tiny, refine_steps=0)
     assert np.array_equal(read(tmp_path / "plain.tif"), read(tmp_path / "zipped.tif"))
+    with open(src, "rb") as raw, gzip.open(tmp_path / "in.tif.gz", "wb") as packed:
+        shutil.copyfileobj(raw, packed)
+    predict_raster(f"/vsigzip/{tmp_path}/in.tif.gz", tmp_path / "gzipped.tif", tiny, refine_steps=0)
+    assert np.array_equal(read(tmp_path / "plain.tif"), read(tmp_path / "gzipped.tif"))
     grey = np.repeat((image // 256).astype(np.uint8)[None], 3, axis=0)
     for table, extra in [("one", {}), ("two", {"APPEND_SUBDATASET": "YES"})]:
         with rasterio.open(tmp_path / "two.gpkg", "w", driver="GPKG", width=64, height=64, count=3, dtype="uint8",

@@ -27,6 +27,7 @@ GDAL_CACHE_BYTES = 128 * 2**20
 OUTPUT_EXTENSIONS = (".tif", ".tiff")  # the output is always a GeoTIFF; another extension would lie about it
 # An absolute archive member as GDAL names it (/vsizip//data/a.zip/b.tif): prefix, archive, path inside.
 ARCHIVE_MEMBER = re.compile(r"^(/vsi(?:zip|tar|7z|rar)/)(/.+?\.(?:zip|kmz|tar|tgz|tar\.gz|7z|rar))(/.*)?$", re.I)
+GZIP_FILE = re.compile(r"^/vsigzip/(/.+)$", re.I)
 
 
 def gdal_settings() -> dict:
@@ -65,11 +66,15 @@ def open_raster(path: Path | str):
 def dataset_path(name: str | os.PathLike) -> Path:
     """``name`` as a Path naming the same GDAL dataset. Path folds the double slash of an absolute archive member
     (/vsizip//data/a.zip/b.tif, as QGIS names a raster inside a zip), so the archive is written in GDAL's braces
-    instead (/vsizip/{/data/a.zip}/b.tif)."""
+    instead (/vsizip/{/data/a.zip}/b.tif); /vsigzip/ knows no braces, so a gzipped file's absolute path becomes
+    one relative to the working folder (/vsigzip//data/a.tif.gz -> /vsigzip/../data/a.tif.gz)."""
     text = os.fspath(name)
     member = ARCHIVE_MEMBER.match(text)
+    gzipped = GZIP_FILE.match(text)
     if member:
         text = f"{member[1]}{{{member[2]}}}{member[3] or ''}"
+    elif gzipped:
+        text = f"/vsigzip/{os.path.relpath(gzipped[1])}"
     return Path(text).expanduser()
 
 
