@@ -279,6 +279,24 @@ def test_an_undeclared_black_border_is_nodata(tmp_path, monkeypatch, find_collar
         assert np.median(np.abs(bare_map - alpha_map)[inside]) > 0.02  # 0.046 (coarse only)
 
 
+def test_an_empty_or_bordered_extent_is_refused_by_the_file_name(tmp_path, tiny):
+    """An all-white raster with no nodata value is told as showing no contrast (it is not all border), and an
+    extent that lies in an undeclared border names the file, not the VRT that masks the border."""
+    image = height_image(terrain_m(64, 64))
+    white = write(tmp_path / "white.tif", np.full((3, 64, 64), 255, np.uint8))
+    with pytest.raises(InputError, match="^white.tif shows no contrast"):
+        predict_raster(white, tmp_path / "white-map.tif", tiny, refine_steps=0)
+    bordered = image.copy()
+    bordered[:, :32] = 0
+    src = write(tmp_path / "bordered.tif", bordered)
+    with rasterio.open(src) as ds:
+        left, bottom, _, top = ds.bounds
+        x_mid = ds.xy(0, 16)[0]
+    with pytest.raises(InputError, match=r"^bordered.tif has no valid pixels in the chosen extent"):
+        predict_raster(src, tmp_path / "map.tif", tiny, refine_steps=0, bounds=(left, bottom, x_mid, top))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bordered.tif", "white.tif"]
+
+
 def test_collar_value_finds_fill_borders_only():
     from rasterio.io import MemoryFile
     from d3rsmde.raster.masks import collar_value
@@ -291,6 +309,7 @@ def test_collar_value_finds_fill_borders_only():
     shadow = image.copy(); shadow[:, 30:60, :10] = 0; cases.append((shadow, {}, None))  # at the edge, no corner
     lake = image.copy(); lake[:, 40:60, 40:60] = 0; cases.append((lake, {}, None))  # inside, away from the edge
     cases.append((black, {"nodata": 0}, None))  # declared: taken as the raster says
+    cases.append((np.full_like(image, 255), {}, None))  # all white: an empty raster, not a border
     for data, profile, expected in cases:
         with MemoryFile() as mem:
             with mem.open(driver="GTiff", width=100, height=100, count=3, dtype="uint8", **profile) as ds:

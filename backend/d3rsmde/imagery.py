@@ -5,6 +5,7 @@ whole raster to [0, 1]. Tiles cut for training are stretched exactly as the rast
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +21,12 @@ STATS_MAX_SIDE = 1024  # percentiles come from a decimated read: exact enough, f
 def is_paletted(src, band: int) -> bool:
     """Whether ``band`` of ``src`` holds colour-table indexes (read them nearest: a mean of indexes is no colour)."""
     return src.colorinterp[band - 1] == ColorInterp.palette
+
+
+def dataset_name(src) -> str:
+    """The file name an open dataset reads, for messages: also through a WarpedVRT, whose own name is
+    ``WarpedVRT(/full/path)``."""
+    return Path(src.files[0] if src.files else src.name).name
 
 
 def read_image(src, bands: Sequence[int], window: Window | None = None, out_shape: tuple[int, int] | None = None,
@@ -57,7 +64,7 @@ def stretch_limits(src, bands: Sequence[int], window: Window,
     valid = src.dataset_mask(window=window, out_shape=shape, resampling=Resampling.nearest) > 0
     valid &= np.isfinite(data).all(axis=0)  # float rasters may carry NaN/inf without declaring nodata
     if not valid.any():
-        raise InputError(f"{src.name} has no valid pixels in the chosen extent (all nodata or masked)")
+        raise InputError(f"{dataset_name(src)} has no valid pixels in the chosen extent (all nodata or masked)")
     return band_limits(data[:, valid], percentiles)
 
 

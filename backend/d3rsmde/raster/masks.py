@@ -66,8 +66,9 @@ def collar_value(ds, indexes: Sequence[int]) -> float | None:
     """The value of the fill border of an unmasked raster, or None: pixels equal to 0 (or to the largest value of
     an integer type) in every band of ``indexes``, connected to a corner of the raster (a rotated scene's collar
     holds all four, a padded strip two; a black shadow or a white roof at the edge seldom one), over at least
-    :data:`COLLAR_MIN_SHARE` of it (judged on a decimated read). Rasters with a nodata value, an alpha band or a
-    mask, and paletted ones, are taken as they say."""
+    :data:`COLLAR_MIN_SHARE` of it (judged on a decimated read), with image left inside: a raster that is all one
+    such value is an empty one, not a border. Rasters with a nodata value, an alpha band or a mask, and paletted
+    ones, are taken as they say."""
     if is_paletted(ds, indexes[0]) or not all(MaskFlags.all_valid in ds.mask_flag_enums[i - 1] for i in indexes):
         return None
     data = read_image(ds, indexes, out_shape=stats_shape(ds.height, ds.width))
@@ -78,7 +79,7 @@ def collar_value(ds, indexes: Sequence[int]) -> float | None:
         corners = parts[[0, 0, -1, -1], [0, -1, 0, -1]]
         shares[float(value)] = np.isin(parts, corners[corners > 0]).mean()
     value = max(shares, key=shares.get)
-    return value if shares[value] >= COLLAR_MIN_SHARE else None
+    return value if COLLAR_MIN_SHARE <= shares[value] < 1.0 else None
 
 
 def collar_masked(ds, value: float) -> WarpedVRT:
