@@ -53,9 +53,10 @@ def test_provider_registers_four_documented_algorithms(d3_provider):
         assert len(alg.shortHelpString()) > 100, alg.id()
     depth = registry.algorithmById("d3rsmde:estimatedepth")
     names = [p.name() for p in depth.parameterDefinitions()]
-    assert names == ["INPUT", "BANDS", "EXTENT", "WEIGHTS", "REFINE_STEPS", "TILE", "OVERLAP", "BATCH_SIZE",
-                     "DEVICE", "REFERENCE_DEM", "HILLSHADE", "OUTPUT"]
-    assert depth.parameterDefinition("EXTENT").flags() & QgsProcessingParameterDefinition.FlagOptional
+    assert names == ["INPUT", "BANDS", "EXTENT", "EXCLUDE", "WEIGHTS", "REFINE_STEPS", "TILE", "OVERLAP",
+                     "BATCH_SIZE", "DEVICE", "REFERENCE_DEM", "HILLSHADE", "OUTPUT"]
+    for optional in ["EXTENT", "EXCLUDE"]:
+        assert depth.parameterDefinition(optional).flags() & QgsProcessingParameterDefinition.FlagOptional
     assert depth.parameterDefinition("BANDS").allowMultiple()
     assert depth.parameterDefinition("BANDS").defaultValue() is None  # automatic, per layer (d3rsmde.bands)
     assert depth.parameterDefinition("OUTPUT").supportedOutputRasterLayerExtensions() == ["tif"]
@@ -328,6 +329,45 @@ def test_rasters_inside_zips_and_geopackages_are_read_as_qgis_shows_them(d3_prov
         with rasterio.open(tmp_path / f"{name}.tif") as ds:
             assert ds.transform.almost_equals(transform)
             assert np.corrcoef(ds.read(1).ravel(), plain.ravel())[0, 1] > 0.999, name
+
+
+def test_areas_to_leave_out_as_a_polygon_layer_or_a_mask_raster(d3_provider, tiny_weights, small_rgb, tmp_path):
+    """Clouds drawn as polygons in another CRS (a memory layer, EPSG:3857 over an EPSG:4326 image) and the same
+    area as a mask raster both come out nodata, as the backend leaves out those polygons; a point layer is
+    refused."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsRasterLayer, QgsVectorLayer
+    from rasterio.warp import transform_geom
+
+    from d3rsmde.pipeline import D3Pipeline
+    from d3rsmde.raster import predict_raster
+
+    with rasterio.open(small_rgb) as ds:
+        profile, (left, bottom, right, top) = ds.profile, ds.bounds
+    middle = (left + right) / 2
+    box = {"type": "Polygon", "coordinates": [[[left, bottom], [middle, bottom], [middle, top], [left, top],
+                                               [left, bottom]]]}
+    clouds = QgsVectorLayer("Polygon?crs=EPSG:3857", "clouds", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromWkt("POLYGON(({}))".format(", ".join(
+        f"{x!r} {y!r}" for x, y in transform_geom(profile["crs"], "EPSG:3857", box)["coordinates"][0]))))
+    assert clouds.dataProvider().addFeatures([feature])
+    predict_raster(small_rgb, tmp_path / "backend.tif", D3Pipeline.from_pretrained(tiny_weights, device="cpu"),
+                   refine_steps=0, exclude=[box])
+    with rasterio.open(tmp_path / "backend.tif") as ds:
+        expected = ds.read(1, masked=True).mask
+    assert 0.4 < expected.mean() < 0.6
+    profile.update(count=1)
+    with rasterio.open(tmp_path / "mask.tif", "w", **profile) as ds:
+        ds.write(expected.astype(np.uint8), 1)
+    options = {"INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights), "DEVICE": CPU, "REFINE_STEPS": 0}
+    for name, layer in [("polygons", clouds), ("raster", QgsRasterLayer(str(tmp_path / "mask.tif"), "mask"))]:
+        run("d3rsmde:estimatedepth", {**options, "EXCLUDE": layer, "OUTPUT": str(tmp_path / f"{name}.tif")})
+        with rasterio.open(tmp_path / f"{name}.tif") as ds:
+            assert np.array_equal(ds.read(1, masked=True).mask, expected), name
+    points = QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory")
+    with pytest.raises(QgsProcessingException):
+        run("d3rsmde:estimatedepth", {**options, "EXCLUDE": points, "OUTPUT": str(tmp_path / "points.tif")})
+    assert not (tmp_path / "points.tif").exists()
 
 
 def test_folder_patterns_match_in_any_case(tmp_path):

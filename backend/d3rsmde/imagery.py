@@ -56,15 +56,17 @@ def stats_shape(height: int, width: int) -> tuple[int, int]:
 
 
 def stretch_limits(src, bands: Sequence[int], window: Window,
-                   percentiles: Sequence[float] = STRETCH_PERCENTILES) -> tuple[np.ndarray, np.ndarray]:
+                   percentiles: Sequence[float] = STRETCH_PERCENTILES, left_out=None) -> tuple[np.ndarray, np.ndarray]:
     """Per-band ``percentiles`` (low, high; by default the 1st and 99th) over the valid pixels of ``window``, from
-    a decimated read."""
+    a decimated read; ``left_out``: areas the user leaves out (a :class:`~d3rsmde.raster.exclusion.Exclusion`)."""
     shape = stats_shape(window.height, window.width)
     data = read_image(src, bands, window, shape)
     valid = src.dataset_mask(window=window, out_shape=shape, resampling=Resampling.nearest) > 0
     valid &= np.isfinite(data).all(axis=0)  # float rasters may carry NaN/inf without declaring nodata
+    if left_out is not None:
+        valid &= ~left_out.over(src, window, shape)
     if not valid.any():
-        raise InputError(f"{dataset_name(src)} has no valid pixels in the chosen extent (all nodata or masked)")
+        raise InputError(f"{dataset_name(src)} has no valid pixels in the chosen extent (all nodata, masked or left out)")
     return band_limits(data[:, valid], percentiles)
 
 

@@ -5,9 +5,14 @@ provider loads in a QGIS without torch and each algorithm then explains what to 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsGeometry,
+    QgsMapLayer,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterBand,
@@ -18,6 +23,8 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProviderRegistry,
     QgsRasterLayer,
+    QgsVectorLayer,
+    QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
@@ -210,6 +217,26 @@ def layer_file(layer: QgsRasterLayer) -> str:
     parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
     name = f"{parts.get('vsiPrefix') or ''}{parts['path']}{parts.get('vsiSuffix') or ''}"
     return f"GPKG:{name}:{parts['layerName']}" if parts.get("layerName") else name
+
+
+def areas_to_leave_out(layer: QgsMapLayer | None, crs: QgsCoordinateReferenceSystem, context):
+    """What ``predict_raster(exclude=...)`` takes for a layer: a raster's dataset name (nonzero = left out), or
+    the geometries of a polygon layer's features as GeoJSON in ``crs`` (the image's); None for no layer."""
+    if layer is None:
+        return None
+    if isinstance(layer, QgsRasterLayer):
+        return layer_file(layer)
+    if not isinstance(layer, QgsVectorLayer) or layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+        raise QgsProcessingException(f"Layer '{layer.name()}' holds no polygons: the areas to leave out are "
+                                     "polygons or a raster (nonzero where left out).")
+    transform = QgsCoordinateTransform(layer.crs(), crs, context.transformContext())
+    geometries = []
+    for feature in layer.getFeatures():
+        geometry = QgsGeometry(feature.geometry())
+        if not geometry.isEmpty():
+            geometry.transform(transform)
+            geometries.append(json.loads(geometry.asJson()))
+    return geometries
 
 
 def log_summary(feedback, summary: dict) -> None:

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
+    QgsProcessingParameterMapLayer,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
 )
 
 from ..styling import DepthLayerStyler
-from .base import D3Algorithm, log_summary, progress_callback
+from .base import D3Algorithm, areas_to_leave_out, log_summary, progress_callback
 
 
 class EstimateDepth(D3Algorithm):
@@ -25,6 +27,10 @@ class EstimateDepth(D3Algorithm):
         "blue-green-red-NIR images do not start with red). The log names the bands used.<br>"
         "<b>Extent</b>: optional (drawn on the canvas, or a layer's or the canvas's extent, in any CRS); only the "
         "image's pixels within it are processed, and the output covers them alone.<br>"
+        "<b>Areas to leave out</b>: optional; polygons (clouds, their shadows, water) or a raster that is nonzero "
+        "there (a cloud mask), in any CRS and resolution. They are nodata like the image's own: the image is "
+        "stretched without them and the map has no heights there. Leave out clouds: a cloud left in makes the "
+        "rest of the image darker to the model, which moves the whole map, and is drawn high, like snow.<br>"
         "<b>Refinement steps</b>: the model's default is shown; 0 keeps the coarse map (fastest); empty uses "
         "the number stored with the weights.<br>"
         "<b>Reference DEM</b>: optional (any CRS and resolution, e.g. SRTM or Copernicus DEM); when given, the "
@@ -40,6 +46,7 @@ class EstimateDepth(D3Algorithm):
 
     INPUT = "INPUT"
     EXTENT = "EXTENT"
+    EXCLUDE = "EXCLUDE"
     HILLSHADE = "HILLSHADE"
     OUTPUT = "OUTPUT"
 
@@ -48,6 +55,9 @@ class EstimateDepth(D3Algorithm):
         self.add_bands_parameter(self.INPUT)
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, self.tr("Extent (empty = the whole image)"), optional=True))
+        self.addParameter(QgsProcessingParameterMapLayer(
+            self.EXCLUDE, self.tr("Areas to leave out (clouds, water: polygons, or a raster nonzero there)"),
+            optional=True, types=[QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeRaster]))
         self.add_model_parameters()
         self.add_reference_parameter()
         self.add_advanced(QgsProcessingParameterBoolean(
@@ -68,6 +78,8 @@ class EstimateDepth(D3Algorithm):
             bands=self.band_list(parameters, self.BANDS, context),
             reference_dem=self.raster_path(parameters, self.REFERENCE_DEM, context),
             bounds=self.extent_bounds(parameters, layer, context),
+            exclude=areas_to_leave_out(self.parameterAsLayer(parameters, self.EXCLUDE, context), layer.crs(),
+                                       context),
             progress=progress_callback(feedback), cancel=feedback.isCanceled,
             **self.model_options(parameters, context))
         log_summary(feedback, summary)

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--bounds", type=float, nargs=4, metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
                          help="only this extent of the input, in its CRS (as rio clip --bounds); the output covers "
                          "the input's pixels within it")
+    predict.add_argument("--exclude", metavar="MASK", help="areas to leave out, nodata like the input's own "
+                         "(clouds, water): a raster, nonzero where left out (any CRS/resolution), or a GeoJSON file "
+                         "of polygons (.geojson/.json, WGS 84 unless it names another CRS)")
     predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
     predict.set_defaults(func=_predict)
 
@@ -158,6 +161,7 @@ def _predict(args) -> int:
             progress=progress,
             resample_to_gsd=args.resample_to_gsd,
             bounds=args.bounds,
+            exclude=args.exclude,
         )
     finally:
         if bar is not None:

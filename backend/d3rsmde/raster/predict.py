@@ -30,12 +30,13 @@ from ..device import default_batch_size, is_out_of_memory
 from ..errors import InputError, OutputError
 from ..files import describe_write_error, staged_output
 from ..geodesy import pixel_size_m
-from ..imagery import stretch_limits
+from ..imagery import stats_shape, stretch_limits
 from ..progress import Cancel, Progress, check_cancel, report
 from ..tiling import TileGrid
 from .calibration import align_tiles, flat_tiles
-from .io import check_paths, gdal_settings, open_raster, warp_onto
-from .masks import (SMALL_HOLE_PIXELS, collar_masked, collar_value, collar_warning, image_mask,
+from .exclusion import Exclusion, exclusion_for
+from .io import check_paths, dataset_path, gdal_settings, open_raster, spare_inputs, warp_onto
+from .masks import (SMALL_HOLE_PIXELS, collar_masked, collar_value, collar_warning,
                     nodata_holes_closable)
 from .output import BLOCK, NODATA, GridSpec, VerifiedOutput, finish
 from .reference import keep_reference_lows
@@ -67,6 +68,7 @@ def predict_raster(
     cancel: Cancel | None = None,
     resample_to_gsd: bool = False,
     bounds: Sequence[float] | None = None,
+    exclude=None,
     overwrite: bool = True,
 ) -> dict:
     """Predict a height map for the raster at ``src`` and write it to ``dst`` (.tif/.tiff) as a float32 GeoTIFF.
@@ -84,7 +86,9 @@ def predict_raster(
     on its share of torch's threads, :mod:`.workers`). ``resample_to_gsd`` runs the
     model at its training ground resolution and resamples back. ``bounds`` (left, bottom, right, top in the
     raster's CRS) limits the run to that extent: the output covers the raster's pixels within it, and the image
-    is stretched over them alone.
+    is stretched over them alone. ``exclude``: areas to leave out (clouds, water), nodata like the raster's own:
+    a mask raster (nonzero = left out; any CRS and resolution) or GeoJSON file path, or GeoJSON geometries in the
+    raster's CRS (:mod:`.exclusion`).
     ``progress(fraction, message)`` is called and ``cancel()`` polled once per batch. The output is read back and
     checked before it replaces a previous ``dst``; on cancel or failure no output or scratch file is left behind,
     and ``dst`` may be no file any input reads (a VRT's sources included); ``overwrite=False`` refuses an existing
@@ -92,6 +96,8 @@ def predict_raster(
     """
     start = time.perf_counter()
     src_path, dst_path, ref_path = check_paths(src, dst, reference_dem)
+    if isinstance(exclude, (str, os.PathLike)):
+        spare_inputs(dst_path, [("exclusion mask", dataset_path(exclude))])
     if not overwrite and os.path.lexists(dst_path):
         raise InputError(f"{dst_path} exists and is not to be overwritten")
     prep = pipeline.config.preprocessing  # what the weights were trained with: bands, stretch, tile, GSD
@@ -118,8 +124,11 @@ def predict_raster(
             collar = collar_value(ds, indexes)
             if collar is not None:
                 band_notes.append(collar_warning(src_path.name, collar))
+            left_out = exclusion_for(exclude, ds)
             with nullcontext(ds) if collar is None else collar_masked(ds, collar) as seen:
-                lo, hi = stretch_limits(seen, indexes, extent, prep.stretch_percentiles)
+                lo, hi = stretch_limits(seen, indexes, extent, prep.stretch_percentiles, left_out)
+                if left_out is not None:
+                    notes += _left_out_warnings(src_path, left_out, seen, extent)
             if (hi <= lo).all():
                 raise InputError(f"{src_path.name} shows no contrast: in every band used ({sorted(set(indexes))}), "
                                  f"at least {np.ptp(prep.stretch_percentiles):g} % of its pixels have one value, so "
@@ -131,7 +140,7 @@ def predict_raster(
                 if ref.crs is None or out_grid.crs is None:
                     raise InputError(f"to use a reference DEM, {ref_path.name} and {src_path.name} both need a CRS")
                 ref_units = ref.units[0] if ref.units and ref.units[0] else "m"
-        source = Source(src_path, tuple(indexes), lo, hi, out_grid.scaled(factor), close_holes, collar)
+        source = Source(src_path, tuple(indexes), lo, hi, out_grid.scaled(factor), close_holes, collar, left_out)
         _check_tile_fits(tile, source.grid, prep.tile_size, multiple)
         # A tile's outer pixels carry the model's edge artefact (the VAE decoder's bright frame: 17x the median
         # |second difference| at the edge pixel, 3x at 7 pixels, bundled model at tile 128); none of them reaches
@@ -294,6 +303,15 @@ def _featureless_warnings(src_path: Path, ranges: np.ndarray) -> list[str]:
             "model sees no relief there, and the map is flat in them"]
 
 
+def _left_out_warnings(src_path: Path, left_out: Exclusion, ds, extent: Window) -> list[str]:
+    """A warning when the areas to leave out miss the image: most likely given in another CRS than they say."""
+    if left_out.over(ds, extent, stats_shape(extent.height, extent.width)).any():
+        return []
+    what = left_out.mask.name if left_out.mask else f"{len(left_out.geometries)} polygon(s)"
+    return [f"the areas to leave out ({what}) cover none of {src_path.name}: nothing was left out (is their CRS "
+            "the one they declare?)"]
+
+
 def _hole_warnings(src_path: Path, pixels: int, nodata) -> list[str]:
     if not pixels:
         return []
@@ -374,7 +392,7 @@ def _resample_back(run: _Run, work: Path, out: VerifiedOutput, grid: GridSpec) -
             window = Window(0, row0, grid.width, min(BLOCK, grid.height - row0))
             band = vrt.read(1, window=window, masked=True).filled(NODATA)
             in_src = Window(run.extent.col_off, run.extent.row_off + row0, window.width, window.height)
-            valid, _ = image_mask(src, run.source.indexes, in_src, run.source.close_holes)
+            valid, _ = run.source.mask(src, in_src)
             out.write(np.where(valid, band, NODATA), window)
 
 

@@ -18,6 +18,7 @@ from rasterio.windows import Window
 
 from ..imagery import is_paletted, read_image, stretch
 from ..tiling import TileGrid
+from .exclusion import Exclusion
 from .masks import collar_masked, image_mask
 from .output import GridSpec
 
@@ -27,7 +28,8 @@ PREFETCH_BATCHES = 2
 @dataclass(frozen=True)
 class Source:
     """How model input is read: bands, stretch, the grid it is read on (resampled for the model's GSD), whether
-    small nodata holes are image data and the value of a fill border to mask (:mod:`.masks`)."""
+    small nodata holes are image data, the value of a fill border to mask (:mod:`.masks`) and the areas the user
+    leaves out (:mod:`.exclusion`)."""
 
     path: Path
     indexes: tuple[int, ...]
@@ -36,6 +38,7 @@ class Source:
     grid: GridSpec
     close_holes: bool
     collar: float | None = None
+    left_out: Exclusion | None = None
 
     def open_native(self, stack: ExitStack):
         """The raster on its own grid, its fill border masked."""
@@ -62,6 +65,15 @@ class Source:
             )
         )
 
+    def mask(self, ds, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """``(valid, closed)`` over ``window`` of ``ds`` (:func:`.masks.image_mask`), less the areas left out."""
+        valid, closed = image_mask(ds, self.indexes, window, self.close_holes)
+        if self.left_out is not None:
+            kept = ~self.left_out.over(ds, window)
+            valid &= kept
+            closed &= kept
+        return valid, closed
+
     def read(self, ds, grid: TileGrid, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Tile ``i`` as ``3 x tile x tile`` float32 in [0, 1], its validity mask, and the mask of the small nodata
         holes counted as valid (:func:`.masks.image_mask`); where the tile overhangs the raster, the image is
@@ -72,7 +84,7 @@ class Source:
         box, (r, c) = grid.box(i), grid.origin(i)
         window = Window(box.col0, box.row0, box.col1 - box.col0, box.row1 - box.row0)
         data = read_image(ds, self.indexes, window)
-        valid, closed = image_mask(ds, self.indexes, window, self.close_holes)
+        valid, closed = self.mask(ds, window)
         finite = np.isfinite(data).all(axis=0)  # float rasters may carry NaN without declaring nodata
         valid &= finite
         closed &= finite

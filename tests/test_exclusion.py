@@ -1,0 +1,110 @@
+"""Areas left out of a prediction (clouds, water): nodata for the stretch, the model and the output, exactly as the
+raster's own nodata is, whether they come as a mask raster on any grid or as polygons in any CRS."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.warp import transform_geom
+
+from d3rsmde.errors import InputError
+from d3rsmde.raster import predict_raster
+from test_raster import METRE_PIXELS, UTM, height_image, terrain_m, tiny, write  # noqa: F401 (tiny: a fixture)
+
+CLOUD = np.s_[40:80, 60:120]  # rows, columns of the white cloud
+
+
+@pytest.fixture
+def scene(tmp_path):
+    """An 8-bit RGB image with a saturated white cloud and no nodata (bare.tif), the same image with the cloud
+    transparent (alpha.tif), and the cloud as a mask raster on the image's grid (mask.tif)."""
+    image = np.repeat((height_image(terrain_m(160, 200)) // 256).astype(np.uint8)[None], 3, axis=0)
+    image[(slice(None), *CLOUD)] = 255
+    cloud = np.zeros(image.shape[1:], bool)
+    cloud[CLOUD] = True
+    write(tmp_path / "bare.tif", image)
+    write(tmp_path / "alpha.tif", np.concatenate([image, 255 * (~cloud)[None].astype(np.uint8)]),
+          photometric="RGB", alpha="YES")
+    write(tmp_path / "mask.tif", cloud.astype(np.uint8))
+    return tmp_path, cloud
+
+
+def height(path) -> np.ma.MaskedArray:
+    with rasterio.open(path) as ds:
+        return ds.read(1, masked=True)
+
+
+def cloud_polygon(inset: float = 0.25) -> dict:
+    """The cloud's pixels as a polygon in the image's CRS, drawn ``inset`` pixels inside their outline."""
+    (r0, r1), (c0, c1) = (CLOUD[0].start, CLOUD[0].stop), (CLOUD[1].start, CLOUD[1].stop)
+    corners = [(c0 + inset, r0 + inset), (c1 - inset, r0 + inset), (c1 - inset, r1 - inset), (c0 + inset, r1 - inset)]
+    ring = [METRE_PIXELS * corner for corner in corners]
+    return {"type": "Polygon", "coordinates": [ring + ring[:1]]}
+
+
+def test_left_out_areas_are_nodata_exactly_as_the_rasters_own(scene, tiny):
+    """A mask raster, polygons given in the image's CRS, a GeoJSON file in WGS 84 and one naming its CRS all give
+    the map of the image whose cloud is transparent, bit for bit; the cloud no longer sets the stretch."""
+    folder, cloud = scene
+    run = dict(refine_steps=0)
+    alpha = predict_raster(folder / "alpha.tif", folder / "alpha-map.tif", tiny, **run)
+    bare = predict_raster(folder / "bare.tif", folder / "bare-map.tif", tiny, **run)
+    reference = height(folder / "alpha-map.tif")
+    assert np.array_equal(reference.mask, cloud)
+    assert not height(folder / "bare-map.tif").mask.any()
+    wgs84 = transform_geom(UTM, "EPSG:4326", cloud_polygon())
+    (folder / "wgs84.geojson").write_text(json.dumps(
+        {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}, "geometry": wgs84}]}))
+    (folder / "utm.json").write_text(json.dumps(
+        {"type": "Feature", "geometry": cloud_polygon(), "crs": {"type": "name", "properties": {"name": UTM}}}))
+    for name, exclude in [("mask", folder / "mask.tif"), ("polygons", [cloud_polygon()]),
+                          ("wgs84", str(folder / "wgs84.geojson")), ("utm", folder / "utm.json")]:
+        stats = predict_raster(folder / "bare.tif", folder / f"{name}-map.tif", tiny, exclude=exclude, **run)
+        left_out = height(folder / f"{name}-map.tif")
+        assert np.array_equal(left_out.mask, cloud), name
+        assert np.array_equal(left_out, reference), name
+        assert stats["stretch"] == alpha["stretch"], name
+        assert not any("leave out" in w for w in stats["warnings"]), name
+    assert max(bare["stretch"]["high"]) == 255 > max(alpha["stretch"]["high"])  # the cloud set the stretch's top
+
+
+def test_a_coarse_mask_in_another_crs_covers_the_cloud(scene, tiny):
+    """A cloud mask in WGS 84 at about 3 m (the image: 1 m UTM), drawn over the cloud grown by half a metre, leaves
+    out every image pixel it touches: the whole cloud and a rim of a few pixels."""
+    folder, cloud = scene
+    with rasterio.open(folder / "bare.tif") as ds:
+        west, south, east, north = rasterio.warp.transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
+    step = 3 / 111_000  # degrees: about 3 m
+    rows, cols = int((north - south) / step) + 1, int((east - west) / step) + 1
+    transform = from_origin(west, north, step, step)
+    mask = np.zeros((rows, cols), np.uint8)
+    polygon = transform_geom(UTM, "EPSG:4326", cloud_polygon(inset=-0.5))
+    mask[rasterio.features.geometry_mask([polygon], (rows, cols), transform, invert=True, all_touched=True)] = 1
+    write(folder / "coarse.tif", mask, crs="EPSG:4326", transform=transform)
+    predict_raster(folder / "bare.tif", folder / "map.tif", tiny, refine_steps=0, exclude=folder / "coarse.tif")
+    left_out = height(folder / "map.tif").mask
+    assert left_out[cloud].all()
+    assert cloud.sum() < left_out.sum() < 1.6 * cloud.sum()
+
+
+def test_bad_areas_to_leave_out_are_refused_or_warned_about(scene, tiny):
+    folder, _ = scene
+    run = dict(refine_steps=0)
+    (folder / "points.geojson").write_text(json.dumps({"type": "Point", "coordinates": [15.0, 42.0]}))
+    with pytest.raises(InputError, match=r"^points.geojson must hold polygons \(areas\), not Point$"):
+        predict_raster(folder / "bare.tif", folder / "out.tif", tiny, exclude=folder / "points.geojson", **run)
+    with pytest.raises(InputError, match="^cannot read the areas to leave out from missing.geojson"):
+        predict_raster(folder / "bare.tif", folder / "out.tif", tiny, exclude=folder / "missing.geojson", **run)
+    write(folder / "small-mask.tif", np.ones((10, 10), np.uint8), crs=None)
+    with pytest.raises(InputError, match="^the mask small-mask.tif cannot be placed on bare.tif"):
+        predict_raster(folder / "bare.tif", folder / "out.tif", tiny, exclude=folder / "small-mask.tif", **run)
+    with pytest.raises(InputError, match="mask.tif is the exclusion mask raster; choose another output path"):
+        predict_raster(folder / "bare.tif", folder / "mask.tif", tiny, exclude=folder / "mask.tif", **run)
+    assert not (folder / "out.tif").exists()
+    far = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]}  # 4,650 km away, in UTM metres
+    stats = predict_raster(folder / "bare.tif", folder / "out.tif", tiny, exclude=[far], **run)
+    assert any("the areas to leave out (1 polygon(s)) cover none of bare.tif" in w for w in stats["warnings"])
+    assert not height(folder / "out.tif").mask.any()
