@@ -35,6 +35,17 @@ def d3_provider(qgis_processing, qgis_iface):
     plugin.unload()
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """A randomly initialised "tiny" pipeline (seed 0), in memory."""
+    import torch
+
+    from d3rsmde.pipeline import D3Pipeline
+
+    torch.manual_seed(0)
+    return D3Pipeline.from_config("tiny")
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """A randomly initialised "tiny" checkpoint: real code path, milliseconds per tile on a CPU."""

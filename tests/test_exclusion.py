@@ -12,7 +12,7 @@ from rasterio.warp import transform_geom
 
 from d3rsmde.errors import InputError
 from d3rsmde.raster import predict_raster
-from test_raster import METRE_PIXELS, UTM, height_image, terrain_m, tiny, write  # noqa: F401 (tiny: a fixture)
+from test_raster import METRE_PIXELS, UTM, height_image, terrain_m, write
 
 CLOUD = np.s_[40:80, 60:120]  # rows, columns of the white cloud
 
@@ -98,9 +98,13 @@ def test_bad_areas_to_leave_out_are_refused_or_warned_about(scene, tiny):
         predict_raster(folder / "bare.tif", folder / "out.tif", tiny, exclude=folder / "points.geojson", **run)
     with pytest.raises(InputError, match="^cannot read the areas to leave out from missing.geojson"):
         predict_raster(folder / "bare.tif", folder / "out.tif", tiny, exclude=folder / "missing.geojson", **run)
-    write(folder / "small-mask.tif", np.ones((10, 10), np.uint8), crs=None)
-    with pytest.raises(InputError, match="^the mask small-mask.tif cannot be placed on bare.tif"):
-        predict_raster(folder / "bare.tif", folder / "out.tif", tiny, exclude=folder / "small-mask.tif", **run)
+    (folder / "list.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match=r"^list.json is no GeoJSON object"):
+        predict_raster(folder / "bare.tif", folder / "out.tif", tiny, exclude=folder / "list.json", **run)
+    for shape in [(10, 10), (160, 200)]:  # a mask without a CRS on an image with one: not placed, whatever its size
+        write(folder / "bare-mask.tif", np.ones(shape, np.uint8), crs=None)
+        with pytest.raises(InputError, match="^the mask bare-mask.tif cannot be placed on bare.tif"):
+            predict_raster(folder / "bare.tif", folder / "out.tif", tiny, exclude=folder / "bare-mask.tif", **run)
     with pytest.raises(InputError, match="mask.tif is the exclusion mask raster; choose another output path"):
         predict_raster(folder / "bare.tif", folder / "mask.tif", tiny, exclude=folder / "mask.tif", **run)
     assert not (folder / "out.tif").exists()
@@ -108,3 +112,15 @@ def test_bad_areas_to_leave_out_are_refused_or_warned_about(scene, tiny):
     stats = predict_raster(folder / "bare.tif", folder / "out.tif", tiny, exclude=[far], **run)
     assert any("the areas to leave out (1 polygon(s)) cover none of bare.tif" in w for w in stats["warnings"])
     assert not height(folder / "out.tif").mask.any()
+
+
+def test_without_a_crs_a_mask_of_the_same_size_is_read_pixel_for_pixel(scene, tiny):
+    folder, cloud = scene
+    with rasterio.open(folder / "bare.tif") as ds:
+        write(folder / "no-crs.tif", ds.read(), crs=None)
+    write(folder / "no-crs-mask.tif", cloud.astype(np.uint8), crs=None)
+    predict_raster(folder / "no-crs.tif", folder / "map.tif", tiny, refine_steps=0, exclude=folder / "no-crs-mask.tif")
+    assert np.array_equal(height(folder / "map.tif").mask, cloud)
+    with pytest.raises(InputError, match="^no-crs.tif has no CRS, so the polygons of clouds.geojson cannot be placed"):
+        (folder / "clouds.geojson").write_text(json.dumps(cloud_polygon()))
+        predict_raster(folder / "no-crs.tif", folder / "out.tif", tiny, exclude=folder / "clouds.geojson")

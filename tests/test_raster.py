@@ -57,14 +57,6 @@ class Oracle:
         return (h - lo) / (hi - lo).clamp_min(1e-6)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from d3rsmde.pipeline import D3Pipeline
-
-    torch.manual_seed(0)
-    return D3Pipeline.from_config("tiny")
-
-
 def write(path, data, crs=UTM, transform=None, **profile):
     data = np.asarray(data)
     data = data[None] if data.ndim == 2 else data

@@ -45,7 +45,7 @@ class Exclusion:
             return geometry_mask(self.geometries, out_shape=shape, transform=transform, invert=True,
                                  all_touched=True)
         with open_raster(self.mask) as mask:
-            if mask.crs is None:  # checked by exclusion_for: on the image's own grid, pixel for pixel
+            if mask.crs is None:  # and the image has none (exclusion_for): the same grid, pixel for pixel
                 return mask.read(1, window=window, out_shape=shape, masked=True).filled(0) != 0
             out = np.zeros(shape, mask.dtypes[0])
             # No dst_nodata: GDAL's max resampling then takes every 0 for nodata and leaves out everything. Where
@@ -67,10 +67,11 @@ def exclusion_for(spec, ds) -> Exclusion | None:
     if path.suffix.lower() in GEOJSON_SUFFIXES:
         return Exclusion(geometries=_geojson_polygons(path, ds))
     with open_raster(path) as mask:
-        if (mask.crs is None or ds.crs is None) and (mask.crs, mask.width, mask.height) != (None, ds.width,
-                                                                                           ds.height):
-            raise InputError(f"the mask {path.name} cannot be placed on {Path(ds.name).name}: a mask without a "
-                             "CRS must have the image's size and the image no CRS either; otherwise both need one")
+        placed = (mask.crs is not None and ds.crs is not None) or (
+            mask.crs is None and ds.crs is None and (mask.width, mask.height) == (ds.width, ds.height))
+    if not placed:
+        raise InputError(f"the mask {path.name} cannot be placed on {Path(ds.name).name}: both need a CRS, or "
+                         "neither has one and they have the same size")
     return Exclusion(mask=path)
 
 
@@ -81,7 +82,9 @@ def _geojson_polygons(path: Path, ds) -> tuple[dict, ...]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read the areas to leave out from {path.name}: {exc}") from exc
-    features = data.get("features", [data]) if isinstance(data, dict) else []
+    if not isinstance(data, dict):
+        raise InputError(f"{path.name} is no GeoJSON object (a FeatureCollection, Feature or geometry)")
+    features = data.get("features", [data])
     geometries = [f.get("geometry", f) if isinstance(f, dict) and f.get("type") == "Feature" else f for f in features]
     crs = ((data.get("crs") or {}).get("properties") or {}).get("name", GEOJSON_CRS)  # the pre-RFC 7946 member
     polygons = _polygons(geometries, path.name)
