@@ -125,6 +125,31 @@ def test_an_undeclared_fill_border_is_nodata_to_training_too(tmp_path, monkeypat
     assert (result["dropped"]["nodata"], warned) == ((2, True) if find_collar else (0, False))
 
 
+def test_areas_left_out_are_nodata_to_training(tmp_path):
+    """The scene above with its relief column left out (a polygon over it) drops those tiles as nodata, and an
+    8 x 8 cloud left out of a coastal tile is masked in it: no image, no height to learn from there."""
+    image, dem = filter_scene(tmp_path)
+    with rasterio.open(image) as src:
+        pixel = src.transform
+
+    def box(col0, row0, col1, row1):
+        ring = [pixel * corner for corner in [(col0, row0), (col1, row0), (col1, row1), (col0, row1), (col0, row0)]]
+        return {"type": "Polygon", "coordinates": [ring]}
+
+    relief, cloud = box(96.2, 0.2, 127.8, 63.8), box(148.2, 4.2, 155.8, 11.8)  # a quarter pixel inside
+    options = BuildOptions(tile_size=32, block_size=512, val_fraction=0, test_fraction=0, min_relief_m=10,
+                           max_sea_fraction=0.5)
+    result = build_dataset(image, dem, tmp_path / "ds", options, exclude=[relief, cloud])
+    assert result["dropped"] == {"nodata": 4, "sea": 2, "flat": 2, "straddling": 0}
+    data = TileDataset(tmp_path / "ds")
+    assert sorted(t["col"] for t in data.tiles) == [128, 128]
+    top = [t["row"] for t in data.tiles].index(0)
+    with np.load(tmp_path / "ds" / data.tiles[top]["file"]) as tile:
+        left_out = ~tile["mask"][0]
+        assert left_out.sum() == 64 and left_out[4:12, 20:28].all()
+        assert (tile["image"][:, left_out] == 0).all() and (tile["depth"][0][left_out] == 0).all()
+
+
 def test_split_blocks_are_spatially_disjoint(tmp_path):
     size, tile, block = 512, 32, 128
     height = ramp_terrain(size, size)

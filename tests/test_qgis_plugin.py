@@ -491,6 +491,17 @@ def test_finetune_writes_loadable_weights(d3_provider, tiny_weights, tmp_path):
     assert any(line.startswith("after: mae ") for line in feedback.infos), feedback.infos
     change = next(line for line in feedback.infos if line.startswith("change: "))  # after minus before, paired
     assert change.startswith("change: mae +") or change.startswith("change: mae -"), change
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+
+    clouds = QgsVectorLayer("Polygon?crs=EPSG:4326", "clouds over all of it", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromWkt("POLYGON((-106.1 40, -105.2 40, -105.2 40.7, -106.1 40.7, -106.1 40))"))
+    assert clouds.dataProvider().addFeatures([feature])
+    with pytest.raises(QgsProcessingException, match=r"no valid pixels in the chosen extent \(all nodata, masked or"):
+        run("d3rsmde:finetune", {"IMAGE": str(SAMPLE_RGB), "DEM": str(SAMPLE_DEM), "EXCLUDE": clouds, "EPOCHS": 1,
+                                 "TILE": 32, "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
+                                 "OUTPUT": str(tmp_path / "none.safetensors")})
+    assert not (tmp_path / "none.safetensors").exists()
 
 
 # -- qgis_process and the desktop dialog, in subprocesses ------------------------------------------------------

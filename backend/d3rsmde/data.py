@@ -32,6 +32,7 @@ from d3rsmde.errors import InputError
 from d3rsmde.datasets import INDEX_NAME, SPLITS, publish_tiles, staged_tiles
 from d3rsmde.defaults import SEED
 from d3rsmde.progress import Cancel, Progress, check_cancel, report
+from d3rsmde.raster.exclusion import Exclusion, exclusion_for
 from d3rsmde.raster.io import warp_onto
 from d3rsmde.raster.masks import collar_masked, collar_value, collar_warning
 
@@ -147,6 +148,7 @@ def build_dataset(
     *,
     bands: Sequence[int] | None = None,
     extent: Sequence[float] | None = None,
+    exclude=None,
     sources: dict | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
@@ -154,7 +156,8 @@ def build_dataset(
     """Cut co-registered image/height tiles into ``out_dir`` (``tiles/*.npz`` + ``index.json``) as ``options``
     say; a tile overlapping split blocks of different splits is dropped.
 
-    ``extent`` is (xmin, ymin, xmax, ymax) in the image CRS. Returns ``{"index_path", "counts", "dropped", "bands",
+    ``extent`` is (xmin, ymin, xmax, ymax) in the image CRS. ``exclude``: areas to leave out (clouds), masked
+    like nodata, as ``predict_raster`` takes them (:mod:`d3rsmde.raster.exclusion`). Returns ``{"index_path", "counts", "dropped", "bands",
     "warnings"}``: the image bands the tiles hold as RGB, and what the user should know (bands guessed blindly).
     """
     o = options
@@ -169,12 +172,13 @@ def build_dataset(
             notes.append(collar_warning(Path(image).name, collar))
             img = stack.enter_context(collar_masked(img, collar))
         window = _window_for(img, extent, o.tile_size)
-        low, high = stretch_limits(img, bands, window)
+        left_out = exclusion_for(exclude, img)
+        low, high = stretch_limits(img, bands, window, left_out=left_out)
         image_dtype = np.uint8 if img.dtypes[bands[0] - 1] == "uint8" else np.uint16
         with staged_tiles(out_dir) as tmp:
             with warp_onto(dem_src, img, Resampling.bilinear) as elevation:
                 tiles, dropped = _cut_tiles(img, elevation, bands, window, (low, high), image_dtype, tmp / "tiles", o,
-                                            progress, cancel)
+                                            left_out, progress, cancel)
             counts, dropped["straddling"] = _split_tiles(tiles, o, tmp / "tiles")
             tiles = [t for t in tiles if "split" in t]
             gsd = [t["gsd_m"] for t in tiles]
@@ -206,9 +210,10 @@ def build_dataset(
 
 
 def _cut_tiles(img, elevation, bands: list[int], window: Window, limits: tuple, image_dtype, tile_dir: Path,
-               o: BuildOptions, progress: Progress | None, cancel: Cancel | None) -> tuple[list, dict]:
-    """Read, filter and write every candidate tile (``limits``: the stretch's low and high per band); return kept
-    tiles' metadata and drop counts."""
+               o: BuildOptions, left_out: Exclusion | None, progress: Progress | None,
+               cancel: Cancel | None) -> tuple[list, dict]:
+    """Read, filter and write every candidate tile (``limits``: the stretch's low and high per band; ``left_out``
+    masked like nodata); return kept tiles' metadata and drop counts."""
     scale = np.iinfo(image_dtype).max
     tile_size, block_size, sea_level = o.tile_size, o.block, o.sea_level
     origins = [(r, c) for r in _origins(window.height, tile_size, o.step)
@@ -221,6 +226,8 @@ def _cut_tiles(img, elevation, bands: list[int], window: Window, limits: tuple, 
         win = Window(window.col_off + c, window.row_off + r, tile_size, tile_size)
         height = elevation.read(1, window=win)
         valid = (img.dataset_mask(window=win) > 0) & np.isfinite(height)
+        if left_out is not None:
+            valid &= ~left_out.over(img, win)
         valid_fraction = float(valid.mean())
         if valid_fraction < o.min_valid:
             dropped["nodata"] += 1

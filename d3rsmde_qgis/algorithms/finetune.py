@@ -4,14 +4,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMapLayer,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
 )
 
-from .base import D3Algorithm, log_summary, progress_callback
+from .base import D3Algorithm, areas_to_leave_out, log_summary, progress_callback
 
 
 class FinetuneRegion(D3Algorithm):
@@ -26,7 +28,8 @@ class FinetuneRegion(D3Algorithm):
         "one standard error is not evidence that it helped. Use the resulting .safetensors file as "
         "<i>Model weights</i> in <i>Estimate depth</i>, with the same <b>Bands</b> (left empty, they are chosen as "
         "<i>Estimate depth</i> chooses them; the log names them). <b>Extent</b> limits training to part of the "
-        "image (e.g. to keep an area for evaluation). Training on a CPU is slow: start with few epochs. "
+        "image (e.g. to keep an area for evaluation); <b>Areas to leave out</b> (polygons or a raster nonzero "
+        "there, any CRS) keeps clouds and their shadows out of training, as in <i>Estimate depth</i>. Training on a CPU is slow: start with few epochs. "
         "Cancel stops after the current step and writes nothing. Choose a file for <b>Fine-tuned weights</b>: left "
         "as a temporary file, they are deleted when QGIS closes (the log warns)."
     )
@@ -34,6 +37,7 @@ class FinetuneRegion(D3Algorithm):
     IMAGE = "IMAGE"
     DEM = "DEM"
     EXTENT = "EXTENT"
+    EXCLUDE = "EXCLUDE"
     EPOCHS = "EPOCHS"
     REFINER_EPOCHS = "REFINER_EPOCHS"
     OUTPUT = "OUTPUT"
@@ -45,6 +49,9 @@ class FinetuneRegion(D3Algorithm):
         self.add_bands_parameter(self.IMAGE)
         self.addParameter(QgsProcessingParameterRasterLayer(self.DEM, self.tr("DEM (heights in metres)")))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Training extent"), optional=True))
+        self.addParameter(QgsProcessingParameterMapLayer(
+            self.EXCLUDE, self.tr("Areas to leave out (clouds: polygons, or a raster nonzero there)"), optional=True,
+            types=[QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeRaster]))
         self.addParameter(QgsProcessingParameterNumber(
             self.EPOCHS, self.tr("Epochs"), type=QgsProcessingParameterNumber.Integer, minValue=1,
             defaultValue=FINETUNE_EPOCHS))
@@ -73,6 +80,8 @@ class FinetuneRegion(D3Algorithm):
             self.raster_path(parameters, self.IMAGE, context), self.raster_path(parameters, self.DEM, context),
             str(self.weights(parameters, context)), output,
             bands=self.band_list(parameters, self.BANDS, context), extent=extent,
+            exclude=areas_to_leave_out(self.parameterAsLayer(parameters, self.EXCLUDE, context), image_layer.crs(),
+                                       context),
             epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
             refiner_epochs=self.parameterAsInt(parameters, self.REFINER_EPOCHS, context),
             tile=self.optional_int(parameters, self.TILE, context), device=self.device(parameters, context),

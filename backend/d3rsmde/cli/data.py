@@ -55,7 +55,7 @@ def _report(result: dict) -> int:
 
 def _cli_build(args) -> int:
     result = build_dataset(args.image, args.dem, args.out, _options(args, BuildOptions()), bands=args.bands,
-                           extent=args.extent, progress=terminal_progress(0.1))
+                           extent=args.extent, exclude=args.exclude, progress=terminal_progress(0.1))
     return _report(result)
 
 
@@ -105,6 +105,8 @@ def add_cli(subparsers) -> None:
     build.add_argument("out", help="output folder (tiles/ + index.json)")
     build.add_argument("--bands", type=bands, help=BANDS_HELP)
     build.add_argument("--extent", type=floats, help="xmin,ymin,xmax,ymax in the image CRS")
+    build.add_argument("--exclude", metavar="MASK", help="areas to leave out (clouds), masked like nodata, as "
+                       "predict --exclude takes them")
     _add_build_options(build, BuildOptions())
     build.set_defaults(func=_cli_build)
 

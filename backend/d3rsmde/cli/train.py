@@ -62,7 +62,8 @@ def _cli_train(args) -> int:
 
 def _cli_finetune(args) -> int:
     result = finetune_region(
-        args.image, args.dem, args.weights, args.out, bands=args.bands, extent=args.extent, epochs=args.epochs,
+        args.image, args.dem, args.weights, args.out, bands=args.bands, extent=args.extent, exclude=args.exclude,
+        epochs=args.epochs,
         refiner_epochs=args.refiner_epochs, tile=args.tile, batch_size=args.batch_size, device=args.device,
         work_dir=args.work_dir, options=BuildOptions(min_relief_m=args.min_relief), progress=terminal_progress(),
     )
@@ -183,6 +184,8 @@ def add_cli(subparsers) -> None:
     tune.add_argument("--bands", type=bands, help=BANDS_HELP)
     tune.add_argument("--weights", help="weights to start from (default: the shipped weights)")
     tune.add_argument("--extent", type=floats, help="xmin,ymin,xmax,ymax in the image CRS (write --extent=... when xmin is negative)")
+    tune.add_argument("--exclude", metavar="MASK", help="areas to leave out of training (clouds), as predict "
+                      "--exclude takes them")
     tune.add_argument("--epochs", type=int, default=FINETUNE_EPOCHS, help="coarse model epochs (default %(default)s)")
     tune.add_argument("--refiner-epochs", type=int, default=FINETUNE_REFINER_EPOCHS,
                       help="refiner epochs after the coarse model's (default %(default)s: the refiner is kept; tuned "

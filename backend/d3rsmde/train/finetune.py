@@ -42,6 +42,7 @@ def finetune_region(
     *,
     bands: Sequence[int] | None = None,
     extent: tuple[float, float, float, float] | None = None,
+    exclude=None,
     epochs: int = FINETUNE_EPOCHS,
     refiner_epochs: int = FINETUNE_REFINER_EPOCHS,
     tile: int | None = None,
@@ -59,7 +60,8 @@ def finetune_region(
     :func:`finetune_tiles`.
 
     ``bands``: the image bands to train on as RGB (as ``predict_raster`` takes them; None: chosen the same way, so
-    give the same bands to both). ``extent`` is (xmin, ymin, xmax, ymax) in the image CRS. ``work_dir`` keeps tiles
+    give the same bands to both). ``extent`` is (xmin, ymin, xmax, ymax) in the image CRS; ``exclude``: areas to
+    leave out of training (clouds), as ``predict_raster`` takes them. ``work_dir`` keeps tiles
     and stage checkpoints (a rerun resumes); by default a temporary folder is used. ``seed`` seeds the training
     (``options.seed`` the split). Returns what :func:`finetune_tiles` returns, plus ``tiles`` (counts per split),
     ``bands`` (those used), ``work_dir`` and ``warnings`` (what the user should know: bands guessed blindly).
@@ -74,7 +76,8 @@ def finetune_region(
         sizes = [tile] if tile else _tile_sizes(pipe.config.tile_size, pipe.size_multiple)
         for size, block in [(size, block) for size in sizes for block in _split_blocks(options, size)]:
             built = build_dataset(image, dem, work / "tiles", options.replace(tile_size=size, block_size=block),
-                                  bands=bands, extent=extent, progress=scaled_progress(progress, 0.0, 0.1),
+                                  bands=bands, extent=extent, exclude=exclude,
+                                  progress=scaled_progress(progress, 0.0, 0.1),
                                   cancel=cancel)
             if built["counts"]["train"] and (built["counts"]["val"] or built["counts"]["test"]):
                 break
