@@ -4,9 +4,12 @@
 A white disk (radius 45 px with a 10-px soft edge, over 3.5 % of the bundled sample) is painted onto the Rocky
 Mountain sample; each weights file predicts both images at the defaults (coarse only and T = 6), and the median
 |difference| of the two maps more than 120 px from the cloud's centre is printed, as a share of the map's 0..1
-range. A model that reads height from how bright its input is moves more.
+range. A model that reads height from how bright its input is moves more. The cloud is also left out
+(``exclude``: a disk polygon over it, as ``d3rsmde predict --exclude`` takes one): then the rest of the map should
+stay as it was.
 
-    python scripts/cloud_probe.py --weights resources/weights/d3rsmde-lean.safetensors build/stage17/stage17-jitter.safetensors
+    python scripts/cloud_probe.py --weights resources/weights/d3rsmde-lean.safetensors \
+        build/stage17/stage17-jitter.safetensors
 """
 from __future__ import annotations
 
@@ -24,8 +27,9 @@ SAMPLE = Path(__file__).resolve().parents[1] / "resources" / "sample" / "rmnp-rg
 CENTRE, RADIUS, EDGE, FAR = (120, 150), 45, 10, 120
 
 
-def clouded(src: Path, dst: Path) -> np.ndarray:
-    """Write ``src`` with the cloud painted on to ``dst``; return the mask of pixels far from the cloud."""
+def clouded(src: Path, dst: Path) -> tuple[np.ndarray, dict]:
+    """Write ``src`` with the cloud painted on to ``dst``; return the mask of pixels far from the cloud and a
+    polygon (in the image's CRS) that covers the cloud."""
     with rasterio.open(src) as ds:
         image, profile = ds.read(), ds.profile
     rows, cols = np.mgrid[: image.shape[1], : image.shape[2]]
@@ -33,7 +37,11 @@ def clouded(src: Path, dst: Path) -> np.ndarray:
     cover = np.clip((RADIUS - distance) / EDGE, 0, 1)
     with rasterio.open(dst, "w", **profile) as ds:
         ds.write(np.round(image * (1 - cover) + 250 * cover).astype(image.dtype))
-    return distance > FAR
+    angles = np.linspace(0, 2 * np.pi, 65)
+    reach = RADIUS + 1
+    ring = [profile["transform"] * (CENTRE[1] + 0.5 + reach * np.cos(a), CENTRE[0] + 0.5 + reach * np.sin(a))
+            for a in angles]
+    return distance > FAR, {"type": "Polygon", "coordinates": [ring]}
 
 
 def main() -> None:
@@ -43,18 +51,20 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        far = clouded(SAMPLE, tmp / "cloud.tif")
+        far, disk = clouded(SAMPLE, tmp / "cloud.tif")
         for weights in args.weights:
             pipe = D3Pipeline.from_pretrained(weights, device="cpu")
             moves = []
             for steps in map(int, args.steps.split(",")):
                 maps = []
-                for name, image in (("clear", SAMPLE), ("cloud", tmp / "cloud.tif")):
+                for name, image, exclude in (("clear", SAMPLE, None), ("cloud", tmp / "cloud.tif", None),
+                                             ("left-out", tmp / "cloud.tif", [disk])):
                     out = tmp / f"{name}-{steps}.tif"
-                    predict_raster(image, out, pipe, refine_steps=steps)
+                    predict_raster(image, out, pipe, refine_steps=steps, exclude=exclude)
                     with rasterio.open(out) as ds:
                         maps.append(ds.read(1, masked=True))
-                moves.append(f"T={steps}: {np.ma.median(np.abs(maps[1] - maps[0])[far]):.3f}")
+                moved = [np.ma.median(np.abs(m - maps[0])[far]) for m in maps[1:]]
+                moves.append(f"T={steps}: {moved[0]:.3f} (cloud left out: {moved[1]:.3f})")
             print(f"{weights}: median move far from the cloud {', '.join(moves)}")
 
 
