@@ -10,6 +10,8 @@ stay as it was.
 
     python scripts/cloud_probe.py --weights resources/weights/d3rsmde-lean.safetensors \
         build/stage17/stage17-jitter.safetensors
+    python scripts/cloud_probe.py --weights resources/weights/d3rsmde-lean.safetensors --steps 6 \
+        --figure docs/images/cloud-left-out.png    # the README's picture: the first weights, the last T
 """
 from __future__ import annotations
 
@@ -44,10 +46,33 @@ def clouded(src: Path, dst: Path) -> tuple[np.ndarray, dict]:
     return distance > FAR, {"type": "Polygon", "coordinates": [ring]}
 
 
+def write_figure(png: Path, image: Path, maps: list[np.ma.MaskedArray]) -> None:
+    """The clouded image and the three maps (clear image, cloud left in, cloud left out) side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with rasterio.open(image) as ds:
+        rgb = np.moveaxis(ds.read([1, 2, 3]), 0, -1)
+    titles = ["image with a cloud", "height, clear image", "height, cloud left in", "height, cloud left out"]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.4), constrained_layout=True)
+    axes[0].imshow(rgb)
+    for ax, z in zip(axes[1:], maps):
+        ax.imshow(z, cmap="terrain", vmin=0, vmax=1)
+    for ax, title in zip(axes, titles):
+        ax.set_title(title)
+        ax.set_axis_off()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=60)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", nargs="+", required=True)
     parser.add_argument("--steps", default="0,6")
+    parser.add_argument("--figure", type=Path, help="PNG of the first weights' maps at the last number of steps")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -66,6 +91,8 @@ def main() -> None:
                 moved = [np.ma.median(np.abs(m - maps[0])[far]) for m in maps[1:]]
                 moves.append(f"T={steps}: {moved[0]:.3f} (cloud left out: {moved[1]:.3f})")
             print(f"{weights}: median move far from the cloud {', '.join(moves)}")
+            if args.figure and weights == args.weights[0]:
+                write_figure(args.figure, tmp / "cloud.tif", maps)
 
 
 if __name__ == "__main__":
