@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import rasterio
 from conftest import REPO, SAMPLE_DEM, SAMPLE_RGB, blue_first_stack, crop_raster
-from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback, QgsProcessingParameterDefinition
+from qgis.core import (QgsApplication, QgsProcessingException, QgsProcessingFeedback,
+                       QgsProcessingParameterDefinition, QgsRectangle)
 
 pytestmark = pytest.mark.qgis
 
@@ -418,6 +419,23 @@ def test_folder_loads_once_and_skips_bad_files(d3_provider, tiny_weights, small_
     with rasterio.open(result["OUTPUTS"][0]) as out:
         assert out.tags()["units"] == "m" and 2000 < out.read(1, masked=True).mean() < 4500
     assert len(feedback.errors) == 1 and feedback.errors[0].startswith("c.tif:")
+    # A lake drawn over part of a.tif is left out of a.tif only: c.tif, far from it, runs as before, unwarned.
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+
+    with rasterio.open(images / "a.tif") as a:
+        (left, bottom, right, top), shape = a.bounds, a.shape
+    lake = QgsVectorLayer(f"Polygon?crs={profile['crs'].to_string()}", "lake", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(left, bottom, (left + right) / 2, top)))
+    assert lake.dataProvider().addFeatures([feature])
+    feedback = RecordingFeedback()
+    result = run("d3rsmde:estimatedepthfolder", {
+        "INPUT_FOLDER": str(images), "PATTERN": "a.tif;c.tif", "EXCLUDE": lake, "WEIGHTS": str(tiny_weights),
+        "DEVICE": CPU, "REFINE_STEPS": 0, "OUTPUT_FOLDER": str(tmp_path / "lake")}, feedback)
+    assert result["PROCESSED"] == 2 and not any("leave out" in w for w in feedback.warnings), feedback.warnings
+    for output, left_out in zip(result["OUTPUTS"], [shape[1] // 2, 0]):
+        with rasterio.open(output) as out:
+            assert out.read(1, masked=True).mask.sum(axis=1).tolist() == [left_out] * shape[0], output
 
 
 def test_evaluate_returns_metrics_and_html(d3_provider, tiny_weights, small_rgb, tmp_path):

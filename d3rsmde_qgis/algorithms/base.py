@@ -23,6 +23,7 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
     QgsProviderRegistry,
     QgsRasterLayer,
+    QgsRectangle,
     QgsVectorLayer,
     QgsWkbTypes,
 )
@@ -219,24 +220,29 @@ def layer_file(layer: QgsRasterLayer) -> str:
     return f"GPKG:{name}:{parts['layerName']}" if parts.get("layerName") else name
 
 
-def areas_to_leave_out(layer: QgsMapLayer | None, crs: QgsCoordinateReferenceSystem, context):
+def areas_to_leave_out(layer: QgsMapLayer | None, crs: QgsCoordinateReferenceSystem, context,
+                       within: QgsRectangle | None = None):
     """What ``predict_raster(exclude=...)`` takes for a layer: a raster's dataset name (nonzero = left out), or
-    the geometries of a polygon layer's features as GeoJSON in ``crs`` (the image's); None for no layer."""
+    the geometries of a polygon layer's features as GeoJSON in ``crs`` (the image's); None for no layer, and,
+    given the image's extent ``within`` (in ``crs``), when nothing of the layer reaches it."""
     if layer is None:
         return None
-    if isinstance(layer, QgsRasterLayer):
-        return layer_file(layer)
-    if not isinstance(layer, QgsVectorLayer) or layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+    if not isinstance(layer, (QgsRasterLayer, QgsVectorLayer)) or (
+            isinstance(layer, QgsVectorLayer) and layer.geometryType() != QgsWkbTypes.PolygonGeometry):
         raise QgsProcessingException(f"Layer '{layer.name()}' holds no polygons: the areas to leave out are "
                                      "polygons or a raster (nonzero where left out).")
     transform = QgsCoordinateTransform(layer.crs(), crs, context.transformContext())
+    if isinstance(layer, QgsRasterLayer):
+        reaches = within is None or transform.transformBoundingBox(layer.extent()).intersects(within)
+        return layer_file(layer) if reaches else None
     geometries = []
     for feature in layer.getFeatures():
         geometry = QgsGeometry(feature.geometry())
         if not geometry.isEmpty():
             geometry.transform(transform)
-            geometries.append(json.loads(geometry.asJson()))
-    return geometries
+            if within is None or geometry.intersects(within):
+                geometries.append(json.loads(geometry.asJson()))
+    return geometries if geometries or within is None else None
 
 
 def log_summary(feedback, summary: dict) -> None:

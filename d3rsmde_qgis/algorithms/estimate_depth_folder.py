@@ -5,16 +5,19 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingException,
     QgsProcessingMultiStepFeedback,
     QgsProcessingOutputMultipleLayers,
     QgsProcessingOutputNumber,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMapLayer,
     QgsProcessingParameterString,
+    QgsRasterLayer,
 )
 
-from .base import D3Algorithm, progress_callback
+from .base import D3Algorithm, areas_to_leave_out, progress_callback
 
 DEFAULT_PATTERN = "*.tif;*.tiff;*.jp2;*.png;*.jpg"
 OUTPUT_SUFFIX = "_depth.tif"
@@ -39,7 +42,9 @@ class EstimateDepthFolder(D3Algorithm):
         "once for all files. A file that cannot be processed is reported as an error and skipped; the others "
         "still run. Cancel keeps the files already written. A reference DEM, when given, turns every output into "
         "metres as in <i>Estimate depth</i> (a file it does not cover is reported and skipped). Outputs: the "
-        "number of files processed and failed, and the list of written rasters.<br>"
+        "number of files processed and failed, and the list of written rasters. <b>Areas to leave out</b> (a "
+        "polygon layer or a mask raster, e.g. lakes or clouds over the whole region) are left out of each file "
+        "they reach, as in <i>Estimate depth</i>.<br>"
         "Each file gets its own relative scale (0..1 over that file). For adjacent tiles of one area, build a "
         "virtual raster of them (<i>Raster > Miscellaneous > Build Virtual Raster</i>) and run <i>Estimate "
         "depth</i> on it once: one seamless map on one scale, the same as from a single file."
@@ -47,6 +52,7 @@ class EstimateDepthFolder(D3Algorithm):
 
     INPUT_FOLDER = "INPUT_FOLDER"
     PATTERN = "PATTERN"
+    EXCLUDE = "EXCLUDE"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     PROCESSED = "PROCESSED"
     FAILED = "FAILED"
@@ -60,6 +66,9 @@ class EstimateDepthFolder(D3Algorithm):
         self.addParameter(QgsProcessingParameterString(
             self.BANDS, self.tr("Bands used as RGB, e.g. 4,3,2 or 4;3;2 (empty = automatic, per file)"),
             optional=True))
+        self.addParameter(QgsProcessingParameterMapLayer(
+            self.EXCLUDE, self.tr("Areas to leave out (lakes, clouds: polygons, or a raster nonzero there)"),
+            optional=True, types=[QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeRaster]))
         self.add_model_parameters()
         self.add_reference_parameter()
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
@@ -88,6 +97,7 @@ class EstimateDepthFolder(D3Algorithm):
         bands = self.band_list(parameters, self.BANDS, context)
         reference = self.raster_path(parameters, self.REFERENCE_DEM, context)
         options = self.model_options(parameters, context)
+        left_out = self.parameterAsLayer(parameters, self.EXCLUDE, context)
         pipeline = self.load_pipeline(parameters, context, feedback)
 
         steps = QgsProcessingMultiStepFeedback(len(images), feedback)
@@ -96,9 +106,12 @@ class EstimateDepthFolder(D3Algorithm):
             steps.setCurrentStep(step)
             feedback.pushInfo(f"[{step + 1}/{len(images)}] {image.name} -> {output.name}")
             try:
+                placed = QgsRasterLayer(str(image), image.name, "gdal")
+                exclude = areas_to_leave_out(left_out, placed.crs(), context, placed.extent()) \
+                    if left_out is not None and placed.isValid() else None
                 summary = predict_raster(str(image), str(output), pipeline, bands=bands, reference_dem=reference,
-                                         progress=progress_callback(steps), cancel=feedback.isCanceled,
-                                         overwrite=False, **options)
+                                         exclude=exclude, progress=progress_callback(steps),
+                                         cancel=feedback.isCanceled, overwrite=False, **options)
             except Cancelled:  # keep what is done; predict_raster leaves nothing of the current file
                 feedback.reportError(f"Cancelled: {image.name} and the files after it were not processed.")
                 break
