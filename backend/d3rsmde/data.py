@@ -32,7 +32,7 @@ from d3rsmde.errors import InputError
 from d3rsmde.datasets import INDEX_NAME, SPLITS, publish_tiles, staged_tiles
 from d3rsmde.defaults import SEED
 from d3rsmde.progress import Cancel, Progress, check_cancel, report
-from d3rsmde.raster.exclusion import Exclusion, exclusion_for
+from d3rsmde.raster.exclusion import Exclusion, ExcludeSpec, exclusion_for
 from d3rsmde.raster.io import warp_onto
 from d3rsmde.raster.masks import collar_masked, collar_value, collar_warning
 
@@ -148,7 +148,7 @@ def build_dataset(
     *,
     bands: Sequence[int] | None = None,
     extent: Sequence[float] | None = None,
-    exclude=None,
+    exclude: ExcludeSpec = None,
     sources: dict | None = None,
     progress: Progress | None = None,
     cancel: Cancel | None = None,
@@ -157,8 +157,9 @@ def build_dataset(
     say; a tile overlapping split blocks of different splits is dropped.
 
     ``extent`` is (xmin, ymin, xmax, ymax) in the image CRS. ``exclude``: areas to leave out (clouds), masked
-    like nodata, as ``predict_raster`` takes them (:mod:`d3rsmde.raster.exclusion`). Returns ``{"index_path", "counts", "dropped", "bands",
-    "warnings"}``: the image bands the tiles hold as RGB, and what the user should know (bands guessed blindly).
+    like nodata, as ``predict_raster`` takes them (:mod:`d3rsmde.raster.exclusion`). Returns ``{"index_path",
+    "counts", "dropped", "bands", "warnings"}``: the image bands the tiles hold as RGB, and what the user should
+    know (bands guessed blindly).
     """
     o = options
     out_dir = Path(out_dir)

@@ -55,8 +55,8 @@ def stats_shape(height: int, width: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def stretch_limits(src, bands: Sequence[int], window: Window,
-                   percentiles: Sequence[float] = STRETCH_PERCENTILES, left_out=None) -> tuple[np.ndarray, np.ndarray]:
+def stretch_limits(src, bands: Sequence[int], window: Window, percentiles: Sequence[float] = STRETCH_PERCENTILES,
+                   left_out=None) -> tuple[np.ndarray, np.ndarray]:
     """Per-band ``percentiles`` (low, high; by default the 1st and 99th) over the valid pixels of ``window``, from
     a decimated read; ``left_out``: areas the user leaves out (a :class:`~d3rsmde.raster.exclusion.Exclusion`)."""
     shape = stats_shape(window.height, window.width)
@@ -66,7 +66,8 @@ def stretch_limits(src, bands: Sequence[int], window: Window,
     if left_out is not None:
         valid &= ~left_out.over(src, window, shape)
     if not valid.any():
-        raise InputError(f"{dataset_name(src)} has no valid pixels in the chosen extent (all nodata, masked or left out)")
+        raise InputError(f"{dataset_name(src)} has no valid pixels in the chosen extent (all nodata, masked or "
+                         "left out)")
     return band_limits(data[:, valid], percentiles)
 
 

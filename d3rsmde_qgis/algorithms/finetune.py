@@ -29,9 +29,10 @@ class FinetuneRegion(D3Algorithm):
         "<i>Model weights</i> in <i>Estimate depth</i>, with the same <b>Bands</b> (left empty, they are chosen as "
         "<i>Estimate depth</i> chooses them; the log names them). <b>Extent</b> limits training to part of the "
         "image (e.g. to keep an area for evaluation); <b>Areas to leave out</b> (polygons or a raster nonzero "
-        "there, any CRS) keeps clouds and their shadows out of training, as in <i>Estimate depth</i>. Training on a CPU is slow: start with few epochs. "
-        "Cancel stops after the current step and writes nothing. Choose a file for <b>Fine-tuned weights</b>: left "
-        "as a temporary file, they are deleted when QGIS closes (the log warns)."
+        "there, any CRS) keeps clouds and their shadows out of training, as in <i>Estimate depth</i>. Training on "
+        "a CPU is slow: start with few epochs. Cancel stops after the current step and writes nothing. Choose a "
+        "file for <b>Fine-tuned weights</b>: left as a temporary file, they are deleted when QGIS closes (the log "
+        "warns)."
     )
 
     IMAGE = "IMAGE"

@@ -63,9 +63,9 @@ def _cli_train(args) -> int:
 def _cli_finetune(args) -> int:
     result = finetune_region(
         args.image, args.dem, args.weights, args.out, bands=args.bands, extent=args.extent, exclude=args.exclude,
-        epochs=args.epochs,
-        refiner_epochs=args.refiner_epochs, tile=args.tile, batch_size=args.batch_size, device=args.device,
-        work_dir=args.work_dir, options=BuildOptions(min_relief_m=args.min_relief), progress=terminal_progress(),
+        epochs=args.epochs, refiner_epochs=args.refiner_epochs, tile=args.tile, batch_size=args.batch_size,
+        device=args.device, work_dir=args.work_dir, options=BuildOptions(min_relief_m=args.min_relief),
+        progress=terminal_progress(),
     )
     print(f"held-out {result['held_out']} tiles:")
     print(format_metrics_table({"before": result["before"], "after": result["after"]}, label="weights"))

@@ -9,9 +9,10 @@ reaches the model darker and the whole map moves (the model card's limits), and 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 import rasterio
@@ -23,10 +24,13 @@ from rasterio.warp import reproject, transform_geom
 from rasterio.windows import Window
 
 from ..errors import InputError
+from ..imagery import dataset_name
 from .io import dataset_path, open_raster
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
 GEOJSON_CRS = "EPSG:4326"  # RFC 7946: GeoJSON coordinates are WGS 84 longitude, latitude
+# What ``exclude`` arguments take: a mask raster or GeoJSON file path, GeoJSON geometries in the image's CRS, None.
+ExcludeSpec = Union[str, os.PathLike, Sequence[dict], None]
 
 
 @dataclass(frozen=True)
@@ -56,12 +60,12 @@ class Exclusion:
         return (out != 0) & ~(out == nodata if nodata is None or not np.isnan(nodata) else np.isnan(out))
 
 
-def exclusion_for(spec, ds) -> Exclusion | None:
+def exclusion_for(spec: ExcludeSpec, ds) -> Exclusion | None:
     """The :class:`Exclusion` ``spec`` names for the image ``ds``: None; a path to a mask raster or a GeoJSON file
     (``.geojson``/``.json``: WGS 84 unless it names another CRS); or GeoJSON geometries in the image's CRS."""
     if spec is None:
         return None
-    if not isinstance(spec, (str, Path)):
+    if not isinstance(spec, (str, os.PathLike)):
         return Exclusion(geometries=_polygons(list(spec), "the areas to leave out"))
     path = dataset_path(spec)
     if path.suffix.lower() in GEOJSON_SUFFIXES:
@@ -70,14 +74,14 @@ def exclusion_for(spec, ds) -> Exclusion | None:
         placed = (mask.crs is not None and ds.crs is not None) or (
             mask.crs is None and ds.crs is None and (mask.width, mask.height) == (ds.width, ds.height))
     if not placed:
-        raise InputError(f"the mask {path.name} cannot be placed on {Path(ds.name).name}: both need a CRS, or "
+        raise InputError(f"the mask {path.name} cannot be placed on {dataset_name(ds)}: both need a CRS, or "
                          "neither has one and they have the same size")
     return Exclusion(mask=path)
 
 
 def _geojson_polygons(path: Path, ds) -> tuple[dict, ...]:
     if ds.crs is None:
-        raise InputError(f"{Path(ds.name).name} has no CRS, so the polygons of {path.name} cannot be placed on it")
+        raise InputError(f"{dataset_name(ds)} has no CRS, so the polygons of {path.name} cannot be placed on it")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -91,7 +95,7 @@ def _geojson_polygons(path: Path, ds) -> tuple[dict, ...]:
     try:
         return tuple(transform_geom(crs, ds.crs, g) for g in polygons)
     except (CRSError, ValueError) as exc:
-        raise InputError(f"cannot place the polygons of {path.name} on {Path(ds.name).name}: {exc}") from exc
+        raise InputError(f"cannot place the polygons of {path.name} on {dataset_name(ds)}: {exc}") from exc
 
 
 def _polygons(geometries: Sequence, what: str) -> tuple[dict, ...]:

@@ -34,7 +34,7 @@ from ..imagery import stats_shape, stretch_limits
 from ..progress import Cancel, Progress, check_cancel, report
 from ..tiling import TileGrid
 from .calibration import align_tiles, flat_tiles
-from .exclusion import Exclusion, exclusion_for
+from .exclusion import Exclusion, ExcludeSpec, exclusion_for
 from .io import check_paths, dataset_path, gdal_settings, open_raster, spare_inputs, warp_onto
 from .masks import (SMALL_HOLE_PIXELS, collar_masked, collar_value, collar_warning,
                     nodata_holes_closable)
@@ -68,7 +68,7 @@ def predict_raster(
     cancel: Cancel | None = None,
     resample_to_gsd: bool = False,
     bounds: Sequence[float] | None = None,
-    exclude=None,
+    exclude: ExcludeSpec = None,
     overwrite: bool = True,
 ) -> dict:
     """Predict a height map for the raster at ``src`` and write it to ``dst`` (.tif/.tiff) as a float32 GeoTIFF.

@@ -28,6 +28,7 @@ from ..evaluation import mean_tile_metrics, tile_difference, tile_metrics
 from ..pipeline import D3Pipeline
 from ..plbr import PLBRSchedule
 from ..progress import Cancel, Progress, check_cancel, report, scaled_progress
+from ..raster.exclusion import ExcludeSpec
 from ..weights import default_weights_path
 from .coarse import train_coarse
 from .kfold import predict_coarse
@@ -42,7 +43,7 @@ def finetune_region(
     *,
     bands: Sequence[int] | None = None,
     extent: tuple[float, float, float, float] | None = None,
-    exclude=None,
+    exclude: ExcludeSpec = None,
     epochs: int = FINETUNE_EPOCHS,
     refiner_epochs: int = FINETUNE_REFINER_EPOCHS,
     tile: int | None = None,
