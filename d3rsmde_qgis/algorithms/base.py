@@ -13,12 +13,14 @@ from qgis.core import (
     QgsCoordinateTransform,
     QgsGeometry,
     QgsMapLayer,
+    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingException,
     QgsProcessingParameterBand,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
+    QgsProcessingParameterMapLayer,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProviderRegistry,
@@ -54,6 +56,7 @@ class D3Algorithm(QgsProcessingAlgorithm):
     DEVICE = "DEVICE"
     REFERENCE_DEM = "REFERENCE_DEM"
     BANDS = "BANDS"
+    EXCLUDE = "EXCLUDE"
 
     def name(self) -> str:
         return self.NAME
@@ -117,6 +120,12 @@ class D3Algorithm(QgsProcessingAlgorithm):
             self.BATCH_SIZE, self.tr("Tiles per batch (empty = automatic)"),
             type=QgsProcessingParameterNumber.Integer, minValue=1, optional=True))
         self.add_device_parameter()
+
+    def add_exclude_parameter(self, examples: str) -> None:
+        """EXCLUDE: areas to leave out (``examples``: what they are), a polygon layer or a raster nonzero there."""
+        self.addParameter(QgsProcessingParameterMapLayer(
+            self.EXCLUDE, self.tr(f"Areas to leave out ({examples}: polygons, or a raster nonzero there)"),
+            optional=True, types=[QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeRaster]))
 
     def add_reference_parameter(self) -> None:
         self.addParameter(QgsProcessingParameterRasterLayer(

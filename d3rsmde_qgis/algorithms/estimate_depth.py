@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
-    QgsProcessingParameterMapLayer,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
 )
@@ -46,7 +44,6 @@ class EstimateDepth(D3Algorithm):
 
     INPUT = "INPUT"
     EXTENT = "EXTENT"
-    EXCLUDE = "EXCLUDE"
     HILLSHADE = "HILLSHADE"
     OUTPUT = "OUTPUT"
 
@@ -55,9 +52,7 @@ class EstimateDepth(D3Algorithm):
         self.add_bands_parameter(self.INPUT)
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, self.tr("Extent (empty = the whole image)"), optional=True))
-        self.addParameter(QgsProcessingParameterMapLayer(
-            self.EXCLUDE, self.tr("Areas to leave out (clouds, water: polygons, or a raster nonzero there)"),
-            optional=True, types=[QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeRaster]))
+        self.add_exclude_parameter("clouds, water")
         self.add_model_parameters()
         self.add_reference_parameter()
         self.add_advanced(QgsProcessingParameterBoolean(

@@ -5,14 +5,12 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingMultiStepFeedback,
     QgsProcessingOutputMultipleLayers,
     QgsProcessingOutputNumber,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
-    QgsProcessingParameterMapLayer,
     QgsProcessingParameterString,
     QgsRasterLayer,
 )
@@ -52,7 +50,6 @@ class EstimateDepthFolder(D3Algorithm):
 
     INPUT_FOLDER = "INPUT_FOLDER"
     PATTERN = "PATTERN"
-    EXCLUDE = "EXCLUDE"
     OUTPUT_FOLDER = "OUTPUT_FOLDER"
     PROCESSED = "PROCESSED"
     FAILED = "FAILED"
@@ -66,9 +63,7 @@ class EstimateDepthFolder(D3Algorithm):
         self.addParameter(QgsProcessingParameterString(
             self.BANDS, self.tr("Bands used as RGB, e.g. 4,3,2 or 4;3;2 (empty = automatic, per file)"),
             optional=True))
-        self.addParameter(QgsProcessingParameterMapLayer(
-            self.EXCLUDE, self.tr("Areas to leave out (lakes, clouds: polygons, or a raster nonzero there)"),
-            optional=True, types=[QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeRaster]))
+        self.add_exclude_parameter("lakes, clouds")
         self.add_model_parameters()
         self.add_reference_parameter()
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))

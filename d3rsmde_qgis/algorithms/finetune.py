@@ -4,10 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFileDestination,
-    QgsProcessingParameterMapLayer,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
@@ -38,7 +36,6 @@ class FinetuneRegion(D3Algorithm):
     IMAGE = "IMAGE"
     DEM = "DEM"
     EXTENT = "EXTENT"
-    EXCLUDE = "EXCLUDE"
     EPOCHS = "EPOCHS"
     REFINER_EPOCHS = "REFINER_EPOCHS"
     OUTPUT = "OUTPUT"
@@ -50,9 +47,7 @@ class FinetuneRegion(D3Algorithm):
         self.add_bands_parameter(self.IMAGE)
         self.addParameter(QgsProcessingParameterRasterLayer(self.DEM, self.tr("DEM (heights in metres)")))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Training extent"), optional=True))
-        self.addParameter(QgsProcessingParameterMapLayer(
-            self.EXCLUDE, self.tr("Areas to leave out (clouds: polygons, or a raster nonzero there)"), optional=True,
-            types=[QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeRaster]))
+        self.add_exclude_parameter("clouds")
         self.addParameter(QgsProcessingParameterNumber(
             self.EPOCHS, self.tr("Epochs"), type=QgsProcessingParameterNumber.Integer, minValue=1,
             defaultValue=FINETUNE_EPOCHS))
