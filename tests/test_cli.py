@@ -106,6 +106,23 @@ def test_predict_within_bounds(tmp_path, capsys, tiny_weights, small_rgb):
     assert "does not overlap" in capsys.readouterr().err
 
 
+def test_predict_leaves_out_the_classes_asked(tmp_path, capsys, tiny_weights, small_rgb):
+    """--exclude a class raster with --exclude-values: only those classes are nodata; values alone are an error."""
+    with rasterio.open(small_rgb) as src:
+        profile = dict(src.profile, count=1, nodata=0)
+    classes = np.full((80, 96), 4, np.uint8)  # vegetation, as Sentinel-2's scene classification codes it
+    classes[10:30, 20:50] = 9  # cloud
+    with rasterio.open(tmp_path / "scl.tif", "w", **profile) as ds:
+        ds.write(classes, 1)
+    out = tmp_path / "map.tif"
+    assert main(["predict", str(small_rgb), str(out), "--weights", str(tiny_weights), "--refine-steps", "0",
+                 "--exclude", str(tmp_path / "scl.tif"), "--exclude-values", "3,8,9,10"]) == 0
+    with rasterio.open(out) as ds:
+        assert np.array_equal(ds.read(1, masked=True).mask, classes == 9)
+    assert main(["predict", str(small_rgb), str(tmp_path / "o.tif"), "--exclude-values", "9"]) == 2
+    assert "--exclude-values needs --exclude" in capsys.readouterr().err
+
+
 def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, tiny_weights):
     two_bands = tmp_path / "two.tif"
     with rasterio.open(two_bands, "w", driver="GTiff", width=32, height=32, count=2, dtype="uint8",

@@ -124,3 +124,46 @@ def test_without_a_crs_a_mask_of_the_same_size_is_read_pixel_for_pixel(scene, ti
     with pytest.raises(InputError, match="^no-crs.tif has no CRS, so the polygons of clouds.geojson cannot be placed"):
         (folder / "clouds.geojson").write_text(json.dumps(cloud_polygon()))
         predict_raster(folder / "no-crs.tif", folder / "out.tif", tiny, exclude=folder / "clouds.geojson")
+
+
+def test_a_class_raster_leaves_out_the_given_classes(scene, tiny):
+    """A scene classification at 2 m in another CRS (vegetation 4, cloud 9, cloud shadow 3), as Sentinel-2 L2A's
+    SCL band is: values 3, 8, 9, 10 leave out the cloud and its shadow, and nothing else; read as a plain mask
+    (any nonzero value) it leaves out everything, which is refused; a GeoJSON file takes no values."""
+    from d3rsmde.raster.exclusion import MaskRaster
+
+    folder, cloud = scene
+    shadow = np.zeros_like(cloud)
+    shadow[100:120, 20:40] = True
+    with rasterio.open(folder / "bare.tif") as ds:
+        west, south, east, north = rasterio.warp.transform_bounds(ds.crs, "EPSG:3857", *ds.bounds)
+    step = 2.0 * 1.38  # EPSG:3857 metres at 42 N: about 2 m on the ground
+    transform = from_origin(west, north, step, step)
+    rows, cols = int((north - south) / step) + 1, int((east - west) / step) + 1
+    classes = np.full((rows, cols), 4, np.uint8)
+    for area, code in [(cloud, 9), (shadow, 3)]:
+        (r0, r1), (c0, c1) = [(int(i.min()), int(i.max()) + 1) for i in np.nonzero(area)]
+        ring = [METRE_PIXELS * corner for corner in [(c0, r0), (c1, r0), (c1, r1), (c0, r1), (c0, r0)]]
+        polygon = transform_geom(UTM, "EPSG:3857", {"type": "Polygon", "coordinates": [ring]})
+        classes[rasterio.features.geometry_mask([polygon], classes.shape, transform, invert=True,
+                                                all_touched=True)] = code
+    write(folder / "scl.tif", classes, crs="EPSG:3857", transform=transform, nodata=0)
+    predict_raster(folder / "bare.tif", folder / "map.tif", tiny, refine_steps=0,
+                   exclude=MaskRaster(folder / "scl.tif", values=(3, 8, 9, 10)))
+    left_out = height(folder / "map.tif").mask
+    assert left_out[cloud].all() and left_out[shadow].all()
+    assert left_out.sum() < 1.3 * (cloud.sum() + shadow.sum())
+    with pytest.raises(InputError, match="^bare.tif has no valid pixels"):
+        predict_raster(folder / "bare.tif", folder / "out.tif", tiny, refine_steps=0, exclude=folder / "scl.tif")
+    (folder / "clouds.geojson").write_text(json.dumps(transform_geom(UTM, "EPSG:4326", cloud_polygon())))
+    with pytest.raises(InputError, match="^clouds.geojson holds polygons: values to leave out apply to a mask"):
+        predict_raster(folder / "bare.tif", folder / "out.tif", tiny,
+                       exclude=MaskRaster(folder / "clouds.geojson", values=(9,)))
+    with pytest.raises(InputError, match="scl.tif is the exclusion mask raster"):
+        predict_raster(folder / "bare.tif", folder / "scl.tif", tiny, exclude=MaskRaster(folder / "scl.tif", (9,)))
+    far = from_origin(west + 10_000, north, step, step)  # a mask 10 km east: a warning, nothing left out
+    write(folder / "far.tif", classes, crs="EPSG:3857", transform=far, nodata=0)
+    stats = predict_raster(folder / "bare.tif", folder / "far-map.tif", tiny, refine_steps=0,
+                           exclude=folder / "far.tif")
+    assert any("the areas to leave out (far.tif) cover none of bare.tif" in w for w in stats["warnings"])
+    assert not height(folder / "far-map.tif").mask.any()

@@ -54,9 +54,9 @@ def test_provider_registers_four_documented_algorithms(d3_provider):
         assert len(alg.shortHelpString()) > 100, alg.id()
     depth = registry.algorithmById("d3rsmde:estimatedepth")
     names = [p.name() for p in depth.parameterDefinitions()]
-    assert names == ["INPUT", "BANDS", "EXTENT", "EXCLUDE", "WEIGHTS", "REFINE_STEPS", "TILE", "OVERLAP",
-                     "BATCH_SIZE", "DEVICE", "REFERENCE_DEM", "HILLSHADE", "OUTPUT"]
-    for optional in ["EXTENT", "EXCLUDE"]:
+    assert names == ["INPUT", "BANDS", "EXTENT", "EXCLUDE", "EXCLUDE_VALUES", "WEIGHTS", "REFINE_STEPS", "TILE",
+                     "OVERLAP", "BATCH_SIZE", "DEVICE", "REFERENCE_DEM", "HILLSHADE", "OUTPUT"]
+    for optional in ["EXTENT", "EXCLUDE", "EXCLUDE_VALUES"]:
         assert depth.parameterDefinition(optional).flags() & QgsProcessingParameterDefinition.FlagOptional
     assert depth.parameterDefinition("BANDS").allowMultiple()
     assert depth.parameterDefinition("BANDS").defaultValue() is None  # automatic, per layer (d3rsmde.bands)
@@ -360,10 +360,14 @@ def test_areas_to_leave_out_as_a_polygon_layer_or_a_mask_raster(d3_provider, tin
     profile.update(count=1)
     with rasterio.open(tmp_path / "mask.tif", "w", **profile) as ds:
         ds.write(expected.astype(np.uint8), 1)
+    with rasterio.open(tmp_path / "classes.tif", "w", **profile) as ds:  # vegetation 4, cloud 9
+        ds.write(np.where(expected, 9, 4).astype(np.uint8), 1)
     options = {"INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights), "DEVICE": CPU, "REFINE_STEPS": 0}
-    for name, layer in [("polygons", clouds), ("raster", QgsRasterLayer(str(tmp_path / "mask.tif"), "mask"))]:
-        run("d3rsmde:estimatedepth", {**options, "EXCLUDE": layer, "OUTPUT": str(tmp_path / f"{name}.tif")})
-        with rasterio.open(tmp_path / f"{name}.tif") as ds:
+    for name, layer, values in [("polygons", clouds, ""), ("raster", QgsRasterLayer(str(tmp_path / "mask.tif")), ""),
+                                ("classes", QgsRasterLayer(str(tmp_path / "classes.tif")), "3;8;9;10")]:
+        run("d3rsmde:estimatedepth", {**options, "EXCLUDE": layer, "EXCLUDE_VALUES": values,
+                                      "OUTPUT": str(tmp_path / f"{name}-map.tif")})
+        with rasterio.open(tmp_path / f"{name}-map.tif") as ds:
             assert np.array_equal(ds.read(1, masked=True).mask, expected), name
     # A raster layer object still held by this frame when the error below is raised (its traceback keeps the frame
     # to the end) is destroyed after QGIS has exited, and the test process crashes on exit: let go of it first.

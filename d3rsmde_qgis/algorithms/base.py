@@ -23,6 +23,7 @@ from qgis.core import (
     QgsProcessingParameterMapLayer,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
     QgsProviderRegistry,
     QgsRasterLayer,
     QgsRectangle,
@@ -57,6 +58,7 @@ class D3Algorithm(QgsProcessingAlgorithm):
     REFERENCE_DEM = "REFERENCE_DEM"
     BANDS = "BANDS"
     EXCLUDE = "EXCLUDE"
+    EXCLUDE_VALUES = "EXCLUDE_VALUES"
 
     def name(self) -> str:
         return self.NAME
@@ -122,10 +124,14 @@ class D3Algorithm(QgsProcessingAlgorithm):
         self.add_device_parameter()
 
     def add_exclude_parameter(self, examples: str) -> None:
-        """EXCLUDE: areas to leave out (``examples``: what they are), a polygon layer or a raster nonzero there."""
+        """EXCLUDE: areas to leave out (``examples``: what they are), a polygon layer or a raster nonzero there;
+        EXCLUDE_VALUES (advanced): only these values of such a raster (class codes)."""
         self.addParameter(QgsProcessingParameterMapLayer(
             self.EXCLUDE, self.tr(f"Areas to leave out ({examples}: polygons, or a raster nonzero there)"),
             optional=True, types=[QgsProcessing.TypeVectorPolygon, QgsProcessing.TypeRaster]))
+        self.add_advanced(QgsProcessingParameterString(
+            self.EXCLUDE_VALUES, self.tr("Values of that raster to leave out, e.g. 3,8,9,10 for Sentinel-2 scene "
+                                         "classification (empty = any nonzero)"), optional=True))
 
     def add_reference_parameter(self) -> None:
         self.addParameter(QgsProcessingParameterRasterLayer(
@@ -175,6 +181,15 @@ class D3Algorithm(QgsProcessingAlgorithm):
 
         value = parameters.get(name)
         return parse_bands(value if isinstance(value, str) else self.parameterAsInts(parameters, name, context))
+
+    def exclude_values(self, parameters, context) -> tuple[float, ...] | None:
+        """EXCLUDE_VALUES as numbers, "3,8,9,10" or "3;8;9;10"; None when empty (any nonzero value)."""
+        text = self.parameterAsString(parameters, self.EXCLUDE_VALUES, context).replace(";", ",")
+        try:
+            return tuple(float(v) for v in text.split(",") if v.strip()) or None
+        except ValueError:
+            raise QgsProcessingException(f"Values to leave out must be numbers such as 3,8,9,10, not '{text}'.") \
+                from None
 
     def raster_path(self, parameters, name: str, context) -> str | None:
         """File path behind a raster layer parameter (the backend reads files with rasterio), None if unset."""
@@ -230,10 +245,12 @@ def layer_file(layer: QgsRasterLayer) -> str:
 
 
 def areas_to_leave_out(layer: QgsMapLayer | None, crs: QgsCoordinateReferenceSystem, context,
-                       within: QgsRectangle | None = None):
-    """What ``predict_raster(exclude=...)`` takes for a layer: a raster's dataset name (nonzero = left out), or
-    the geometries of a polygon layer's features as GeoJSON in ``crs`` (the image's); None for no layer, and,
-    given the image's extent ``within`` (in ``crs``), when nothing of the layer reaches it."""
+                       within: QgsRectangle | None = None, values: tuple[float, ...] | None = None):
+    """What ``predict_raster(exclude=...)`` takes for a layer: a raster (any nonzero value, or ``values``, left
+    out), or the geometries of a polygon layer's features as GeoJSON in ``crs`` (the image's); None for no layer,
+    and, given the image's extent ``within`` (in ``crs``), when nothing of the layer reaches it."""
+    from d3rsmde.raster.exclusion import MaskRaster
+
     if layer is None:
         return None
     if not isinstance(layer, (QgsRasterLayer, QgsVectorLayer)) or (
@@ -243,7 +260,9 @@ def areas_to_leave_out(layer: QgsMapLayer | None, crs: QgsCoordinateReferenceSys
     transform = QgsCoordinateTransform(layer.crs(), crs, context.transformContext())
     if isinstance(layer, QgsRasterLayer):
         reaches = within is None or transform.transformBoundingBox(layer.extent()).intersects(within)
-        return layer_file(layer) if reaches else None
+        return MaskRaster(layer_file(layer), values) if reaches else None
+    if values is not None:
+        raise QgsProcessingException(f"Layer '{layer.name()}' holds polygons: values to leave out apply to a raster.")
     geometries = []
     for feature in layer.getFeatures():
         geometry = QgsGeometry(feature.geometry())

@@ -26,7 +26,8 @@ class EstimateDepth(D3Algorithm):
         "<b>Extent</b>: optional (drawn on the canvas, or a layer's or the canvas's extent, in any CRS); only the "
         "image's pixels within it are processed, and the output covers them alone.<br>"
         "<b>Areas to leave out</b>: optional; polygons (clouds, their shadows, water) or a raster that is nonzero "
-        "there (a cloud mask), in any CRS and resolution. They are nodata like the image's own: the image is "
+        "there (a cloud mask; or only the values given under Advanced, e.g. 3,8,9,10 of a Sentinel-2 scene "
+        "classification: cloud shadow, cloud, cirrus), in any CRS and resolution. They are nodata like the image's own: the image is "
         "stretched without them and the map has no heights there. Leave out clouds: a cloud left in makes the "
         "rest of the image darker to the model, which moves the whole map, and is drawn high, like snow.<br>"
         "<b>Refinement steps</b>: the model's default is shown; 0 keeps the coarse map (fastest); empty uses "
@@ -74,7 +75,7 @@ class EstimateDepth(D3Algorithm):
             reference_dem=self.raster_path(parameters, self.REFERENCE_DEM, context),
             bounds=self.extent_bounds(parameters, layer, context),
             exclude=areas_to_leave_out(self.parameterAsLayer(parameters, self.EXCLUDE, context), layer.crs(),
-                                       context),
+                                       context, values=self.exclude_values(parameters, context)),
             progress=progress_callback(feedback), cancel=feedback.isCanceled,
             **self.model_options(parameters, context))
         log_summary(feedback, summary)

@@ -93,6 +93,7 @@ class EstimateDepthFolder(D3Algorithm):
         reference = self.raster_path(parameters, self.REFERENCE_DEM, context)
         options = self.model_options(parameters, context)
         left_out = self.parameterAsLayer(parameters, self.EXCLUDE, context)
+        values = self.exclude_values(parameters, context)
         pipeline = self.load_pipeline(parameters, context, feedback)
 
         steps = QgsProcessingMultiStepFeedback(len(images), feedback)
@@ -102,7 +103,7 @@ class EstimateDepthFolder(D3Algorithm):
             feedback.pushInfo(f"[{step + 1}/{len(images)}] {image.name} -> {output.name}")
             try:
                 placed = QgsRasterLayer(str(image), image.name, "gdal")
-                exclude = areas_to_leave_out(left_out, placed.crs(), context, placed.extent()) \
+                exclude = areas_to_leave_out(left_out, placed.crs(), context, placed.extent(), values) \
                     if left_out is not None and placed.isValid() else None
                 summary = predict_raster(str(image), str(output), pipeline, bands=bands, reference_dem=reference,
                                          exclude=exclude, progress=progress_callback(steps),

@@ -77,7 +77,7 @@ class FinetuneRegion(D3Algorithm):
             str(self.weights(parameters, context)), output,
             bands=self.band_list(parameters, self.BANDS, context), extent=extent,
             exclude=areas_to_leave_out(self.parameterAsLayer(parameters, self.EXCLUDE, context), image_layer.crs(),
-                                       context),
+                                       context, values=self.exclude_values(parameters, context)),
             epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
             refiner_epochs=self.parameterAsInt(parameters, self.REFINER_EPOCHS, context),
             tile=self.optional_int(parameters, self.TILE, context), device=self.device(parameters, context),

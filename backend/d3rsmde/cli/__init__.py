@@ -22,7 +22,7 @@ from ..errors import D3Error, InputError
 from ..files import atomic_write_text
 from . import data as data_cli
 from . import train as train_cli
-from .options import BANDS_HELP, bands, print_warnings
+from .options import BANDS_HELP, add_exclude_options, bands, excluded, print_warnings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,9 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--bounds", type=float, nargs=4, metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
                          help="only this extent of the input, in its CRS (as rio clip --bounds); the output covers "
                          "the input's pixels within it")
-    predict.add_argument("--exclude", metavar="MASK", help="areas to leave out, nodata like the input's own "
-                         "(clouds, water): a raster, nonzero where left out (any CRS/resolution), or a GeoJSON file "
-                         "of polygons (.geojson/.json, WGS 84 unless it names another CRS)")
+    add_exclude_options(predict, "(clouds, water)")
     predict.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
     predict.set_defaults(func=_predict)
 
@@ -161,7 +159,7 @@ def _predict(args) -> int:
             progress=progress,
             resample_to_gsd=args.resample_to_gsd,
             bounds=args.bounds,
-            exclude=args.exclude,
+            exclude=excluded(args),
         )
     finally:
         if bar is not None:

@@ -16,7 +16,7 @@ from ..pairs import EVALUATION_PAIRS, WORLD_OPTIONS, build_world_dataset, pair_n
 from ..progress import terminal_progress
 from ..sources import STEM_WEIGHTS, fetch
 from ..render_tiles import DEFAULT_DEMS, DEFAULT_SCALES, build_render_dataset
-from .options import BANDS_HELP, add_cache_option, bands, floats, print_warnings
+from .options import BANDS_HELP, add_cache_option, add_exclude_options, bands, excluded, floats, print_warnings
 
 
 def _add_build_options(parser: argparse.ArgumentParser, defaults: BuildOptions) -> None:
@@ -55,7 +55,7 @@ def _report(result: dict) -> int:
 
 def _cli_build(args) -> int:
     result = build_dataset(args.image, args.dem, args.out, _options(args, BuildOptions()), bands=args.bands,
-                           extent=args.extent, exclude=args.exclude, progress=terminal_progress(0.1))
+                           extent=args.extent, exclude=excluded(args), progress=terminal_progress(0.1))
     return _report(result)
 
 
@@ -105,8 +105,7 @@ def add_cli(subparsers) -> None:
     build.add_argument("out", help="output folder (tiles/ + index.json)")
     build.add_argument("--bands", type=bands, help=BANDS_HELP)
     build.add_argument("--extent", type=floats, help="xmin,ymin,xmax,ymax in the image CRS")
-    build.add_argument("--exclude", metavar="MASK", help="areas to leave out (clouds), masked like nodata, as "
-                       "predict --exclude takes them")
+    add_exclude_options(build, "(clouds)")
     _add_build_options(build, BuildOptions())
     build.set_defaults(func=_cli_build)
 

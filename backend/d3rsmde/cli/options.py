@@ -41,6 +41,26 @@ def bands(text: str) -> list[int] | None:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def add_exclude_options(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """``--exclude`` (areas to leave out ``purpose``) and ``--exclude-values`` (the class codes of a mask raster
+    that mark them): read back with :func:`excluded`."""
+    parser.add_argument("--exclude", metavar="MASK", help=f"areas to leave out {purpose}, nodata like the input's "
+                        "own: a raster, nonzero where left out (any CRS/resolution), or a GeoJSON file of polygons "
+                        "(.geojson/.json, WGS 84 unless it names another CRS)")
+    parser.add_argument("--exclude-values", type=floats, metavar="V,V,...", help="only these values of the --exclude "
+                        "raster mark areas to leave out, e.g. 3,8,9,10 for Sentinel-2 L2A scene classification "
+                        "(cloud shadow, cloud, cirrus)")
+
+
+def excluded(args: argparse.Namespace):
+    """What ``--exclude`` and ``--exclude-values`` ask for, as the library's ``exclude`` arguments take it."""
+    from ..raster.exclusion import MaskRaster
+
+    if args.exclude_values and not args.exclude:
+        raise InputError("--exclude-values needs --exclude: the raster whose values they are")
+    return MaskRaster(args.exclude, tuple(args.exclude_values)) if args.exclude_values else args.exclude
+
+
 def add_cache_option(parser: argparse.ArgumentParser) -> None:
     """``--cache``: where downloaded packages and the files made from them are kept."""
     parser.add_argument("--cache", help="download cache (default $D3RSMDE_SOURCES or ~/.cache/d3rsmde/sources)")

@@ -25,7 +25,7 @@ from ..train.interpolate import interpolate_weights
 from ..train.recipe import DEFAULT_EPOCHS, REFINER_MAPS, train_pipeline
 from ..train.refiner import REFINER_SETTINGS
 from ..train.vae import DEPTH_DECODER_CHANNELS, VAE_SETTINGS, train_depth_decoder
-from .options import BANDS_HELP, bands, floats, ints, print_warnings
+from .options import BANDS_HELP, add_exclude_options, bands, excluded, floats, ints, print_warnings
 
 
 def train_config(args: argparse.Namespace) -> D3Config:
@@ -62,7 +62,7 @@ def _cli_train(args) -> int:
 
 def _cli_finetune(args) -> int:
     result = finetune_region(
-        args.image, args.dem, args.weights, args.out, bands=args.bands, extent=args.extent, exclude=args.exclude,
+        args.image, args.dem, args.weights, args.out, bands=args.bands, extent=args.extent, exclude=excluded(args),
         epochs=args.epochs, refiner_epochs=args.refiner_epochs, tile=args.tile, batch_size=args.batch_size,
         device=args.device, work_dir=args.work_dir, options=BuildOptions(min_relief_m=args.min_relief),
         progress=terminal_progress(),
@@ -184,8 +184,7 @@ def add_cli(subparsers) -> None:
     tune.add_argument("--bands", type=bands, help=BANDS_HELP)
     tune.add_argument("--weights", help="weights to start from (default: the shipped weights)")
     tune.add_argument("--extent", type=floats, help="xmin,ymin,xmax,ymax in the image CRS (write --extent=... when xmin is negative)")
-    tune.add_argument("--exclude", metavar="MASK", help="areas to leave out of training (clouds), as predict "
-                      "--exclude takes them")
+    add_exclude_options(tune, "of training (clouds)")
     tune.add_argument("--epochs", type=int, default=FINETUNE_EPOCHS, help="coarse model epochs (default %(default)s)")
     tune.add_argument("--refiner-epochs", type=int, default=FINETUNE_REFINER_EPOCHS,
                       help="refiner epochs after the coarse model's (default %(default)s: the refiner is kept; tuned "

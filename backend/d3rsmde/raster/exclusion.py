@@ -1,27 +1,27 @@
 """Areas the user leaves out of a prediction: clouds and their shadows, water, a construction site.
 
-Given as a mask raster (nonzero = left out; any CRS and resolution, e.g. a cloud mask) or as polygons (a GeoJSON
-file, or GeoJSON geometries in the image's CRS), they are nodata for the image stretch, the model and the output,
-as the raster's own nodata is. A white cloud left in raises the top of the stretch, so the rest of the image
+Given as a mask raster (nonzero, or one of the given values, = left out; any CRS and resolution: a cloud mask, or a
+class raster such as Sentinel-2's scene classification) or as polygons (a GeoJSON file, or GeoJSON geometries in
+the image's CRS), they are nodata for the image stretch, the model and the output, as the raster's own nodata is. A white cloud left in raises the top of the stretch, so the rest of the image
 reaches the model darker and the whole map moves (the model card's limits), and it is drawn high, like snow.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
-import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import CRSError
 from rasterio.features import geometry_mask
-from rasterio.transform import Affine
-from rasterio.warp import reproject, transform_geom
-from rasterio.windows import Window
+from rasterio.transform import Affine, array_bounds
+from rasterio.warp import reproject, transform_bounds, transform_geom
+from rasterio.windows import Window, from_bounds
 
 from ..errors import InputError
 from ..imagery import dataset_name
@@ -29,8 +29,24 @@ from .io import dataset_path, open_raster
 
 GEOJSON_SUFFIXES = (".geojson", ".json")
 GEOJSON_CRS = "EPSG:4326"  # RFC 7946: GeoJSON coordinates are WGS 84 longitude, latitude
-# What ``exclude`` arguments take: a mask raster or GeoJSON file path, GeoJSON geometries in the image's CRS, None.
-ExcludeSpec = Union[str, os.PathLike, Sequence[dict], None]
+
+
+@dataclass(frozen=True)
+class MaskRaster:
+    """A raster whose band 1 marks what to leave out: any nonzero value, or only ``values`` (class codes, e.g.
+    Sentinel-2 L2A scene classification 3, 8, 9, 10: cloud shadow, cloud, cirrus). Its nodata marks nothing."""
+
+    path: str | os.PathLike
+    values: tuple[float, ...] | None = None
+
+    def marks(self, data: np.ma.MaskedArray) -> np.ndarray:
+        hit = data.data != 0 if self.values is None else np.isin(data.data, self.values)
+        return hit & ~np.ma.getmaskarray(data)
+
+
+# What ``exclude`` arguments take: a mask raster (its path, or a MaskRaster), a GeoJSON file path, GeoJSON
+# geometries in the image's CRS, or None.
+ExcludeSpec = Union[str, os.PathLike, MaskRaster, Sequence[dict], None]
 
 
 @dataclass(frozen=True)
@@ -38,7 +54,7 @@ class Exclusion:
     """Where to leave the image out: ``geometries`` (GeoJSON, in the image's CRS) or a ``mask`` raster."""
 
     geometries: tuple[dict, ...] = ()
-    mask: Path | None = None
+    mask: MaskRaster | None = None
 
     def over(self, ds, window: Window, shape: tuple[int, int] | None = None) -> np.ndarray:
         """True where left out, over ``window`` of ``ds`` (the image, on any grid it is read on), at ``shape``
@@ -48,16 +64,31 @@ class Exclusion:
         if self.geometries:
             return geometry_mask(self.geometries, out_shape=shape, transform=transform, invert=True,
                                  all_touched=True)
-        with open_raster(self.mask) as mask:
+        with open_raster(dataset_path(self.mask.path)) as mask:
             if mask.crs is None:  # and the image has none (exclusion_for): the same grid, pixel for pixel
-                return mask.read(1, window=window, out_shape=shape, masked=True).filled(0) != 0
-            out = np.zeros(shape, mask.dtypes[0])
-            # No dst_nodata: GDAL's max resampling then takes every 0 for nodata and leaves out everything. Where
-            # the mask has no data, or does not reach, the output holds its nodata value (if any): kept.
-            reproject(rasterio.band(mask, 1), out, src_nodata=mask.nodata, dst_transform=transform,
-                      dst_crs=ds.crs, resampling=Resampling.max)
-            nodata = mask.nodata
-        return (out != 0) & ~(out == nodata if nodata is None or not np.isnan(nodata) else np.isnan(out))
+                return self.mask.marks(mask.read(1, window=window, out_shape=shape, masked=True))
+            # The mask's pixels under the window (one more on each side), marked, then warped with the maximum:
+            # an image pixel is left out if any marked mask pixel covers it.
+            bounds = transform_bounds(ds.crs, mask.crs, *array_bounds(shape[0], shape[1], transform))
+            under = from_bounds(*bounds, transform=mask.transform)
+            col0, row0 = max(math.floor(under.col_off) - 1, 0), max(math.floor(under.row_off) - 1, 0)
+            col1 = min(math.ceil(under.col_off + under.width) + 1, mask.width)
+            row1 = min(math.ceil(under.row_off + under.height) + 1, mask.height)
+            out = np.zeros(shape, np.uint8)
+            if col1 <= col0 or row1 <= row0:
+                return out.astype(bool)
+            under = Window(col0, row0, col1 - col0, row1 - row0)
+            marked = self.mask.marks(mask.read(1, window=under, masked=True)).astype(np.uint8)
+            reproject(marked, out, src_transform=mask.window_transform(under), src_crs=mask.crs,
+                      dst_transform=transform, dst_crs=ds.crs, resampling=Resampling.max)
+        return out != 0
+
+
+def exclusion_file(spec: ExcludeSpec) -> Path | None:
+    """The file ``spec`` reads (a mask raster or GeoJSON file), None for geometries or no spec."""
+    if isinstance(spec, MaskRaster):
+        spec = spec.path
+    return dataset_path(spec) if isinstance(spec, (str, os.PathLike)) else None
 
 
 def exclusion_for(spec: ExcludeSpec, ds) -> Exclusion | None:
@@ -65,10 +96,13 @@ def exclusion_for(spec: ExcludeSpec, ds) -> Exclusion | None:
     (``.geojson``/``.json``: WGS 84 unless it names another CRS); or GeoJSON geometries in the image's CRS."""
     if spec is None:
         return None
-    if not isinstance(spec, (str, os.PathLike)):
+    if not isinstance(spec, (str, os.PathLike, MaskRaster)):
         return Exclusion(geometries=_polygons(list(spec), "the areas to leave out"))
-    path = dataset_path(spec)
+    spec = spec if isinstance(spec, MaskRaster) else MaskRaster(spec)
+    path = dataset_path(spec.path)
     if path.suffix.lower() in GEOJSON_SUFFIXES:
+        if spec.values is not None:
+            raise InputError(f"{path.name} holds polygons: values to leave out apply to a mask raster")
         return Exclusion(geometries=_geojson_polygons(path, ds))
     with open_raster(path) as mask:
         placed = (mask.crs is not None and ds.crs is not None) or (
@@ -76,7 +110,7 @@ def exclusion_for(spec: ExcludeSpec, ds) -> Exclusion | None:
     if not placed:
         raise InputError(f"the mask {path.name} cannot be placed on {dataset_name(ds)}: both need a CRS, or "
                          "neither has one and they have the same size")
-    return Exclusion(mask=path)
+    return Exclusion(mask=spec)
 
 
 def _geojson_polygons(path: Path, ds) -> tuple[dict, ...]:

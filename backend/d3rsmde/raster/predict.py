@@ -34,8 +34,8 @@ from ..imagery import stats_shape, stretch_limits
 from ..progress import Cancel, Progress, check_cancel, report
 from ..tiling import TileGrid
 from .calibration import align_tiles, flat_tiles
-from .exclusion import Exclusion, ExcludeSpec, exclusion_for
-from .io import check_paths, dataset_path, gdal_settings, open_raster, spare_inputs, warp_onto
+from .exclusion import Exclusion, ExcludeSpec, exclusion_file, exclusion_for
+from .io import check_paths, gdal_settings, open_raster, spare_inputs, warp_onto
 from .masks import (SMALL_HOLE_PIXELS, collar_masked, collar_value, collar_warning,
                     nodata_holes_closable)
 from .output import BLOCK, NODATA, GridSpec, VerifiedOutput, finish
@@ -96,8 +96,7 @@ def predict_raster(
     """
     start = time.perf_counter()
     src_path, dst_path, ref_path = check_paths(src, dst, reference_dem)
-    if isinstance(exclude, (str, os.PathLike)):
-        spare_inputs(dst_path, [("exclusion mask", dataset_path(exclude))])
+    spare_inputs(dst_path, [("exclusion mask", exclusion_file(exclude))])
     if not overwrite and os.path.lexists(dst_path):
         raise InputError(f"{dst_path} exists and is not to be overwritten")
     prep = pipeline.config.preprocessing  # what the weights were trained with: bands, stretch, tile, GSD
@@ -307,7 +306,7 @@ def _left_out_warnings(src_path: Path, left_out: Exclusion, ds, extent: Window) 
     """A warning when the areas to leave out miss the image: most likely given in another CRS than they say."""
     if left_out.over(ds, extent, stats_shape(extent.height, extent.width)).any():
         return []
-    what = left_out.mask.name if left_out.mask else f"{len(left_out.geometries)} polygon(s)"
+    what = Path(left_out.mask.path).name if left_out.mask else f"{len(left_out.geometries)} polygon(s)"
     return [f"the areas to leave out ({what}) cover none of {src_path.name}: nothing was left out (is their CRS "
             "the one they declare?)"]
 
