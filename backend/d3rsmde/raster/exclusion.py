@@ -2,8 +2,9 @@
 
 Given as a mask raster (nonzero, or one of the given values, = left out; any CRS and resolution: a cloud mask, or a
 class raster such as Sentinel-2's scene classification) or as polygons (a GeoJSON file, or GeoJSON geometries in
-the image's CRS), they are nodata for the image stretch, the model and the output, as the raster's own nodata is. A white cloud left in raises the top of the stretch, so the rest of the image
-reaches the model darker and the whole map moves (the model card's limits), and it is drawn high, like snow.
+the image's CRS), they are nodata for the image stretch, the model and the output, as the raster's own nodata is.
+A white cloud left in raises the top of the stretch, so the rest of the image reaches the model darker and the
+whole map moves (the model card's limits), and it is drawn high, like snow.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class MaskRaster:
     values: tuple[float, ...] | None = None
 
     def marks(self, data: np.ma.MaskedArray) -> np.ndarray:
+        """True where ``data`` (read from this raster) marks a pixel to leave out."""
         hit = data.data != 0 if self.values is None else np.isin(data.data, self.values)
         return hit & ~np.ma.getmaskarray(data)
 
