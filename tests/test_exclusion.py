@@ -167,3 +167,18 @@ def test_a_class_raster_leaves_out_the_given_classes(scene, tiny):
                            exclude=folder / "far.tif")
     assert any("the areas to leave out (far.tif) cover none of bare.tif" in w for w in stats["warnings"])
     assert not height(folder / "far-map.tif").mask.any()
+
+
+def test_many_polygons_are_each_left_out_wherever_tiles_cut_them(scene, tiny):
+    """200 small polygons over the scene (each tile rasterizes only those whose bounds reach it): the map leaves
+    out exactly what rasterizing them all over the whole grid gives, across every tile edge."""
+    folder, _ = scene
+    rng = np.random.default_rng(0)
+    angles = np.linspace(0, 2 * np.pi, 17)
+    polygons = []
+    for x, y, r in zip(rng.uniform(0, 200, 200), rng.uniform(0, 160, 200), rng.uniform(0.5, 4, 200)):
+        ring = [METRE_PIXELS * (x + r * np.cos(a), y + r * np.sin(a)) for a in angles]
+        polygons.append({"type": "Polygon", "coordinates": [ring]})
+    predict_raster(folder / "bare.tif", folder / "map.tif", tiny, refine_steps=0, exclude=polygons)
+    whole = rasterio.features.geometry_mask(polygons, (160, 200), METRE_PIXELS, invert=True, all_touched=True)
+    assert np.array_equal(height(folder / "map.tif").mask, whole)

@@ -19,7 +19,7 @@ from typing import Sequence, Union
 import numpy as np
 from rasterio.enums import Resampling
 from rasterio.errors import CRSError
-from rasterio.features import geometry_mask
+from rasterio.features import bounds, geometry_mask
 from rasterio.transform import Affine, array_bounds
 from rasterio.warp import reproject, transform_bounds, transform_geom
 from rasterio.windows import Window, from_bounds
@@ -58,14 +58,23 @@ class Exclusion:
     geometries: tuple[dict, ...] = ()
     mask: MaskRaster | None = None
 
+    def __post_init__(self):  # each polygon's bounds, so that a window rasterizes only the polygons that reach it
+        boxes = np.array([bounds(g) for g in self.geometries], dtype=np.float64).reshape(-1, 4)
+        object.__setattr__(self, "_boxes", boxes)
+
     def over(self, ds, window: Window, shape: tuple[int, int] | None = None) -> np.ndarray:
         """True where left out, over ``window`` of ``ds`` (the image, on any grid it is read on), at ``shape``
         (default: the window's own). A mask pixel counts if any of it covers the image pixel."""
         shape = shape or (int(window.height), int(window.width))
         transform = ds.window_transform(window) * Affine.scale(window.width / shape[1], window.height / shape[0])
         if self.geometries:
-            return geometry_mask(self.geometries, out_shape=shape, transform=transform, invert=True,
-                                 all_touched=True)
+            west, south, east, north = array_bounds(shape[0], shape[1], transform)
+            b = self._boxes
+            near = np.flatnonzero((b[:, 0] <= east) & (b[:, 2] >= west) & (b[:, 1] <= north) & (b[:, 3] >= south))
+            if not near.size:
+                return np.zeros(shape, bool)
+            return geometry_mask([self.geometries[i] for i in near], out_shape=shape, transform=transform,
+                                 invert=True, all_touched=True)
         with open_raster(dataset_path(self.mask.path)) as mask:
             if mask.crs is None:  # and the image has none (exclusion_for): the same grid, pixel for pixel
                 return self.mask.marks(mask.read(1, window=window, out_shape=shape, masked=True))
