@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -57,10 +57,12 @@ class Exclusion:
 
     geometries: tuple[dict, ...] = ()
     mask: MaskRaster | None = None
+    # Each polygon's (west, south, east, north), so that a window rasterizes only the polygons that reach it.
+    boxes: np.ndarray = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self):  # each polygon's bounds, so that a window rasterizes only the polygons that reach it
+    def __post_init__(self):
         boxes = np.array([bounds(g) for g in self.geometries], dtype=np.float64).reshape(-1, 4)
-        object.__setattr__(self, "_boxes", boxes)
+        object.__setattr__(self, "boxes", boxes)  # frozen: set once, here
 
     def over(self, ds, window: Window, shape: tuple[int, int] | None = None) -> np.ndarray:
         """True where left out, over ``window`` of ``ds`` (the image, on any grid it is read on), at ``shape``
@@ -69,7 +71,7 @@ class Exclusion:
         transform = ds.window_transform(window) * Affine.scale(window.width / shape[1], window.height / shape[0])
         if self.geometries:
             west, south, east, north = array_bounds(shape[0], shape[1], transform)
-            b = self._boxes
+            b = self.boxes
             near = np.flatnonzero((b[:, 0] <= east) & (b[:, 2] >= west) & (b[:, 1] <= north) & (b[:, 3] >= south))
             if not near.size:
                 return np.zeros(shape, bool)
