@@ -182,3 +182,20 @@ def test_many_polygons_are_each_left_out_wherever_tiles_cut_them(scene, tiny):
     predict_raster(folder / "bare.tif", folder / "map.tif", tiny, refine_steps=0, exclude=polygons)
     whole = rasterio.features.geometry_mask(polygons, (160, 200), METRE_PIXELS, invert=True, all_touched=True)
     assert np.array_equal(height(folder / "map.tif").mask, whole)
+
+
+def test_a_mask_raster_is_opened_once_per_pass_not_per_tile(scene, tiny, monkeypatch):
+    from d3rsmde.raster import exclusion
+
+    folder, cloud = scene
+    opened = []
+
+    def counting_open(path):
+        opened.append(path)
+        return open_raster(path)
+
+    open_raster = exclusion.open_raster
+    monkeypatch.setattr(exclusion, "open_raster", counting_open)
+    stats = predict_raster(folder / "bare.tif", folder / "map.tif", tiny, refine_steps=0, exclude=folder / "mask.tif")
+    assert np.array_equal(height(folder / "map.tif").mask, cloud)
+    assert stats["tiles"] >= 9 and len(opened) <= 4, (stats["tiles"], len(opened))  # checks, stretch, warning, pass

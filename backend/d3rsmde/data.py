@@ -174,6 +174,7 @@ def build_dataset(
             img = stack.enter_context(collar_masked(img, collar))
         window = _window_for(img, extent, o.tile_size)
         left_out = exclusion_for(exclude, img)
+        left_out = left_out.opened(stack) if left_out is not None else None
         low, high = stretch_limits(img, bands, window, left_out=left_out)
         image_dtype = np.uint8 if img.dtypes[bands[0] - 1] == "uint8" else np.uint16
         with staged_tiles(out_dir) as tmp:

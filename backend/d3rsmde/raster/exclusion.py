@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -57,12 +58,20 @@ class Exclusion:
 
     geometries: tuple[dict, ...] = ()
     mask: MaskRaster | None = None
+    reader: object = field(default=None, repr=False, compare=False)  # the mask raster, open (:meth:`opened`)
     # Each polygon's (west, south, east, north), so that a window rasterizes only the polygons that reach it.
     boxes: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         boxes = np.array([bounds(g) for g in self.geometries], dtype=np.float64).reshape(-1, 4)
         object.__setattr__(self, "boxes", boxes)  # frozen: set once, here
+
+    def opened(self, stack: ExitStack) -> Exclusion:
+        """This exclusion with its mask raster kept open in ``stack``: for a pass over many windows, which would
+        otherwise open it once each."""
+        if self.mask is None or self.reader is not None:
+            return self
+        return replace(self, reader=stack.enter_context(open_raster(dataset_path(self.mask.path))))
 
     def over(self, ds, window: Window, shape: tuple[int, int] | None = None) -> np.ndarray:
         """True where left out, over ``window`` of ``ds`` (the image, on any grid it is read on), at ``shape``
@@ -77,7 +86,8 @@ class Exclusion:
                 return np.zeros(shape, bool)
             return geometry_mask([self.geometries[i] for i in near], out_shape=shape, transform=transform,
                                  invert=True, all_touched=True)
-        with open_raster(dataset_path(self.mask.path)) as mask:
+        with ExitStack() as stack:
+            mask = self.opened(stack).reader
             if mask.crs is None:  # and the image has none (exclusion_for): the same grid, pixel for pixel
                 return self.mask.marks(mask.read(1, window=window, out_shape=shape, masked=True))
             # The mask's pixels under the window (one more on each side), marked, then warped with the maximum:

@@ -242,10 +242,11 @@ def _infer_tiles(run: _Run) -> tuple[np.ndarray, int]:
     """Pass 1: every tile with valid pixels through the model into the store; returns per-tile (min, max) and how
     many pixels of small nodata holes were taken as image data (each counted once: the blending weights of the
     tiles over a pixel sum to 1)."""
-    grid, source = run.grid, run.source
+    grid = run.grid
 
     def batches() -> Iterator:
         with ExitStack() as stack:
+            source = run.source.opened(stack)
             ds = source.open(stack)
             for tiles in run.batches:
                 ids, images, masks, closed = [], [], [], 0.0
@@ -384,14 +385,15 @@ def _resample_back(run: _Run, work: Path, out: VerifiedOutput, grid: GridSpec) -
     time, masked like the input."""
     with ExitStack() as stack:
         w = stack.enter_context(rasterio.open(work))
-        src = run.source.open_native(stack)
+        source = run.source.opened(stack)
+        src = source.open_native(stack)
         vrt = stack.enter_context(warp_onto(w, grid, Resampling.bilinear))
         for row0 in range(0, grid.height, BLOCK):
             check_cancel(run.cancel, message="cancelled while writing the output")
             window = Window(0, row0, grid.width, min(BLOCK, grid.height - row0))
             band = vrt.read(1, window=window, masked=True).filled(NODATA)
             in_src = Window(run.extent.col_off, run.extent.row_off + row0, window.width, window.height)
-            valid, _ = run.source.mask(src, in_src)
+            valid, _ = source.mask(src, in_src)
             out.write(np.where(valid, band, NODATA), window)
 
 

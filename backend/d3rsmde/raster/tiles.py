@@ -6,7 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 from contextlib import ExitStack, closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -39,6 +39,11 @@ class Source:
     close_holes: bool
     collar: float | None = None
     left_out: Exclusion | None = None
+
+    def opened(self, stack: ExitStack) -> Source:
+        """This source with what it reads besides the raster (a mask of areas left out) kept open in ``stack`` for
+        a pass over its tiles."""
+        return self if self.left_out is None else replace(self, left_out=self.left_out.opened(stack))
 
     def open_native(self, stack: ExitStack):
         """The raster on its own grid, its fill border masked."""
