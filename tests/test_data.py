@@ -110,10 +110,10 @@ def test_tile_filters_drop_nodata_sea_and_flat_tiles(tmp_path):
 def test_an_undeclared_fill_border_is_nodata_to_training_too(tmp_path, monkeypatch, find_collar):
     """The scene above with its white fill column left undeclared (no nodata value): found as a collar, it drops
     the same tiles as declared nodata, with a warning. Control: not looked for, it is cut into training tiles."""
-    from d3rsmde import data
+    from d3rsmde.raster import masks
 
     if not find_collar:
-        monkeypatch.setattr(data, "collar_value", lambda ds, bands: None)
+        monkeypatch.setattr(masks, "collar_value", lambda ds, bands: None)
     image, dem = filter_scene(tmp_path)
     with rasterio.open(image) as src:
         pixels, profile = src.read(), src.profile

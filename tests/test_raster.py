@@ -242,11 +242,11 @@ def test_an_undeclared_black_border_is_nodata(tmp_path, monkeypatch, find_collar
     a warning. Control: not looked for, the border is a plain in the map and the image's map changes."""
     from scipy import ndimage
     from d3rsmde.pipeline import D3Pipeline
-    from d3rsmde.raster import predict
+    from d3rsmde.raster import masks
     from d3rsmde.weights import default_weights_path
 
     if not find_collar:
-        monkeypatch.setattr(predict, "collar_value", lambda ds, indexes: None)
+        monkeypatch.setattr(masks, "collar_value", lambda ds, indexes: None)
     with rasterio.open(SAMPLE_RGB) as ds:
         image, valid = ds.read(), ds.dataset_mask() > 0
     nearest = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)

@@ -34,7 +34,7 @@ from d3rsmde.defaults import SEED
 from d3rsmde.progress import Cancel, Progress, check_cancel, report
 from d3rsmde.raster.exclusion import Exclusion, ExcludeSpec, exclusion_for
 from d3rsmde.raster.io import warp_onto
-from d3rsmde.raster.masks import collar_masked, collar_value, collar_warning
+from d3rsmde.raster.masks import without_collar
 
 
 @dataclass(frozen=True)
@@ -168,10 +168,8 @@ def build_dataset(
         dem_src = stack.enter_context(_open_raster(dem, "elevation"))
         notes = guessed_bands_warning(img, bands)
         bands = select_bands(img, bands)
-        collar = collar_value(img, bands)
-        if collar is not None:  # masked as the raster engine masks it at inference
-            notes.append(collar_warning(Path(image).name, collar))
-            img = stack.enter_context(collar_masked(img, collar))
+        img, _, collar_notes = without_collar(img, bands, Path(image).name, stack)  # as the engine reads it
+        notes += collar_notes
         window = _window_for(img, extent, o.tile_size)
         left_out = exclusion_for(exclude, img)
         left_out = left_out.opened(stack) if left_out is not None else None

@@ -16,6 +16,7 @@ black plain (or a white wall) in the map and skews the stretch, so :func:`collar
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Sequence
 
 import numpy as np
@@ -87,6 +88,16 @@ def collar_masked(ds, value: float) -> WarpedVRT:
     source nodata), every value as it is."""
     return WarpedVRT(ds, src_nodata=value, add_alpha=True, crs=ds.crs, transform=ds.transform, width=ds.width,
                      height=ds.height, warp_extras={"UNIFIED_SRC_NODATA": "YES"})
+
+
+def without_collar(ds, indexes: Sequence[int], name: str, stack: ExitStack) -> tuple[object, float | None, list[str]]:
+    """``ds`` as the engine and fine-tuning read it: its fill border masked when it has one (:func:`collar_value`;
+    the masked view is closed with ``stack``), the border's value (None: none) and the warning that tells the user
+    (``name``: the raster's, for it)."""
+    value = collar_value(ds, indexes)
+    if value is None:
+        return ds, None, []
+    return stack.enter_context(collar_masked(ds, value)), value, [collar_warning(name, value)]
 
 
 def collar_warning(name: str, value: float) -> str:

@@ -12,7 +12,7 @@ import math
 import os
 import time
 import warnings
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -36,8 +36,7 @@ from ..tiling import TileGrid
 from .calibration import align_tiles, flat_tiles
 from .exclusion import Exclusion, ExcludeSpec, exclusion_file, exclusion_for
 from .io import check_paths, gdal_settings, open_raster, spare_inputs, warp_onto
-from .masks import (SMALL_HOLE_PIXELS, collar_masked, collar_value, collar_warning,
-                    nodata_holes_closable)
+from .masks import SMALL_HOLE_PIXELS, nodata_holes_closable, without_collar
 from .output import BLOCK, NODATA, GridSpec, VerifiedOutput, finish
 from .reference import keep_reference_lows
 from .tiles import Prefetcher, Source, TileStore
@@ -120,11 +119,10 @@ def predict_raster(
             close_holes = nodata_holes_closable(ds, indexes)
             nodata = ds.nodatavals[indexes[0] - 1]
             extent, notes = _extent_window(ds, bounds)
-            collar = collar_value(ds, indexes)
-            if collar is not None:
-                band_notes.append(collar_warning(src_path.name, collar))
             left_out = exclusion_for(exclude, ds)
-            with nullcontext(ds) if collar is None else collar_masked(ds, collar) as seen:
+            with ExitStack() as stack:
+                seen, collar, collar_notes = without_collar(ds, indexes, src_path.name, stack)
+                band_notes += collar_notes
                 lo, hi = stretch_limits(seen, indexes, extent, prep.stretch_percentiles, left_out)
                 if left_out is not None:
                     notes += _left_out_warnings(src_path, left_out, seen, extent)
