@@ -1,10 +1,13 @@
-"""Tiny synthetic terrain tiles for tests: smooth heights and an image that really shows them.
+"""Tiny synthetic terrain tiles for tests: smooth heights and an image that really shows them; and web map tiles
+of a real image.
 
 The image is a hypsometric tint (low green, high brown/white) times a hillshade, so both absolute height and relief
 are visible in it, as in real imagery: a small model can learn the mapping in a few steps.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,3 +63,39 @@ class SyntheticTiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return dict(self.items[i])
+
+
+def xyz_tiles(image: Path, folder: Path, zoom: int) -> str:
+    """The image cut into web map tiles (EPSG:3857, 256 px, PNG, transparent outside the image) under
+    ``folder/{z}/{x}/{y}.png``, as a satellite basemap serves them; returns the URI of QGIS's XYZ layer over it."""
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.transform import from_origin
+    from rasterio.warp import Resampling, reproject, transform_bounds
+
+    half = 20037508.342789244  # Web Mercator's half-width, metres
+    span = 2 * half / 2**zoom
+    with rasterio.open(image) as src:
+        left, bottom, right, top = transform_bounds(src.crs, "EPSG:3857", *src.bounds)
+        columns = range(int((left + half) // span), int((right + half) // span) + 1)
+        rows = range(int((half - top) // span), int((half - bottom) // span) + 1)
+        for x in columns:
+            for y in rows:
+                rgba = np.zeros((4, 256, 256), np.uint8)
+                transform = from_origin(-half + x * span, half - y * span, span / 256, span / 256)
+                for band in range(3):
+                    reproject(rasterio.band(src, band + 1), rgba[band], dst_transform=transform, dst_crs="EPSG:3857",
+                              resampling=Resampling.bilinear)
+                valid = np.ones((256, 256), np.uint8)
+                reproject(np.ones(src.shape, np.uint8), valid, src_transform=src.transform, src_crs=src.crs,
+                          dst_transform=transform, dst_crs="EPSG:3857", dst_nodata=0, resampling=Resampling.nearest)
+                rgba[3] = 255 * valid
+                (folder / str(zoom) / str(x)).mkdir(parents=True, exist_ok=True)
+                with warnings.catch_warnings():  # tiles need no georeferencing: their place is their name
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                    with rasterio.open(folder / str(zoom) / str(x) / f"{y}.png", "w", driver="PNG", width=256,
+                                       height=256, count=4, dtype="uint8") as dst:
+                        dst.write(rgba)
+    return f"type=xyz&url=file://{folder}/{{z}}/{{x}}/{{y}}.png&zmin={zoom}&zmax={zoom}"

@@ -54,8 +54,8 @@ def test_provider_registers_four_documented_algorithms(d3_provider):
         assert len(alg.shortHelpString()) > 100, alg.id()
     depth = registry.algorithmById("d3rsmde:estimatedepth")
     names = [p.name() for p in depth.parameterDefinitions()]
-    assert names == ["INPUT", "BANDS", "EXTENT", "EXCLUDE", "EXCLUDE_VALUES", "WEIGHTS", "REFINE_STEPS", "TILE",
-                     "OVERLAP", "BATCH_SIZE", "DEVICE", "REFERENCE_DEM", "HILLSHADE", "OUTPUT"]
+    assert names == ["INPUT", "BANDS", "EXTENT", "PIXEL_SIZE", "EXCLUDE", "EXCLUDE_VALUES", "WEIGHTS", "REFINE_STEPS",
+                     "TILE", "OVERLAP", "BATCH_SIZE", "DEVICE", "REFERENCE_DEM", "HILLSHADE", "OUTPUT"]
     for optional in ["EXTENT", "EXCLUDE", "EXCLUDE_VALUES"]:
         assert depth.parameterDefinition(optional).flags() & QgsProcessingParameterDefinition.FlagOptional
     assert depth.parameterDefinition("BANDS").allowMultiple()
@@ -379,6 +379,97 @@ def test_areas_to_leave_out_as_a_polygon_layer_or_a_mask_raster(d3_provider, tin
     assert not (tmp_path / "points.tif").exists()
 
 
+@pytest.fixture
+def web_maps(tmp_path):
+    """Satellite basemaps of images as analysts add them (XYZ tiles in EPSG:3857, here served from files at zoom 10,
+    about 117 m per pixel at this latitude), owned by the project as layers added in QGIS are."""
+    from qgis.core import QgsProject, QgsRasterLayer
+    from synthetic import xyz_tiles
+
+    layers = []
+
+    def web_map(image: Path) -> QgsRasterLayer:
+        uri = xyz_tiles(image, tmp_path / f"tiles-{len(layers)}", zoom=10)
+        layers.append(QgsRasterLayer(uri, "Satellite basemap", "wms"))
+        assert layers[-1].isValid() and layers[-1].providerType() == "wms"
+        QgsProject.instance().addMapLayer(layers[-1], False)
+        return layers[-1]
+
+    yield web_map
+    for layer in layers:
+        QgsProject.instance().removeMapLayer(layer.id())
+
+
+@pytest.fixture
+def web_map(web_maps, small_rgb):
+    return web_maps(small_rgb)
+
+
+def test_a_web_map_is_fetched_over_the_extent_on_its_own_crs(d3_provider, web_map, small_rgb, tmp_path):
+    """Fetched at a ground pixel size (Web Mercator's map units are 1/cos(latitude) ground metres), the image
+    lies where the source image lies, and the temporary file is gone afterwards."""
+    from qgis.core import QgsProcessingContext, QgsProject
+    from rasterio.warp import Resampling, reproject, transform_bounds
+
+    from d3rsmde_qgis.algorithms.fetch import fetched_layer
+
+    with rasterio.open(small_rgb) as src:
+        box = transform_bounds(src.crs, "EPSG:3857", *src.bounds)
+        latitude = (src.bounds.bottom + src.bounds.top) / 2
+    extent = QgsRectangle(box[0] - 3000, box[1] - 2000, box[2] + 1000, box[3] + 500)  # some sky around it
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    feedback = RecordingFeedback()
+    with fetched_layer(web_map, extent, 150.0, context, feedback) as path, rasterio.open(path) as ds:
+        assert path.name == "Satellite_basemap.tif" and ds.crs == "EPSG:3857" and ds.count == 4
+        assert ds.res[0] == pytest.approx(150.0 / np.cos(np.radians(latitude)), rel=2e-3)
+        assert ds.bounds.left == pytest.approx(extent.xMinimum()) and ds.bounds.top == pytest.approx(
+            extent.yMaximum())
+        assert ds.bounds.right >= extent.xMaximum() and ds.bounds.bottom <= extent.yMinimum()
+        fetched = ds.read()
+        expected = np.zeros((3, ds.height, ds.width), np.float32)
+        with rasterio.open(small_rgb) as src:
+            for band in range(3):
+                reproject(rasterio.band(src, band + 1), expected[band], dst_transform=ds.transform,
+                          dst_crs=ds.crs, dst_nodata=np.nan, resampling=Resampling.average)
+    inside, opaque = ~np.isnan(expected[0]), fetched[3] > 0
+    assert (inside & opaque).sum() / (inside | opaque).sum() > 0.9  # the footprint in the right place
+    difference = np.abs(fetched[:3].astype(np.float32) - expected)[:, inside & opaque]
+    assert np.median(difference) < 12  # the same pixels, through two resamplings
+    shifted = np.abs(fetched[:3, :, 2:].astype(np.float32) - expected[:, :, :-2])
+    assert np.nanmedian(shifted[:, (inside & opaque)[:, 2:]]) > 2 * np.median(difference)  # a test that can fail
+    assert not path.exists()
+    assert "Fetched layer 'Satellite basemap' (wms, not a file)" in feedback.infos[0]
+
+
+def test_estimate_depth_on_a_web_map(d3_provider, tiny_weights, web_map, small_rgb, tmp_path):
+    """A basemap layer is not a file: its Extent is fetched at the pixel size, and the map has that grid; without
+    an Extent (the whole world) or with Bands it is refused with a reason."""
+    from qgis.core import QgsProcessingUtils
+
+    with rasterio.open(small_rgb) as src:
+        left, bottom, right, top = src.bounds
+    extent = f"{left + 0.01},{right - 0.01},{bottom + 0.01},{top - 0.01} [EPSG:4326]"
+    options = {"INPUT": web_map.id(), "WEIGHTS": str(tiny_weights), "DEVICE": CPU, "REFINE_STEPS": 0}
+    feedback = RecordingFeedback()
+    run("d3rsmde:estimatedepth", {**options, "EXTENT": extent, "PIXEL_SIZE": 100,
+                                  "OUTPUT": str(tmp_path / "map.tif")}, feedback)
+    with rasterio.open(tmp_path / "map.tif") as ds:
+        height = ds.read(1, masked=True)
+        assert ds.crs == "EPSG:3857" and ds.tags()["source"] == "Satellite_basemap.tif"
+        assert ds.res[0] == pytest.approx(100 / np.cos(np.radians((bottom + top) / 2)), rel=2e-3)
+    assert height.count() > 0.95 * height.size and 0 <= height.min() < height.max() <= 1
+    assert any(line.startswith("Fetched layer 'Satellite basemap'") for line in feedback.infos)
+    assert not list(Path(QgsProcessingUtils.tempFolder()).rglob("Satellite_basemap.tif"))
+    with pytest.raises(QgsProcessingException, match=r"fetched over the extent at 30 m per pixel, which would be "
+                                                     r"1,3\d\d,\d\d\d x 1,3\d\d,\d\d\d pixels"):
+        run("d3rsmde:estimatedepth", {**options, "OUTPUT": str(tmp_path / "world.tif")})
+    with pytest.raises(QgsProcessingException, match="is a web map: it is fetched as red, green and blue"):
+        run("d3rsmde:estimatedepth", {**options, "EXTENT": extent, "BANDS": [1],
+                                      "OUTPUT": str(tmp_path / "bands.tif")})
+    assert not (tmp_path / "world.tif").exists() and not (tmp_path / "bands.tif").exists()
+
+
 def test_folder_patterns_match_in_any_case(tmp_path):
     """Landsat names its bands .TIF: the default pattern takes them, once each, and nothing else."""
     from d3rsmde_qgis.algorithms.estimate_depth_folder import DEFAULT_PATTERN, matching_files
@@ -528,6 +619,22 @@ def test_finetune_writes_loadable_weights(d3_provider, tiny_weights, tmp_path):
                                  "TILE": 32, "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
                                  "OUTPUT": str(tmp_path / "none.safetensors")})
     assert not (tmp_path / "none.safetensors").exists()
+
+
+def test_finetune_on_a_web_map_fetches_it_where_the_dem_is(d3_provider, tiny_weights, web_maps, tmp_path):
+    """An image that is not a file is fetched over the training Extent, or without one over the DEM's extent."""
+    layer = web_maps(SAMPLE_RGB)
+    for name, extent in [("extent", "-105.90,-105.52,40.30,40.54 [EPSG:4326]"), ("dem", None)]:
+        feedback = RecordingFeedback()
+        run("d3rsmde:finetune", {"IMAGE": layer.id(), "DEM": str(SAMPLE_DEM), "EXTENT": extent, "PIXEL_SIZE": 150,
+                                 "EPOCHS": 1, "TILE": 32, "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
+                                 "OUTPUT": str(tmp_path / f"{name}.safetensors")}, feedback)
+        fetched = next(line for line in feedback.infos if line.startswith("Fetched layer 'Satellite basemap'"))
+        columns, rows = (int(n) for n in fetched.split(": ")[1].split(" pixels")[0].split(" x "))
+        with rasterio.open(SAMPLE_DEM) as dem:  # about 0.0029 degrees of longitude per DEM pixel
+            expected = 0.38 if extent else dem.bounds.right - dem.bounds.left
+        assert columns == pytest.approx(expected * 85_200 / 150, rel=0.03), fetched  # 85.2 km per degree at 40.1 N
+        assert (tmp_path / f"{name}.safetensors").is_file()
 
 
 # -- qgis_process and the desktop dialog, in subprocesses ------------------------------------------------------

@@ -6,6 +6,7 @@ provider loads in a QGIS without torch and each algorithm then explains what to 
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 
 from qgis.core import (
@@ -35,6 +36,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..deps import backend_problem
 from ..paths import BUNDLED_WEIGHTS, HELP_URL, ICON
+from .fetch import DEFAULT_PIXEL_SIZE_M, fetched_layer, is_file_layer, is_image_layer
 
 DEVICES = ("auto", "cpu", "cuda")
 # Words the Toolbox search matches besides the names (users look for "DEM" or "elevation", not "depth").
@@ -59,6 +61,7 @@ class D3Algorithm(QgsProcessingAlgorithm):
     BANDS = "BANDS"
     EXCLUDE = "EXCLUDE"
     EXCLUDE_VALUES = "EXCLUDE_VALUES"
+    PIXEL_SIZE = "PIXEL_SIZE"
 
     def name(self) -> str:
         return self.NAME
@@ -95,6 +98,12 @@ class D3Algorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterBand(
             self.BANDS, self.tr("Bands used as RGB (empty = automatic)"), parentLayerParameterName=image,
             optional=True, allowMultiple=True))
+
+    def add_pixel_size_parameter(self) -> None:
+        """PIXEL_SIZE: ground metres per pixel at which an image layer that is not a file (a web map) is fetched."""
+        self.addParameter(QgsProcessingParameterNumber(
+            self.PIXEL_SIZE, self.tr("Pixel size for layers that are not files (web maps), in metres"),
+            type=QgsProcessingParameterNumber.Double, minValue=0.01, defaultValue=DEFAULT_PIXEL_SIZE_M))
 
     def add_weights_parameter(self, description: str = "Model weights (.safetensors; empty = bundled default)"):
         self.addParameter(QgsProcessingParameterFile(
@@ -197,6 +206,19 @@ class D3Algorithm(QgsProcessingAlgorithm):
         if layer is None:
             return None
         return layer_file(layer)
+
+    def image_file(self, parameters, layer: QgsRasterLayer, extent: QgsRectangle | None, bands: list[int] | None,
+                   context, feedback, stack: ExitStack) -> str:
+        """The file the backend reads for an image layer: its own; for a layer that is not a file (a web map), the
+        layer fetched over ``extent`` (in its CRS; None: the layer's) at PIXEL_SIZE, deleted when ``stack`` closes."""
+        if is_file_layer(layer):
+            return layer_file(layer)
+        if bands and is_image_layer(layer):
+            raise QgsProcessingException(f"Layer '{layer.name()}' is a web map: it is fetched as red, green and blue, "
+                                         "so leave Bands empty.")
+        return str(stack.enter_context(fetched_layer(
+            layer, layer.extent() if extent is None else extent,
+            self.parameterAsDouble(parameters, self.PIXEL_SIZE, context), context, feedback)))
 
     # -- running -------------------------------------------------------------------------------------------
 

@@ -1,11 +1,14 @@
 """d3rsmde:estimatedepth - one raster in, one height raster out (same grid, CRS and transform)."""
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 from qgis.core import (
     QgsProcessingParameterBoolean,
     QgsProcessingParameterExtent,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsRectangle,
 )
 
 from ..styling import DepthLayerStyler
@@ -25,6 +28,10 @@ class EstimateDepth(D3Algorithm):
         "blue-green-red-NIR images do not start with red). The log names the bands used.<br>"
         "<b>Extent</b>: optional (drawn on the canvas, or a layer's or the canvas's extent, in any CRS); only the "
         "image's pixels within it are processed, and the output covers them alone.<br>"
+        "<b>Web maps</b> (XYZ tiles such as a satellite basemap, WMS, WCS, ArcGIS MapServer) and other layers that "
+        "are not files: the layer is fetched over the Extent (draw one: a web map covers the world) at the <b>Pixel "
+        "size for layers that are not files</b>, in ground metres, and the output has that grid, in the layer's "
+        "CRS. File rasters keep their own pixels and ignore it.<br>"
         "<b>Areas to leave out</b>: optional; polygons (clouds, their shadows, water) or a raster that is nonzero "
         "there (a cloud mask; or only the values given under Advanced, e.g. 3,8,9,10 of a Sentinel-2 scene "
         "classification: cloud shadow, cloud, cirrus), in any CRS and resolution. They are nodata like the image's own: the image is "
@@ -53,6 +60,7 @@ class EstimateDepth(D3Algorithm):
         self.add_bands_parameter(self.INPUT)
         self.addParameter(QgsProcessingParameterExtent(
             self.EXTENT, self.tr("Extent (empty = the whole image)"), optional=True))
+        self.add_pixel_size_parameter()
         self.add_exclude_parameter("clouds, water")
         self.add_model_parameters()
         self.add_reference_parameter()
@@ -63,32 +71,32 @@ class EstimateDepth(D3Algorithm):
     def process(self, parameters, context, feedback) -> dict:
         from d3rsmde.raster import predict_raster
 
-        source = self.raster_path(parameters, self.INPUT, context)
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        input_name = layer.name()
-        self.layer_name = self.tr("{} height").format(input_name)
+        self.layer_name = self.tr("{} height").format(layer.name())
         output = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        bands = self.band_list(parameters, self.BANDS, context)
+        exclude = areas_to_leave_out(self.parameterAsLayer(parameters, self.EXCLUDE, context), layer.crs(), context,
+                                     values=self.exclude_values(parameters, context))
+        reference_dem = self.raster_path(parameters, self.REFERENCE_DEM, context)
         pipeline = self.load_pipeline(parameters, context, feedback)
-        summary = predict_raster(
-            source, output, pipeline,
-            bands=self.band_list(parameters, self.BANDS, context),
-            reference_dem=self.raster_path(parameters, self.REFERENCE_DEM, context),
-            bounds=self.extent_bounds(parameters, layer, context),
-            exclude=areas_to_leave_out(self.parameterAsLayer(parameters, self.EXCLUDE, context), layer.crs(),
-                                       context, values=self.exclude_values(parameters, context)),
-            progress=progress_callback(feedback), cancel=feedback.isCanceled,
-            **self.model_options(parameters, context))
+        with ExitStack() as stack:
+            extent = self.extent(parameters, layer, context)
+            source = self.image_file(parameters, layer, extent, bands, context, feedback, stack)
+            bounds = None if extent is None else (
+                extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
+            summary = predict_raster(
+                source, output, pipeline, bands=bands, reference_dem=reference_dem, bounds=bounds, exclude=exclude,
+                progress=progress_callback(feedback), cancel=feedback.isCanceled,
+                **self.model_options(parameters, context))
         log_summary(feedback, summary)
         self.hillshade = self.parameterAsBoolean(parameters, self.HILLSHADE, context)
         self.output = output
         return {self.OUTPUT: output}
 
-    def extent_bounds(self, parameters, layer, context) -> tuple[float, float, float, float] | None:
-        """The extent parameter in the layer's CRS, as (left, bottom, right, top); None when it is not set."""
+    def extent(self, parameters, layer, context) -> QgsRectangle | None:
+        """The extent parameter in the layer's CRS; None when it is not set."""
         rect = self.parameterAsExtent(parameters, self.EXTENT, context, layer.crs())
-        if rect.isNull():
-            return None
-        return rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()
+        return None if rect.isNull() else rect
 
     def postProcessAlgorithm(self, context, feedback):  # noqa: N802 - QGIS API
         # Main thread, before QGIS loads the result: name it after the input (QGIS keeps the file's name instead

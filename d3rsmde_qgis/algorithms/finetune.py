@@ -1,9 +1,11 @@
 """d3rsmde:finetune - adapt a checkpoint to one region from its image and a DEM; writes a new weights file."""
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 from qgis.core import (
+    QgsCoordinateTransform,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
@@ -26,7 +28,9 @@ class FinetuneRegion(D3Algorithm):
         "one standard error is not evidence that it helped. Use the resulting .safetensors file as "
         "<i>Model weights</i> in <i>Estimate depth</i>, with the same <b>Bands</b> (left empty, they are chosen as "
         "<i>Estimate depth</i> chooses them; the log names them). <b>Extent</b> limits training to part of the "
-        "image (e.g. to keep an area for evaluation); <b>Areas to leave out</b> (polygons or a raster nonzero "
+        "image (e.g. to keep an area for evaluation). An <b>Image</b> that is not a file (a web map such as a satellite "
+        "basemap) is fetched over the Extent, or the DEM's, at the <b>Pixel size for layers that are not files</b>: "
+        "use the same pixel size in <i>Estimate depth</i>. <b>Areas to leave out</b> (polygons or a raster nonzero "
         "there, any CRS) keeps clouds and their shadows out of training, as in <i>Estimate depth</i>. Training on "
         "a CPU is slow: start with few epochs. Cancel stops after the current step and writes nothing. Choose a "
         "file for <b>Fine-tuned weights</b>: left as a temporary file, they are deleted when QGIS closes (the log "
@@ -47,6 +51,7 @@ class FinetuneRegion(D3Algorithm):
         self.add_bands_parameter(self.IMAGE)
         self.addParameter(QgsProcessingParameterRasterLayer(self.DEM, self.tr("DEM (heights in metres)")))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Training extent"), optional=True))
+        self.add_pixel_size_parameter()
         self.add_exclude_parameter("clouds")
         self.addParameter(QgsProcessingParameterNumber(
             self.EPOCHS, self.tr("Epochs"), type=QgsProcessingParameterNumber.Integer, minValue=1,
@@ -67,21 +72,25 @@ class FinetuneRegion(D3Algorithm):
         from d3rsmde.train.finetune import finetune_region
 
         image_layer = self.parameterAsRasterLayer(parameters, self.IMAGE, context)
-        extent = None
-        if parameters.get(self.EXTENT):
-            box = self.parameterAsExtent(parameters, self.EXTENT, context, image_layer.crs())
-            extent = (box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum())
+        dem_layer = self.parameterAsRasterLayer(parameters, self.DEM, context)
+        box = self.parameterAsExtent(parameters, self.EXTENT, context, image_layer.crs())
+        extent = None if box.isNull() else (box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum())
+        if box.isNull():  # a layer that is not a file is fetched where the DEM has heights
+            box = QgsCoordinateTransform(dem_layer.crs(), image_layer.crs(), context.transformContext()) \
+                .transformBoundingBox(dem_layer.extent())
+        bands = self.band_list(parameters, self.BANDS, context)
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
-        summary = finetune_region(
-            self.raster_path(parameters, self.IMAGE, context), self.raster_path(parameters, self.DEM, context),
-            str(self.weights(parameters, context)), output,
-            bands=self.band_list(parameters, self.BANDS, context), extent=extent,
-            exclude=areas_to_leave_out(self.parameterAsLayer(parameters, self.EXCLUDE, context), image_layer.crs(),
-                                       context, values=self.exclude_values(parameters, context)),
-            epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
-            refiner_epochs=self.parameterAsInt(parameters, self.REFINER_EPOCHS, context),
-            tile=self.optional_int(parameters, self.TILE, context), device=self.device(parameters, context),
-            progress=progress_callback(feedback), cancel=feedback.isCanceled)
+        with ExitStack() as stack:
+            summary = finetune_region(
+                self.image_file(parameters, image_layer, box, bands, context, feedback, stack),
+                self.raster_path(parameters, self.DEM, context), str(self.weights(parameters, context)), output,
+                bands=bands, extent=extent,
+                exclude=areas_to_leave_out(self.parameterAsLayer(parameters, self.EXCLUDE, context),
+                                           image_layer.crs(), context, values=self.exclude_values(parameters, context)),
+                epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
+                refiner_epochs=self.parameterAsInt(parameters, self.REFINER_EPOCHS, context),
+                tile=self.optional_int(parameters, self.TILE, context), device=self.device(parameters, context),
+                progress=progress_callback(feedback), cancel=feedback.isCanceled)
         log_summary(feedback, summary)
         if Path(output).resolve().is_relative_to(Path(QgsProcessingUtils.tempFolder()).resolve()):
             feedback.pushWarning(

@@ -1,0 +1,100 @@
+"""Raster layers that rasterio cannot read (web maps such as XYZ tiles and WMS, WCS, ArcGIS MapServer, database
+and virtual rasters) fetched into a GeoTIFF over an extent, at a chosen ground pixel size, as QGIS's own
+*Export > Save As* does: the engine then reads a file like any other."""
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from qgis.core import (
+    Qgis,
+    QgsDistanceArea,
+    QgsPointXY,
+    QgsProcessingException,
+    QgsProcessingUtils,
+    QgsRasterBlockFeedback,
+    QgsRasterFileWriter,
+    QgsRasterLayer,
+    QgsRasterPipe,
+    QgsRectangle,
+)
+
+# A guard against fetching the world: 10,000 x 10,000 pixels of a web map take minutes to download.
+MAX_FETCH_PIXELS = 100_000_000
+DEFAULT_PIXEL_SIZE_M = 30.0  # Landsat's: inside the scales the default weights were trained on
+
+
+def is_file_layer(layer: QgsRasterLayer) -> bool:
+    """Whether rasterio can read the layer's source (GDAL's provider), or it must be fetched first."""
+    return layer.providerType() == "gdal"
+
+
+def is_image_layer(layer: QgsRasterLayer) -> bool:
+    """Whether the layer's provider serves rendered colour (web maps: one ARGB band that becomes red, green, blue
+    and alpha in the file) rather than data bands."""
+    return layer.dataProvider().dataType(1) in (Qgis.ARGB32, Qgis.ARGB32_Premultiplied)
+
+
+def map_units_per_metre(layer: QgsRasterLayer, at: QgsPointXY, context) -> float:
+    """How many of the layer's map units span one metre on the ground, east-west at ``at`` (Web Mercator's
+    metres are 1/cos(latitude) of a ground metre; a geographic CRS's degrees shrink with latitude)."""
+    measure = QgsDistanceArea()
+    measure.setSourceCrs(layer.crs(), context.transformContext())
+    measure.setEllipsoid("WGS84")
+    step = 1e-3 if layer.crs().isGeographic() else 1.0
+    metres = measure.measureLine(QgsPointXY(at.x() - step / 2, at.y()), QgsPointXY(at.x() + step / 2, at.y()))
+    if not metres > 0:
+        raise QgsProcessingException(f"Cannot measure ground distances in the CRS of layer '{layer.name()}' "
+                                     f"({layer.crs().authid() or 'unknown'}).")
+    return step / metres
+
+
+@contextmanager
+def fetched_layer(layer: QgsRasterLayer, extent: QgsRectangle, pixel_size_m: float, context,
+                  feedback) -> Iterator[Path]:
+    """The layer over ``extent`` (in its CRS) at ``pixel_size_m`` ground metres per pixel, as a GeoTIFF in the
+    layer's CRS under Processing's temporary folder, named after the layer (so messages name it), removed on
+    exit. Web maps come as red, green, blue and alpha; the log says what was fetched."""
+    from d3rsmde.errors import Cancelled
+
+    label = layer.name() or f"{layer.providerType()} layer"  # qgis_process's "wms://..." layers have no name
+    if extent.isNull() or extent.isEmpty():
+        raise QgsProcessingException(f"Layer '{label}' has no extent to fetch: give an Extent.")
+    size = pixel_size_m * map_units_per_metre(layer, extent.center(), context)
+    cols, rows = math.ceil(extent.width() / size), math.ceil(extent.height() / size)
+    if cols * rows > MAX_FETCH_PIXELS:
+        raise QgsProcessingException(
+            f"Layer '{label}' is not a file: it is fetched over the extent at {pixel_size_m:g} m per pixel, "
+            f"which would be {cols:,} x {rows:,} pixels (at most {MAX_FETCH_PIXELS:,}). Draw a smaller Extent or "
+            "choose a larger pixel size.")
+    box = QgsRectangle(extent.xMinimum(), extent.yMaximum() - rows * size,
+                       extent.xMinimum() + cols * size, extent.yMaximum())  # whole pixels of exactly that size
+    name = re.sub(r"[^\w.-]+", "_", label).strip("_") or "layer"
+    path = Path(QgsProcessingUtils.generateTempFilename(f"{name}.tif"))
+    pipe = QgsRasterPipe()
+    if not pipe.set(layer.dataProvider().clone()):
+        raise QgsProcessingException(f"Layer '{label}' cannot be read block by block.")
+    writer = QgsRasterFileWriter(str(path))
+    writer.setCreateOptions(["COMPRESS=DEFLATE", "TILED=YES"])
+    block_feedback = QgsRasterBlockFeedback()
+    feedback.canceled.connect(block_feedback.cancel)
+    block_feedback.progressChanged.connect(feedback.setProgress)
+    started = time.perf_counter()
+    try:
+        error = writer.writeRaster(pipe, cols, rows, box, layer.crs(), context.transformContext(), block_feedback)
+        if feedback.isCanceled():
+            raise Cancelled("fetching the layer")
+        if error != QgsRasterFileWriter.NoError:
+            raise QgsProcessingException(f"Layer '{label}' could not be fetched (QgsRasterFileWriter error "
+                                         f"{int(error)}): is its server reachable?")
+        feedback.pushInfo(f"Fetched layer '{label}' ({layer.providerType()}, not a file) over the extent at "
+                          f"{pixel_size_m:g} m per pixel: {cols} x {rows} pixels in {layer.crs().authid()}, "
+                          f"{time.perf_counter() - started:.1f} s")
+        yield path
+    finally:
+        feedback.canceled.disconnect(block_feedback.cancel)
+        path.unlink(missing_ok=True)
