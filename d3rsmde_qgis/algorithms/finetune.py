@@ -31,10 +31,10 @@ class FinetuneRegion(D3Algorithm):
         "image (e.g. to keep an area for evaluation). An <b>Image</b> that is not a file (a web map such as a "
         "satellite basemap) is fetched over the Extent, or the DEM's, at the <b>Pixel size for layers that are not "
         "files</b>: use the same pixel size in <i>Estimate depth</i>. <b>Areas to leave out</b> (polygons or a "
-        "raster nonzero there, any CRS) keeps clouds and their shadows out of training, as in <i>Estimate depth</i>. Training on "
-        "a CPU is slow: start with few epochs. Cancel stops after the current step and writes nothing. Choose a "
-        "file for <b>Fine-tuned weights</b>: left as a temporary file, they are deleted when QGIS closes (the log "
-        "warns)."
+        "raster nonzero there, any CRS) keeps clouds and their shadows out of training, as in <i>Estimate "
+        "depth</i>. Training on a CPU is slow: start with few epochs. Cancel stops after the current step and "
+        "writes nothing. Choose a file for <b>Fine-tuned weights</b>: left as a temporary file, they are deleted "
+        "when QGIS closes (the log warns)."
     )
 
     IMAGE = "IMAGE"
