@@ -470,6 +470,38 @@ def test_estimate_depth_on_a_web_map(d3_provider, tiny_weights, web_map, small_r
     assert not (tmp_path / "world.tif").exists() and not (tmp_path / "bands.tif").exists()
 
 
+def test_a_reference_dem_that_is_not_a_file_is_fetched_as_heights(d3_provider, tiny_weights, small_rgb, tmp_path):
+    """A virtual raster (QGIS's on-the-fly raster calculator, a provider that serves data, like WCS or a database)
+    as the reference DEM: fetched over the image as heights, not colours, it gives the map the file's metres."""
+    from qgis.core import QgsProject, QgsRasterDataProvider, QgsRasterLayer
+
+    dem = QgsRasterLayer(str(SAMPLE_DEM), "dem")
+    virtual = QgsRasterDataProvider.VirtualRasterParameters()
+    virtual.crs, virtual.extent, virtual.width, virtual.height = dem.crs(), dem.extent(), dem.width(), dem.height()
+    virtual.formula = '"dem@1" * 1.0'
+    source = QgsRasterDataProvider.VirtualRasterInputLayers()
+    source.name, source.uri, source.provider = "dem", dem.source(), "gdal"
+    virtual.rInputLayers = [source]
+    layer = QgsRasterLayer(QgsRasterDataProvider.encodeVirtualRasterProviderUri(virtual), "Heights", "virtualraster")
+    assert layer.isValid()
+    QgsProject.instance().addMapLayer(layer, False)
+    del dem
+    try:
+        options = {"INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights), "DEVICE": CPU, "REFINE_STEPS": 0}
+        feedback = RecordingFeedback()
+        run("d3rsmde:estimatedepth", {**options, "REFERENCE_DEM": layer.id(), "PIXEL_SIZE": 60,
+                                      "OUTPUT": str(tmp_path / "virtual.tif")}, feedback)
+        run("d3rsmde:estimatedepth", {**options, "REFERENCE_DEM": str(SAMPLE_DEM), "OUTPUT": str(tmp_path / "file.tif")})
+    finally:
+        QgsProject.instance().removeMapLayer(layer.id())
+    assert any(line.startswith("Fetched layer 'Heights' (virtualraster") for line in feedback.infos)
+    with rasterio.open(tmp_path / "virtual.tif") as a, rasterio.open(tmp_path / "file.tif") as b:
+        fetched, direct = a.read(1, masked=True), b.read(1, masked=True)
+        assert a.tags()["units"] == b.tags()["units"] == "m"
+    assert 2500 < fetched.mean() < 4000  # metres of the Rocky Mountains, not colours
+    assert abs(fetched.mean() - direct.mean()) < 5 and np.ma.corrcoef(fetched.ravel(), direct.ravel())[0, 1] > 0.995
+
+
 def test_folder_patterns_match_in_any_case(tmp_path):
     """Landsat names its bands .TIF: the default pattern takes them, once each, and nothing else."""
     from d3rsmde_qgis.algorithms.estimate_depth_folder import DEFAULT_PATTERN, matching_files

@@ -209,13 +209,32 @@ class D3Algorithm(QgsProcessingAlgorithm):
 
     def image_file(self, parameters, layer: QgsRasterLayer, extent: QgsRectangle | None, bands: list[int] | None,
                    context, feedback, stack: ExitStack) -> str:
-        """The file the backend reads for an image layer: its own; for a layer that is not a file (a web map), the
-        layer fetched over ``extent`` (in its CRS; None: the layer's) at PIXEL_SIZE, deleted when ``stack`` closes."""
-        if is_file_layer(layer):
-            return layer_file(layer)
-        if bands and is_image_layer(layer):
+        """The file the backend reads for an image layer (see ``readable_file``); a web map has no bands to
+        choose."""
+        if bands and not is_file_layer(layer) and is_image_layer(layer):
             raise QgsProcessingException(f"Layer '{layer.name()}' is a web map: it is fetched as red, green and blue, "
                                          "so leave Bands empty.")
+        return self.readable_file(parameters, layer, extent, context, feedback, stack)
+
+    def reference_file(self, parameters, image: QgsRasterLayer, extent: QgsRectangle | None, context, feedback,
+                       stack: ExitStack) -> str | None:
+        """The file of the REFERENCE_DEM layer, None if unset; one that is not a file (a WCS, a database raster) is
+        fetched over the image's ``extent`` (in the image's CRS; None: all of it), with a margin of a tenth."""
+        reference = self.parameterAsRasterLayer(parameters, self.REFERENCE_DEM, context)
+        if reference is None or is_file_layer(reference):
+            return None if reference is None else layer_file(reference)
+        area = QgsCoordinateTransform(image.crs(), reference.crs(), context.transformContext()).transformBoundingBox(
+            image.extent() if extent is None else extent)
+        area.grow(0.1 * max(area.width(), area.height()))
+        return self.readable_file(parameters, reference, area, context, feedback, stack)
+
+    def readable_file(self, parameters, layer: QgsRasterLayer, extent: QgsRectangle | None, context, feedback,
+                      stack: ExitStack) -> str:
+        """The file the backend reads for a raster layer: its own; for a layer that is not a file (a web map, WCS, a
+        database or virtual raster), the layer fetched over ``extent`` (in its CRS; None: the layer's) at
+        PIXEL_SIZE, deleted when ``stack`` closes."""
+        if is_file_layer(layer):
+            return layer_file(layer)
         return str(stack.enter_context(fetched_layer(
             layer, layer.extent() if extent is None else extent,
             self.parameterAsDouble(parameters, self.PIXEL_SIZE, context), context, feedback)))

@@ -40,7 +40,8 @@ class EstimateDepth(D3Algorithm):
         "snow.<br>"
         "<b>Refinement steps</b>: the model's default is shown; 0 keeps the coarse map (fastest); empty uses "
         "the number stored with the weights.<br>"
-        "<b>Reference DEM</b>: optional (any CRS and resolution, e.g. SRTM or Copernicus DEM); when given, the "
+        "<b>Reference DEM</b>: optional (any CRS and resolution, e.g. SRTM or Copernicus DEM; one that is not a file, "
+        "such as a WCS, is fetched over the image at the pixel size above); when given, the "
         "output is in metres, follows the reference at the reference's resolution and adds the image's relief "
         "below it. Without it the output is relative height in 0..1 (higher = higher).<br>"
         "The output has the input's grid, CRS and transform (float32 GeoTIFF), with nodata where the input is "
@@ -78,11 +79,11 @@ class EstimateDepth(D3Algorithm):
         bands = self.band_list(parameters, self.BANDS, context)
         exclude = areas_to_leave_out(self.parameterAsLayer(parameters, self.EXCLUDE, context), layer.crs(), context,
                                      values=self.exclude_values(parameters, context))
-        reference_dem = self.raster_path(parameters, self.REFERENCE_DEM, context)
         pipeline = self.load_pipeline(parameters, context, feedback)
         with ExitStack() as stack:
             extent = self.extent(parameters, layer, context)
             source = self.image_file(parameters, layer, extent, bands, context, feedback, stack)
+            reference_dem = self.reference_file(parameters, layer, extent, context, feedback, stack)
             bounds = None if extent is None else (
                 extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
             summary = predict_raster(
