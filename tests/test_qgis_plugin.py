@@ -709,6 +709,24 @@ def test_qgis_process_reads_comma_separated_bands(profile, tiny_weights, band_la
     assert "bands: [4, 3, 2]" in result.stdout and output.is_file()
 
 
+def test_qgis_process_reads_a_web_map_by_provider_and_source(profile, tiny_weights, small_rgb, tmp_path):
+    """`INPUT=wms://type=xyz&url=...` on the command line: a web map named as the README shows, fetched."""
+    from demo import qgis_process
+    from synthetic import xyz_tiles
+
+    uri = xyz_tiles(small_rgb, tmp_path / "tiles", zoom=10)
+    with rasterio.open(small_rgb) as src:
+        left, bottom, right, top = src.bounds
+    output = tmp_path / "web.tif"
+    result = qgis_process(["run", "d3rsmde:estimatedepth", "--", f"INPUT=wms://{uri}", "PIXEL_SIZE=150",
+                           f"EXTENT={left},{right},{bottom},{top} [EPSG:4326]", f"WEIGHTS={tiny_weights}",
+                           "REFINE_STEPS=0", f"OUTPUT={output}"], profile, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Fetched layer 'wms layer' (wms, not a file)" in result.stdout
+    with rasterio.open(output) as ds:
+        assert ds.crs == "EPSG:3857" and ds.read(1, masked=True).count() > 0
+
+
 def test_missing_torch_is_explained(profile, small_rgb, tmp_path):
     """A Python where `import torch` fails: the provider still loads and the run names what to install."""
     from demo import qgis_process
