@@ -425,7 +425,8 @@ def test_a_web_map_is_fetched_over_the_extent_on_its_own_crs(d3_provider, web_ma
         assert ds.res[0] == pytest.approx(150.0 / np.cos(np.radians(latitude)), rel=2e-3)
         assert ds.bounds.left == pytest.approx(extent.xMinimum()) and ds.bounds.top == pytest.approx(
             extent.yMaximum())
-        assert ds.bounds.right >= extent.xMaximum() and ds.bounds.bottom <= extent.yMinimum()
+        assert 0 <= extent.xMaximum() - ds.bounds.right < ds.res[0]  # whole pixels within the extent
+        assert 0 <= ds.bounds.bottom - extent.yMinimum() < ds.res[1]
         fetched = ds.read()
         expected = np.zeros((3, ds.height, ds.width), np.float32)
         with rasterio.open(small_rgb) as src:
@@ -473,7 +474,10 @@ def test_estimate_depth_on_a_web_map(d3_provider, tiny_weights, web_map, small_r
 def test_a_reference_dem_that_is_not_a_file_is_fetched_as_heights(d3_provider, tiny_weights, small_rgb, tmp_path):
     """A virtual raster (QGIS's on-the-fly raster calculator, a provider that serves data, like WCS or a database)
     as the reference DEM: fetched over the image as heights, not colours, it gives the map the file's metres."""
-    from qgis.core import QgsProject, QgsRasterDataProvider, QgsRasterLayer
+    from qgis.core import QgsProcessingContext, QgsProject, QgsRasterDataProvider, QgsRasterLayer
+
+    from d3rsmde.geodesy import metres_per_degree
+    from d3rsmde_qgis.algorithms.fetch import fetched_layer
 
     dem = QgsRasterLayer(str(SAMPLE_DEM), "dem")
     virtual = QgsRasterDataProvider.VirtualRasterParameters()
@@ -491,10 +495,21 @@ def test_a_reference_dem_that_is_not_a_file_is_fetched_as_heights(d3_provider, t
         feedback = RecordingFeedback()
         run("d3rsmde:estimatedepth", {**options, "REFERENCE_DEM": layer.id(), "PIXEL_SIZE": 60,
                                       "OUTPUT": str(tmp_path / "virtual.tif")}, feedback)
-        run("d3rsmde:estimatedepth", {**options, "REFERENCE_DEM": str(SAMPLE_DEM), "OUTPUT": str(tmp_path / "file.tif")})
+        run("d3rsmde:estimatedepth", {**options, "REFERENCE_DEM": str(SAMPLE_DEM),
+                                      "OUTPUT": str(tmp_path / "file.tif")})
+        context = QgsProcessingContext()
+        context.setProject(QgsProject.instance())
+        assert any(line.startswith("Fetched layer 'Heights' (virtualraster") for line in feedback.infos)
+        with fetched_layer(layer, layer.extent(), 100.0, context, RecordingFeedback()) as path, \
+                rasterio.open(path) as ds:
+            latitude = (ds.bounds.bottom + ds.bounds.top) / 2  # square on the ground, not in degrees
+            assert ds.crs == "EPSG:4326" and ds.dtypes[0] == "float64"
+            assert ds.res[0] == pytest.approx(100 / metres_per_degree(latitude)[0], rel=3e-3)
+            assert ds.res[1] == pytest.approx(100 / metres_per_degree(latitude)[1], rel=3e-3)
+            heights = ds.read(1, masked=True)
+            assert 2200 < heights.min() and heights.max() < 4300  # heights, not colours nor fill
     finally:
         QgsProject.instance().removeMapLayer(layer.id())
-    assert any(line.startswith("Fetched layer 'Heights' (virtualraster") for line in feedback.infos)
     with rasterio.open(tmp_path / "virtual.tif") as a, rasterio.open(tmp_path / "file.tif") as b:
         fetched, direct = a.read(1, masked=True), b.read(1, masked=True)
         assert a.tags()["units"] == b.tags()["units"] == "m"

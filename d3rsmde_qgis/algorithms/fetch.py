@@ -39,18 +39,20 @@ def is_image_layer(layer: QgsRasterLayer) -> bool:
     return layer.dataProvider().dataType(1) in (Qgis.ARGB32, Qgis.ARGB32_Premultiplied)
 
 
-def map_units_per_metre(layer: QgsRasterLayer, at: QgsPointXY, context) -> float:
-    """How many of the layer's map units span one metre on the ground, east-west at ``at`` (Web Mercator's
-    metres are 1/cos(latitude) of a ground metre; a geographic CRS's degrees shrink with latitude)."""
+def map_units_per_metre(layer: QgsRasterLayer, at: QgsPointXY, context) -> tuple[float, float]:
+    """How many of the layer's map units span one ground metre at ``at``, east-west and north-south: Web
+    Mercator's metres are 1/cos(latitude) of a ground metre both ways; a degree of longitude shrinks with latitude,
+    one of latitude does not, so square pixels on the ground are not square in degrees."""
     measure = QgsDistanceArea()
     measure.setSourceCrs(layer.crs(), context.transformContext())
     measure.setEllipsoid("WGS84")
     step = 1e-3 if layer.crs().isGeographic() else 1.0
-    metres = measure.measureLine(QgsPointXY(at.x() - step / 2, at.y()), QgsPointXY(at.x() + step / 2, at.y()))
-    if not metres > 0:
+    east = measure.measureLine(QgsPointXY(at.x() - step / 2, at.y()), QgsPointXY(at.x() + step / 2, at.y()))
+    north = measure.measureLine(QgsPointXY(at.x(), at.y() - step / 2), QgsPointXY(at.x(), at.y() + step / 2))
+    if not (east > 0 and north > 0):
         raise QgsProcessingException(f"Cannot measure ground distances in the CRS of layer '{layer.name()}' "
                                      f"({layer.crs().authid() or 'unknown'}).")
-    return step / metres
+    return step / east, step / north
 
 
 @contextmanager
@@ -62,17 +64,23 @@ def fetched_layer(layer: QgsRasterLayer, extent: QgsRectangle, pixel_size_m: flo
     from d3rsmde.errors import Cancelled
 
     label = layer.name() or f"{layer.providerType()} layer"  # qgis_process's "wms://..." layers have no name
+    # Only whole pixels within the layer: a provider may fill cells outside its extent with values its nodata
+    # does not name (QGIS 3.22's virtual rasters: -3.4e38 under a nodata of -1.8e308).
+    extent = extent.intersect(layer.extent())
     if extent.isNull() or extent.isEmpty():
-        raise QgsProcessingException(f"Layer '{label}' has no extent to fetch: give an Extent.")
-    size = pixel_size_m * map_units_per_metre(layer, extent.center(), context)
-    cols, rows = math.ceil(extent.width() / size), math.ceil(extent.height() / size)
+        raise QgsProcessingException(f"Layer '{label}' has nothing to fetch there: give an Extent that it covers.")
+    size_x, size_y = (pixel_size_m * units for units in map_units_per_metre(layer, extent.center(), context))
+    cols, rows = math.floor(extent.width() / size_x), math.floor(extent.height() / size_y)
+    if not cols or not rows:
+        raise QgsProcessingException(f"Layer '{label}' is fetched at {pixel_size_m:g} m per pixel, and the extent "
+                                     "is narrower than a pixel: draw a larger Extent or choose a smaller pixel size.")
     if cols * rows > MAX_FETCH_PIXELS:
         raise QgsProcessingException(
             f"Layer '{label}' is not a file: it is fetched over the extent at {pixel_size_m:g} m per pixel, "
             f"which would be {cols:,} x {rows:,} pixels (at most {MAX_FETCH_PIXELS:,}). Draw a smaller Extent or "
             "choose a larger pixel size.")
-    box = QgsRectangle(extent.xMinimum(), extent.yMaximum() - rows * size,
-                       extent.xMinimum() + cols * size, extent.yMaximum())  # whole pixels of exactly that size
+    box = QgsRectangle(extent.xMinimum(), extent.yMaximum() - rows * size_y,
+                       extent.xMinimum() + cols * size_x, extent.yMaximum())  # pixels of exactly that size
     name = re.sub(r"[^\w.-]+", "_", label).strip("_") or "layer"
     path = Path(QgsProcessingUtils.generateTempFilename(f"{name}.tif"))
     pipe = QgsRasterPipe()
