@@ -445,8 +445,8 @@ def test_a_web_map_is_fetched_over_the_extent_on_its_own_crs(d3_provider, web_ma
 
 def test_estimate_depth_on_a_web_map(d3_provider, tiny_weights, web_map, small_rgb, tmp_path):
     """A basemap layer is not a file: its Extent is fetched at the pixel size, and the map has that grid; without
-    an Extent (the whole world) or with Bands it is refused with a reason."""
-    from qgis.core import QgsProcessingUtils
+    an Extent (the whole world), from a server that is down or with Bands it is refused with a reason."""
+    from qgis.core import QgsProcessingUtils, QgsProject, QgsRasterLayer
 
     with rasterio.open(small_rgb) as src:
         left, bottom, right, top = src.bounds
@@ -465,10 +465,16 @@ def test_estimate_depth_on_a_web_map(d3_provider, tiny_weights, web_map, small_r
     with pytest.raises(QgsProcessingException, match=r"fetched over the extent at 30 m per pixel, which would be "
                                                      r"1,3\d\d,\d\d\d x 1,3\d\d,\d\d\d pixels"):
         run("d3rsmde:estimatedepth", {**options, "OUTPUT": str(tmp_path / "world.tif")})
+    offline = QgsRasterLayer(web_map.source().replace("tiles", "no-tiles"), "Offline basemap", "wms")  # server down
+    QgsProject.instance().addMapLayer(offline, False)
+    with pytest.raises(QgsProcessingException, match="Layer 'Offline basemap' gave no pixels over the extent"):
+        run("d3rsmde:estimatedepth", {**options, "INPUT": offline.id(), "EXTENT": extent,
+                                      "OUTPUT": str(tmp_path / "offline.tif")})
+    QgsProject.instance().removeMapLayer(offline.id())
     with pytest.raises(QgsProcessingException, match="is a web map: it is fetched as red, green and blue"):
         run("d3rsmde:estimatedepth", {**options, "EXTENT": extent, "BANDS": [1],
                                       "OUTPUT": str(tmp_path / "bands.tif")})
-    assert not (tmp_path / "world.tif").exists() and not (tmp_path / "bands.tif").exists()
+    assert not any((tmp_path / name).exists() for name in ("world.tif", "bands.tif", "offline.tif"))
 
 
 def test_a_reference_dem_that_is_not_a_file_is_fetched_as_heights(d3_provider, tiny_weights, small_rgb, tmp_path):

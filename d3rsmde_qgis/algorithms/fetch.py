@@ -39,6 +39,16 @@ def is_image_layer(layer: QgsRasterLayer) -> bool:
     return layer.dataProvider().dataType(1) in (Qgis.ARGB32, Qgis.ARGB32_Premultiplied)
 
 
+def any_valid_pixel(path: Path) -> bool:
+    """Whether a fetched file has any pixel that is not transparent or nodata (looked at on a grid of at most
+    1024 x 1024, enough for any real image)."""
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        shape = (min(ds.height, 1024), min(ds.width, 1024))
+        return bool(ds.dataset_mask(out_shape=shape).any())
+
+
 def map_units_per_metre(layer: QgsRasterLayer, at: QgsPointXY, context) -> tuple[float, float]:
     """How many of the layer's map units span one ground metre at ``at``, east-west and north-south: Web
     Mercator's metres are 1/cos(latitude) of a ground metre both ways; a degree of longitude shrinks with latitude,
@@ -99,6 +109,9 @@ def fetched_layer(layer: QgsRasterLayer, extent: QgsRectangle, pixel_size_m: flo
         if error != QgsRasterFileWriter.NoError:
             raise QgsProcessingException(f"Layer '{label}' could not be fetched (QgsRasterFileWriter error "
                                          f"{int(error)}): is its server reachable?")
+        if not any_valid_pixel(path):  # a web map whose server is down gives transparent tiles, not an error
+            raise QgsProcessingException(f"Layer '{label}' gave no pixels over the extent (all transparent or "
+                                         "nodata): is its server reachable, and does the layer cover the extent?")
         feedback.pushInfo(f"Fetched layer '{label}' ({layer.providerType()}, not a file) over the extent at "
                           f"{pixel_size_m:g} m per pixel: {cols} x {rows} pixels in {layer.crs().authid()}, "
                           f"{time.perf_counter() - started:.1f} s")
