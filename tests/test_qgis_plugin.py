@@ -443,6 +443,24 @@ def test_a_web_map_is_fetched_over_the_extent_on_its_own_crs(d3_provider, web_ma
     assert "Fetched layer 'Satellite basemap' (wms, not a file)" in feedback.infos[0]
 
 
+def test_cancel_while_fetching_a_web_map_leaves_nothing(d3_provider, tiny_weights, web_map, small_rgb, tmp_path):
+    """Cancel reaches the fetch (3,000 x 3,000 pixels here, written block by block): no output, no fetched file."""
+    from qgis.core import QgsProcessingUtils
+
+    with rasterio.open(small_rgb) as src:
+        left, bottom, right, top = src.bounds
+    feedback = QgsProcessingFeedback()
+    progress = []
+    feedback.progressChanged.connect(lambda value: (progress.append(value), feedback.cancel()))
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        run("d3rsmde:estimatedepth", {"INPUT": web_map.id(), "EXTENT": f"{left},{right},{bottom},{top} [EPSG:4326]",
+                                      "PIXEL_SIZE": 4, "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
+                                      "OUTPUT": str(tmp_path / "map.tif")}, feedback)
+    assert progress and progress[0] < 100
+    assert not (tmp_path / "map.tif").exists()
+    assert not list(Path(QgsProcessingUtils.tempFolder()).rglob("Satellite_basemap.tif"))
+
+
 def test_estimate_depth_on_a_web_map(d3_provider, tiny_weights, web_map, small_rgb, tmp_path):
     """A basemap layer is not a file: its Extent is fetched at the pixel size, and the map has that grid; without
     an Extent (the whole world), from a server that is down or with Bands it is refused with a reason."""
