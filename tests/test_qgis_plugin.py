@@ -761,7 +761,7 @@ def test_qgis_process_reads_a_web_map_by_provider_and_source(profile, tiny_weigh
                            f"EXTENT={left},{right},{bottom},{top} [EPSG:4326]", f"WEIGHTS={tiny_weights}",
                            "REFINE_STEPS=0", f"OUTPUT={output}"], profile, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Fetched layer 'wms layer' (wms, not a file)" in result.stdout
+    assert "Fetched layer 'wms layer' (wms, not a file)" in result.stdout, result.stdout  # not '{y}' (3.40)
     with rasterio.open(output) as ds:
         assert ds.crs == "EPSG:3857" and ds.read(1, masked=True).count() > 0
 

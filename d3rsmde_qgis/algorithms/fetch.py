@@ -33,6 +33,13 @@ def is_file_layer(layer: QgsRasterLayer) -> bool:
     return layer.providerType() == "gdal"
 
 
+def layer_label(layer: QgsRasterLayer) -> str:
+    """The layer's name for messages and the fetched file; a web map that qgis_process made from "wms://..." has
+    none (QGIS 3.22) or the last part of its URL template, '{y}' (3.40): it is then named after its provider."""
+    name = layer.name()
+    return name if name and "{" not in name else f"{layer.providerType()} layer"
+
+
 def is_image_layer(layer: QgsRasterLayer) -> bool:
     """Whether the layer's provider serves rendered colour (web maps: one ARGB band that becomes red, green, blue
     and alpha in the file) rather than data bands."""
@@ -73,7 +80,7 @@ def fetched_layer(layer: QgsRasterLayer, extent: QgsRectangle, pixel_size_m: flo
     exit. Web maps come as red, green, blue and alpha; the log says what was fetched."""
     from d3rsmde.errors import Cancelled
 
-    label = layer.name() or f"{layer.providerType()} layer"  # qgis_process's "wms://..." layers have no name
+    label = layer_label(layer)
     # Only whole pixels within the layer: a provider may fill cells outside its extent with values its nodata
     # does not name (QGIS 3.22's virtual rasters: -3.4e38 under a nodata of -1.8e308).
     extent = extent.intersect(layer.extent())
