@@ -495,13 +495,11 @@ def test_estimate_depth_on_a_web_map(d3_provider, tiny_weights, web_map, small_r
     assert not any((tmp_path / name).exists() for name in ("world.tif", "bands.tif", "offline.tif"))
 
 
-def test_a_reference_dem_that_is_not_a_file_is_fetched_as_heights(d3_provider, tiny_weights, small_rgb, tmp_path):
-    """A virtual raster (QGIS's on-the-fly raster calculator, a provider that serves data, like WCS or a database)
-    as the reference DEM: fetched over the image as heights, not colours, it gives the map the file's metres."""
-    from qgis.core import QgsProcessingContext, QgsProject, QgsRasterDataProvider, QgsRasterLayer
-
-    from d3rsmde.geodesy import metres_per_degree
-    from d3rsmde_qgis.algorithms.fetch import fetched_layer
+@pytest.fixture
+def virtual_dem():
+    """The sample DEM as a virtual raster (QGIS's on-the-fly raster calculator: a provider that serves data, like
+    WCS or a database raster, and is not a file), owned by the project."""
+    from qgis.core import QgsProject, QgsRasterDataProvider, QgsRasterLayer
 
     dem = QgsRasterLayer(str(SAMPLE_DEM), "dem")
     virtual = QgsRasterDataProvider.VirtualRasterParameters()
@@ -510,35 +508,59 @@ def test_a_reference_dem_that_is_not_a_file_is_fetched_as_heights(d3_provider, t
     source = QgsRasterDataProvider.VirtualRasterInputLayers()
     source.name, source.uri, source.provider = "dem", dem.source(), "gdal"
     virtual.rInputLayers = [source]
+    del dem
     layer = QgsRasterLayer(QgsRasterDataProvider.encodeVirtualRasterProviderUri(virtual), "Heights", "virtualraster")
     assert layer.isValid()
     QgsProject.instance().addMapLayer(layer, False)
-    del dem
-    try:
-        options = {"INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights), "DEVICE": CPU, "REFINE_STEPS": 0}
-        feedback = RecordingFeedback()
-        run("d3rsmde:estimatedepth", {**options, "REFERENCE_DEM": layer.id(), "PIXEL_SIZE": 60,
-                                      "OUTPUT": str(tmp_path / "virtual.tif")}, feedback)
-        run("d3rsmde:estimatedepth", {**options, "REFERENCE_DEM": str(SAMPLE_DEM),
-                                      "OUTPUT": str(tmp_path / "file.tif")})
-        context = QgsProcessingContext()
-        context.setProject(QgsProject.instance())
-        assert any(line.startswith("Fetched layer 'Heights' (virtualraster") for line in feedback.infos)
-        with fetched_layer(layer, layer.extent(), 100.0, context, RecordingFeedback()) as path, \
-                rasterio.open(path) as ds:
-            latitude = (ds.bounds.bottom + ds.bounds.top) / 2  # square on the ground, not in degrees
-            assert ds.crs == "EPSG:4326" and ds.dtypes[0] == "float64"
-            assert ds.res[0] == pytest.approx(100 / metres_per_degree(latitude)[0], rel=3e-3)
-            assert ds.res[1] == pytest.approx(100 / metres_per_degree(latitude)[1], rel=3e-3)
-            heights = ds.read(1, masked=True)
-            assert 2200 < heights.min() and heights.max() < 4300  # heights, not colours nor fill
-    finally:
-        QgsProject.instance().removeMapLayer(layer.id())
+    yield layer
+    QgsProject.instance().removeMapLayer(layer.id())
+
+
+def test_a_reference_dem_that_is_not_a_file_is_fetched_as_heights(d3_provider, tiny_weights, small_rgb, virtual_dem,
+                                                                   tmp_path):
+    """Fetched over the image as heights, not colours, square on the ground, only where the layer has data, a
+    virtual raster as the reference DEM gives the map the file's metres."""
+    from qgis.core import QgsProcessingContext, QgsProject
+
+    from d3rsmde.geodesy import metres_per_degree
+    from d3rsmde_qgis.algorithms.fetch import fetched_layer
+
+    options = {"INPUT": str(small_rgb), "WEIGHTS": str(tiny_weights), "DEVICE": CPU, "REFINE_STEPS": 0}
+    feedback = RecordingFeedback()
+    run("d3rsmde:estimatedepth", {**options, "REFERENCE_DEM": virtual_dem.id(), "PIXEL_SIZE": 60,
+                                  "OUTPUT": str(tmp_path / "virtual.tif")}, feedback)
+    run("d3rsmde:estimatedepth", {**options, "REFERENCE_DEM": str(SAMPLE_DEM), "OUTPUT": str(tmp_path / "file.tif")})
+    assert any(line.startswith("Fetched layer 'Heights' (virtualraster") for line in feedback.infos)
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    with fetched_layer(virtual_dem, virtual_dem.extent(), 100.0, context, RecordingFeedback()) as path, \
+            rasterio.open(path) as ds:
+        latitude = (ds.bounds.bottom + ds.bounds.top) / 2  # square on the ground, not in degrees
+        assert ds.crs == "EPSG:4326" and ds.dtypes[0] == "float64"
+        assert ds.res[0] == pytest.approx(100 / metres_per_degree(latitude)[0], rel=3e-3)
+        assert ds.res[1] == pytest.approx(100 / metres_per_degree(latitude)[1], rel=3e-3)
+        heights = ds.read(1, masked=True)
+        assert 2200 < heights.min() and heights.max() < 4300  # heights, not colours nor fill
     with rasterio.open(tmp_path / "virtual.tif") as a, rasterio.open(tmp_path / "file.tif") as b:
         fetched, direct = a.read(1, masked=True), b.read(1, masked=True)
         assert a.tags()["units"] == b.tags()["units"] == "m"
     assert 2500 < fetched.mean() < 4000  # metres of the Rocky Mountains, not colours
     assert abs(fetched.mean() - direct.mean()) < 5 and np.ma.corrcoef(fetched.ravel(), direct.ravel())[0, 1] > 0.995
+
+
+def test_finetune_on_a_dem_that_is_not_a_file(d3_provider, tiny_weights, virtual_dem, tmp_path):
+    """A DEM to train on that is not a file is fetched over the image (here without an Extent: all of it)."""
+    feedback = RecordingFeedback()
+    with rasterio.open(SAMPLE_RGB) as src:
+        row, col = src.index(-105.85, 40.50)
+    image = crop_raster(SAMPLE_RGB, tmp_path / "image.tif", col, row, 200, 150)  # 0.3 x 0.225 degrees, in the DEM
+    run("d3rsmde:finetune", {"IMAGE": str(image), "DEM": virtual_dem.id(), "PIXEL_SIZE": 100, "EPOCHS": 1,
+                             "TILE": 32, "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
+                             "OUTPUT": str(tmp_path / "tuned.safetensors")}, feedback)
+    fetched = next(line for line in feedback.infos if line.startswith("Fetched layer 'Heights' (virtualraster"))
+    columns = int(fetched.split(": ")[1].split(" x ")[0])
+    assert columns == pytest.approx(1.2 * 0.3 * 84_800 / 100, rel=0.02), fetched  # the image and a tenth each side
+    assert (tmp_path / "tuned.safetensors").is_file()
 
 
 def test_folder_patterns_match_in_any_case(tmp_path):

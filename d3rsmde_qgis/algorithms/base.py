@@ -36,7 +36,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..deps import backend_problem
 from ..paths import BUNDLED_WEIGHTS, HELP_URL, ICON
-from .fetch import DEFAULT_PIXEL_SIZE_M, fetched_layer, is_file_layer, is_image_layer
+from .fetch import DEFAULT_PIXEL_SIZE_M, fetched_layer, is_file_layer, is_image_layer, layer_label
 
 DEVICES = ("auto", "cpu", "cuda")
 # Words the Toolbox search matches besides the names (users look for "DEM" or "elevation", not "depth").
@@ -212,21 +212,22 @@ class D3Algorithm(QgsProcessingAlgorithm):
         """The file the backend reads for an image layer (see ``readable_file``); a web map has no bands to
         choose."""
         if bands and not is_file_layer(layer) and is_image_layer(layer):
-            raise QgsProcessingException(f"Layer '{layer.name()}' is a web map: it is fetched as red, green and blue, "
-                                         "so leave Bands empty.")
+            raise QgsProcessingException(f"Layer '{layer_label(layer)}' is a web map: it is fetched as red, green and "
+                                         "blue, so leave Bands empty.")
         return self.readable_file(parameters, layer, extent, context, feedback, stack)
 
-    def reference_file(self, parameters, image: QgsRasterLayer, extent: QgsRectangle | None, context, feedback,
-                       stack: ExitStack) -> str | None:
-        """The file of the REFERENCE_DEM layer, None if unset; one that is not a file (a WCS, a database raster) is
-        fetched over the image's ``extent`` (in the image's CRS; None: all of it), with a margin of a tenth."""
-        reference = self.parameterAsRasterLayer(parameters, self.REFERENCE_DEM, context)
-        if reference is None or is_file_layer(reference):
-            return None if reference is None else layer_file(reference)
-        area = QgsCoordinateTransform(image.crs(), reference.crs(), context.transformContext()).transformBoundingBox(
+    def elevation_file(self, parameters, name: str, image: QgsRasterLayer, extent: QgsRectangle | None, context,
+                       feedback, stack: ExitStack) -> str | None:
+        """The file of the elevation layer parameter ``name`` (a reference DEM, a DEM to train on), None if unset;
+        one that is not a file (a WCS, a database raster) is fetched over the image's ``extent`` (in the image's
+        CRS; None: all of it), with a margin of a tenth."""
+        dem = self.parameterAsRasterLayer(parameters, name, context)
+        if dem is None or is_file_layer(dem):
+            return None if dem is None else layer_file(dem)
+        area = QgsCoordinateTransform(image.crs(), dem.crs(), context.transformContext()).transformBoundingBox(
             image.extent() if extent is None else extent)
         area.grow(0.1 * max(area.width(), area.height()))
-        return self.readable_file(parameters, reference, area, context, feedback, stack)
+        return self.readable_file(parameters, dem, area, context, feedback, stack)
 
     def readable_file(self, parameters, layer: QgsRasterLayer, extent: QgsRectangle | None, context, feedback,
                       stack: ExitStack) -> str:

@@ -83,7 +83,8 @@ class EstimateDepth(D3Algorithm):
         with ExitStack() as stack:
             extent = self.extent(parameters, layer, context)
             source = self.image_file(parameters, layer, extent, bands, context, feedback, stack)
-            reference_dem = self.reference_file(parameters, layer, extent, context, feedback, stack)
+            reference_dem = self.elevation_file(parameters, self.REFERENCE_DEM, layer, extent, context, feedback,
+                                                stack)
             bounds = None if extent is None else (
                 extent.xMinimum(), extent.yMinimum(), extent.xMaximum(), extent.yMaximum())
             summary = predict_raster(

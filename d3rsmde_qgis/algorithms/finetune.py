@@ -14,6 +14,7 @@ from qgis.core import (
 )
 
 from .base import D3Algorithm, areas_to_leave_out, log_summary, progress_callback
+from .fetch import is_file_layer
 
 
 class FinetuneRegion(D3Algorithm):
@@ -30,7 +31,8 @@ class FinetuneRegion(D3Algorithm):
         "<i>Estimate depth</i> chooses them; the log names them). <b>Extent</b> limits training to part of the "
         "image (e.g. to keep an area for evaluation). An <b>Image</b> that is not a file (a web map such as a "
         "satellite basemap) is fetched over the Extent, or the DEM's, at the <b>Pixel size for layers that are not "
-        "files</b>: use the same pixel size in <i>Estimate depth</i>. <b>Areas to leave out</b> (polygons or a "
+        "files</b>: use the same pixel size in <i>Estimate depth</i>; a DEM that is not a file (a WCS) is fetched "
+        "over the image's area the same way. <b>Areas to leave out</b> (polygons or a "
         "raster nonzero there, any CRS) keeps clouds and their shadows out of training, as in <i>Estimate "
         "depth</i>. Training on a CPU is slow: start with few epochs. Cancel stops after the current step and "
         "writes nothing. Choose a file for <b>Fine-tuned weights</b>: left as a temporary file, they are deleted "
@@ -75,15 +77,16 @@ class FinetuneRegion(D3Algorithm):
         dem_layer = self.parameterAsRasterLayer(parameters, self.DEM, context)
         box = self.parameterAsExtent(parameters, self.EXTENT, context, image_layer.crs())
         extent = None if box.isNull() else (box.xMinimum(), box.yMinimum(), box.xMaximum(), box.yMaximum())
-        if box.isNull():  # a layer that is not a file is fetched where the DEM has heights
-            box = QgsCoordinateTransform(dem_layer.crs(), image_layer.crs(), context.transformContext()) \
-                .transformBoundingBox(dem_layer.extent())
+        if box.isNull():  # a layer that is not a file is fetched over the image file, or else where the DEM is
+            box = image_layer.extent() if is_file_layer(image_layer) else QgsCoordinateTransform(
+                dem_layer.crs(), image_layer.crs(), context.transformContext()).transformBoundingBox(dem_layer.extent())
         bands = self.band_list(parameters, self.BANDS, context)
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         with ExitStack() as stack:
             summary = finetune_region(
                 self.image_file(parameters, image_layer, box, bands, context, feedback, stack),
-                self.raster_path(parameters, self.DEM, context), str(self.weights(parameters, context)), output,
+                self.elevation_file(parameters, self.DEM, image_layer, box, context, feedback, stack),
+                str(self.weights(parameters, context)), output,
                 bands=bands, extent=extent,
                 exclude=areas_to_leave_out(self.parameterAsLayer(parameters, self.EXCLUDE, context),
                                            image_layer.crs(), context, values=self.exclude_values(parameters, context)),
