@@ -563,6 +563,30 @@ def test_finetune_on_a_dem_that_is_not_a_file(d3_provider, tiny_weights, virtual
     assert (tmp_path / "tuned.safetensors").is_file()
 
 
+def test_folder_with_a_reference_dem_that_is_not_a_file(d3_provider, tiny_weights, small_rgb, virtual_dem, tmp_path):
+    """Each image gets the reference fetched over it; an image the layer does not reach is reported and skipped."""
+    import shutil
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(small_rgb, images / "a.tif")
+    with rasterio.open(small_rgb) as a:
+        profile = dict(a.profile, transform=a.transform * a.transform.translation(0, 10_000))  # far south
+        data = a.read()
+    with rasterio.open(images / "c.tif", "w", **profile) as c:
+        c.write(data)
+    feedback = RecordingFeedback()
+    result = run("d3rsmde:estimatedepthfolder", {
+        "INPUT_FOLDER": str(images), "PATTERN": "*.tif", "WEIGHTS": str(tiny_weights), "DEVICE": CPU,
+        "REFINE_STEPS": 0, "REFERENCE_DEM": virtual_dem.id(), "PIXEL_SIZE": 100,
+        "OUTPUT_FOLDER": str(tmp_path / "metres")}, feedback)
+    assert (result["PROCESSED"], result["FAILED"]) == (1, 1)
+    with rasterio.open(result["OUTPUTS"][0]) as out:
+        assert out.tags()["units"] == "m" and 2000 < out.read(1, masked=True).mean() < 4500
+    assert sum(line.startswith("Fetched layer 'Heights' (virtualraster") for line in feedback.infos) == 1
+    assert len(feedback.errors) == 1 and feedback.errors[0].startswith("c.tif: Layer 'Heights' has nothing to fetch")
+
+
 def test_folder_patterns_match_in_any_case(tmp_path):
     """Landsat names its bands .TIF: the default pattern takes them, once each, and nothing else."""
     from d3rsmde_qgis.algorithms.estimate_depth_folder import DEFAULT_PATTERN, matching_files

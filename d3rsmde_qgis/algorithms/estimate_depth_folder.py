@@ -1,6 +1,7 @@
 """d3rsmde:estimatedepthfolder - every matching image of a folder, one model load, per-file errors kept apart."""
 from __future__ import annotations
 
+from contextlib import ExitStack
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -39,7 +40,8 @@ class EstimateDepthFolder(D3Algorithm):
         "(scene_png_depth.tif), and height rasters written by D3-RSMDE are not taken as images. The model is loaded "
         "once for all files. A file that cannot be processed is reported as an error and skipped; the others "
         "still run. Cancel keeps the files already written. A reference DEM, when given, turns every output into "
-        "metres as in <i>Estimate depth</i> (a file it does not cover is reported and skipped). Outputs: the "
+        "metres as in <i>Estimate depth</i> (a file it does not cover is reported and skipped); one that is not a "
+        "file (a WCS) is fetched over each image at the <b>Pixel size for layers that are not files</b>. Outputs: the "
         "number of files processed and failed, and the list of written rasters. <b>Areas to leave out</b> (a "
         "polygon layer or a mask raster, e.g. lakes or clouds over the whole region) are left out of each file "
         "they reach, as in <i>Estimate depth</i>.<br>"
@@ -66,6 +68,7 @@ class EstimateDepthFolder(D3Algorithm):
         self.add_exclude_parameter("lakes, clouds")
         self.add_model_parameters()
         self.add_reference_parameter()
+        self.add_pixel_size_parameter()
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT_FOLDER, self.tr("Output folder")))
         self.addOutput(QgsProcessingOutputNumber(self.PROCESSED, self.tr("Files processed")))
         self.addOutput(QgsProcessingOutputNumber(self.FAILED, self.tr("Files failed")))
@@ -90,7 +93,6 @@ class EstimateDepthFolder(D3Algorithm):
         out_folder = Path(self.parameterAsString(parameters, self.OUTPUT_FOLDER, context))
         out_folder.mkdir(parents=True, exist_ok=True)
         bands = self.band_list(parameters, self.BANDS, context)
-        reference = self.raster_path(parameters, self.REFERENCE_DEM, context)
         options = self.model_options(parameters, context)
         left_out = self.parameterAsLayer(parameters, self.EXCLUDE, context)
         values = self.exclude_values(parameters, context)
@@ -105,9 +107,12 @@ class EstimateDepthFolder(D3Algorithm):
                 placed = QgsRasterLayer(str(image), image.name, "gdal")
                 exclude = areas_to_leave_out(left_out, placed.crs(), context, placed.extent(), values) \
                     if left_out is not None and placed.isValid() else None
-                summary = predict_raster(str(image), str(output), pipeline, bands=bands, reference_dem=reference,
-                                         exclude=exclude, progress=progress_callback(steps),
-                                         cancel=feedback.isCanceled, overwrite=False, **options)
+                with ExitStack() as stack:
+                    reference = self.elevation_file(parameters, self.REFERENCE_DEM, placed, None, context, feedback,
+                                                    stack) if placed.isValid() else None
+                    summary = predict_raster(str(image), str(output), pipeline, bands=bands, reference_dem=reference,
+                                             exclude=exclude, progress=progress_callback(steps),
+                                             cancel=feedback.isCanceled, overwrite=False, **options)
             except Cancelled:  # keep what is done; predict_raster leaves nothing of the current file
                 feedback.reportError(f"Cancelled: {image.name} and the files after it were not processed.")
                 break

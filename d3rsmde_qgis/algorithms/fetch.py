@@ -78,14 +78,14 @@ def fetched_layer(layer: QgsRasterLayer, extent: QgsRectangle, pixel_size_m: flo
     """The layer over ``extent`` (in its CRS) at ``pixel_size_m`` ground metres per pixel, as a GeoTIFF in the
     layer's CRS under Processing's temporary folder, named after the layer (so messages name it), removed on
     exit. Web maps come as red, green, blue and alpha; the log says what was fetched."""
-    from d3rsmde.errors import Cancelled
+    from d3rsmde.errors import Cancelled, InputError
 
     label = layer_label(layer)
     # Only whole pixels within the layer: a provider may fill cells outside its extent with values its nodata
     # does not name (QGIS 3.22's virtual rasters: -3.4e38 under a nodata of -1.8e308).
     extent = extent.intersect(layer.extent())
-    if extent.isNull() or extent.isEmpty():
-        raise QgsProcessingException(f"Layer '{label}' has nothing to fetch there: give an Extent that it covers.")
+    if extent.isNull() or extent.isEmpty():  # an input error (a folder run reports it for that file and goes on)
+        raise InputError(f"Layer '{label}' has nothing to fetch there: give an Extent that it covers.")
     size_x, size_y = (pixel_size_m * units for units in map_units_per_metre(layer, extent.center(), context))
     cols, rows = math.floor(extent.width() / size_x), math.floor(extent.height() / size_y)
     if not cols or not rows:
