@@ -14,7 +14,6 @@ from qgis.core import (
     Qgis,
     QgsDistanceArea,
     QgsPointXY,
-    QgsProcessingException,
     QgsProcessingUtils,
     QgsRasterBlockFeedback,
     QgsRasterFileWriter,
@@ -60,6 +59,8 @@ def map_units_per_metre(layer: QgsRasterLayer, at: QgsPointXY, context) -> tuple
     """How many of the layer's map units span one ground metre at ``at``, east-west and north-south: Web
     Mercator's metres are 1/cos(latitude) of a ground metre both ways; a degree of longitude shrinks with latitude,
     one of latitude does not, so square pixels on the ground are not square in degrees."""
+    from d3rsmde.errors import InputError
+
     measure = QgsDistanceArea()
     measure.setSourceCrs(layer.crs(), context.transformContext())
     measure.setEllipsoid("WGS84")
@@ -67,8 +68,8 @@ def map_units_per_metre(layer: QgsRasterLayer, at: QgsPointXY, context) -> tuple
     east = measure.measureLine(QgsPointXY(at.x() - step / 2, at.y()), QgsPointXY(at.x() + step / 2, at.y()))
     north = measure.measureLine(QgsPointXY(at.x(), at.y() - step / 2), QgsPointXY(at.x(), at.y() + step / 2))
     if not (east > 0 and north > 0):
-        raise QgsProcessingException(f"Cannot measure ground distances in the CRS of layer '{layer.name()}' "
-                                     f"({layer.crs().authid() or 'unknown'}).")
+        raise InputError(f"Cannot measure ground distances in the CRS of layer '{layer_label(layer)}' "
+                         f"({layer.crs().authid() or 'unknown'}).")
     return step / east, step / north
 
 
@@ -77,22 +78,23 @@ def fetched_layer(layer: QgsRasterLayer, extent: QgsRectangle, pixel_size_m: flo
                   feedback) -> Iterator[Path]:
     """The layer over ``extent`` (in its CRS) at ``pixel_size_m`` ground metres per pixel, as a GeoTIFF in the
     layer's CRS under Processing's temporary folder, named after the layer (so messages name it), removed on
-    exit. Web maps come as red, green, blue and alpha; the log says what was fetched."""
+    exit. Web maps come as red, green, blue and alpha; the log says what was fetched. What cannot be fetched is
+    an :class:`~d3rsmde.errors.InputError` (a folder run reports it for that file and goes on)."""
     from d3rsmde.errors import Cancelled, InputError
 
     label = layer_label(layer)
     # Only whole pixels within the layer: a provider may fill cells outside its extent with values its nodata
     # does not name (QGIS 3.22's virtual rasters: -3.4e38 under a nodata of -1.8e308).
     extent = extent.intersect(layer.extent())
-    if extent.isNull() or extent.isEmpty():  # an input error (a folder run reports it for that file and goes on)
+    if extent.isNull() or extent.isEmpty():
         raise InputError(f"Layer '{label}' has nothing to fetch there: give an Extent that it covers.")
     size_x, size_y = (pixel_size_m * units for units in map_units_per_metre(layer, extent.center(), context))
     cols, rows = math.floor(extent.width() / size_x), math.floor(extent.height() / size_y)
     if not cols or not rows:
-        raise QgsProcessingException(f"Layer '{label}' is fetched at {pixel_size_m:g} m per pixel, and the extent "
-                                     "is narrower than a pixel: draw a larger Extent or choose a smaller pixel size.")
+        raise InputError(f"Layer '{label}' is fetched at {pixel_size_m:g} m per pixel, and the extent "
+                         "is narrower than a pixel: draw a larger Extent or choose a smaller pixel size.")
     if cols * rows > MAX_FETCH_PIXELS:
-        raise QgsProcessingException(
+        raise InputError(
             f"Layer '{label}' is not a file: it is fetched over the extent at {pixel_size_m:g} m per pixel, "
             f"which would be {cols:,} x {rows:,} pixels (at most {MAX_FETCH_PIXELS:,}). Draw a smaller Extent or "
             "choose a larger pixel size.")
@@ -102,7 +104,7 @@ def fetched_layer(layer: QgsRasterLayer, extent: QgsRectangle, pixel_size_m: flo
     path = Path(QgsProcessingUtils.generateTempFilename(f"{name}.tif"))
     pipe = QgsRasterPipe()
     if not pipe.set(layer.dataProvider().clone()):
-        raise QgsProcessingException(f"Layer '{label}' cannot be read block by block.")
+        raise InputError(f"Layer '{label}' cannot be read block by block.")
     writer = QgsRasterFileWriter(str(path))
     writer.setCreateOptions(["COMPRESS=DEFLATE", "TILED=YES"])
     block_feedback = QgsRasterBlockFeedback()
@@ -114,11 +116,11 @@ def fetched_layer(layer: QgsRasterLayer, extent: QgsRectangle, pixel_size_m: flo
         if feedback.isCanceled():
             raise Cancelled("fetching the layer")
         if error != QgsRasterFileWriter.NoError:
-            raise QgsProcessingException(f"Layer '{label}' could not be fetched (QgsRasterFileWriter error "
-                                         f"{int(error)}): is its server reachable?")
+            raise InputError(f"Layer '{label}' could not be fetched (QgsRasterFileWriter error "
+                             f"{int(error)}): is its server reachable?")
         if not any_valid_pixel(path):  # a web map whose server is down gives transparent tiles, not an error
-            raise QgsProcessingException(f"Layer '{label}' gave no pixels over the extent (all transparent or "
-                                         "nodata): is its server reachable, and does the layer cover the extent?")
+            raise InputError(f"Layer '{label}' gave no pixels over the extent (all transparent or "
+                             "nodata): is its server reachable, and does the layer cover the extent?")
         feedback.pushInfo(f"Fetched layer '{label}' ({layer.providerType()}, not a file) over the extent at "
                           f"{pixel_size_m:g} m per pixel: {cols} x {rows} pixels in {layer.crs().authid()}, "
                           f"{time.perf_counter() - started:.1f} s")
